@@ -1,0 +1,39 @@
+"""peephole-lstm: an exact, fast LSTM with peephole connections, a drop-in for ``torch.nn.LSTM``.
+
+``import peephole_lstm`` needs only torch. The Lightning parts (``PeepholeLSTMRegressor``,
+``SeriesDataModule``) and the ONNX tools load on first access.
+"""
+
+from ._fused import build_extension, get_backend, set_backend
+from .cell import PeepholeLSTMCell
+from .lstm import PeepholeLSTM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PeepholeLSTM",
+    "PeepholeLSTMCell",
+    "PeepholeLSTMRegressor",
+    "SeriesDataModule",
+    "build_extension",
+    "export_onnx",
+    "get_backend",
+    "set_backend",
+]
+
+_LAZY = {
+    "PeepholeLSTMRegressor": "peephole_lstm.model",
+    "SeriesDataModule": "peephole_lstm.data",
+    "export_onnx": "peephole_lstm.onnx",
+}
+
+
+def __getattr__(name: str):
+    # Lazy so that drop-in users never import Lightning / onnx (PEP 562).
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
