@@ -1,0 +1,141 @@
+"""The peephole-lstm CLI end to end: every config, predict, errors, resume after a kill, DDP."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("lightning")
+
+from peephole_lstm.cli import main  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+def _run(args, cwd, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "peephole_lstm", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def _files(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=os.path.basename)
+def test_every_config_runs_fast_dev_run(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", config, "--trainer.fast_dev_run=true"])
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", CONFIGS[0], "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["peephole"] == "diagonal" and cfg["data"]["window"] == 52
+
+
+def _small(tmp_path, extra=None):
+    cfg = {
+        "seed_everything": 7,
+        "model": {"hidden_size": 8, "num_layers": 2, "dropout": 0.2},
+        "data": {"dataset": "synthetic", "window": 12, "batch_size": 16},
+        "trainer": {
+            "max_epochs": 4, "accelerator": "cpu", "devices": 1, "limit_train_batches": 6,
+            "limit_val_batches": 2, "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": False, "default_root_dir": str(tmp_path),
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                           "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True,
+                                         "enable_version_counter": False}}],
+        },
+        "test_after_fit": False,
+    }
+    for key, value in (extra or {}).items():
+        cfg["trainer"][key] = value
+    return cfg
+
+
+def _write(cfg, path):
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
+    cfg = _small(tmp_path)
+    cfg["test_after_fit"] = True
+    cfg["trainer"]["max_epochs"] = 1
+    cfg["forecast"] = {"output_dir": str(tmp_path / "pred")}
+    path = _write(cfg, tmp_path / "c.yaml")
+    fit = _run(["fit", "--config", path], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "test_naive_mse" in fit.stdout and "test_mape" in fit.stdout
+    pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "pred" / "forecast.csv")
+    assert list(frame.columns) == ["time", "origin", "step", "forecast", "actual", "naive"]
+    assert len(frame) == 300  # 2000 rows * 15% test = 300 target rows, horizon 1: one forecast each
+    assert frame["time"].iloc[0] == 1700 and frame["origin"].iloc[0] == 1699
+    assert (tmp_path / "pred" / "forecast.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data.csv_path", "missing.csv"], "CSV file not found: missing.csv"),
+        (["--data.target", "nope"], "unknown column 'nope'"),
+        (["--data.window", "5000"], "series too short"),
+        (["--model.not_a_key", "1"], "not_a_key"),
+        (["--trainer.max_epoch", "1"], "max_epoch"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args, message):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    res = _run(["fit", "--config", CONFIGS[0], *args], cwd)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert _files(cwd) == []
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    crashed = tmp_path / "crashed"
+    a = _run(["fit", "--config", _write(_small(straight), tmp_path / "a.yaml")], tmp_path)
+    assert a.returncode == 0, a.stderr[-3000:]
+    kill_cfg = _small(crashed)
+    kill_cfg["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAt", "init_args": {"epoch": 2, "batch": 3}})
+    b = _run(["fit", "--config", _write(kill_cfg, tmp_path / "b.yaml")], tmp_path)
+    assert b.returncode != 0  # killed
+    assert torch.load(crashed / "ckpt" / "last.ckpt", weights_only=False)["epoch"] == 1
+    c = _run(["fit", "--config", _write(_small(crashed), tmp_path / "c.yaml"), "--ckpt_path", "last"], tmp_path)
+    assert c.returncode == 0, c.stderr[-3000:]
+    sa = torch.load(straight / "ckpt" / "last.ckpt", weights_only=False)
+    sc = torch.load(crashed / "ckpt" / "last.ckpt", weights_only=False)
+    assert sa["epoch"] == sc["epoch"] == 3
+    for key, value in sa["state_dict"].items():
+        torch.testing.assert_close(sc["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    cfg = _small(tmp_path)
+    cfg["trainer"]["max_epochs"] = 1
+    res = _run(
+        ["fit", "--config", _write(cfg, tmp_path / "d.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
+         "--trainer.strategy=ddp"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in res.stdout + res.stderr or "distributed_backend=gloo" in res.stdout + res.stderr
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
