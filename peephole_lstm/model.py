@@ -125,7 +125,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         naive = self.val_naive_mse if stage == "val" else self.test_naive_mse
         metrics.update(pred_o, y_o)
-        naive.update(batch["naive"].expand_as(y_o), y_o)
+        naive.update(batch["naive"].expand_as(y_o).contiguous(), y_o)
         self.log_dict(metrics, batch_size=n)
         self.log(f"{stage}_naive_mse", naive, batch_size=n)
 
@@ -141,7 +141,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         return {
             "forecast": self.to_original(self(batch["x"]), batch),
             "actual": self.to_original(batch["y"], batch),
-            "naive": batch["naive"].expand_as(batch["y"]),
+            "naive": batch["naive"].expand_as(batch["y"]).contiguous(),
             "end": batch["end"],
         }
 

@@ -1,0 +1,181 @@
+"""Speed of PeepholeLSTM next to torch.nn.LSTM: inference and a training step, S1–S4.
+
+    python benchmarks/speed.py                      # CPU, float32, all sizes (several minutes)
+    python benchmarks/speed.py --sizes S1 --runs 10 # one size
+    python benchmarks/speed.py --device cuda        # on a GPU
+    python benchmarks/speed.py --memory             # + peak memory of a training step, one process per variant
+
+Variants: ``nn.LSTM``; ``naive loop`` (PeepholeLSTMCell called in a Python loop, the way
+people write custom LSTMs); ``reference`` (our autograd time loop); ``fused/python`` (the
+fused op, pure-PyTorch kernel); ``fused/cpp`` (the fused op, C++ kernel; the CPU default);
+``scripted`` (``torch.jit.script`` of the module). Times are the median of ``--runs``
+interleaved repetitions (each variant once per round), in ms; the ratio is to ``nn.LSTM``
+measured in the same rounds. Training = forward + backward of ``out.square().mean()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import peephole_lstm  # noqa: E402
+from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell  # noqa: E402
+
+# name: (T, B, I, H, layers)
+SIZES = {
+    "S1": (60, 32, 1, 50, 3),
+    "S2": (100, 64, 128, 256, 1),
+    "S3": (500, 16, 32, 128, 1),
+    "S4": (50, 256, 64, 512, 1),
+}
+VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "scripted"]
+
+
+class NaiveLoop(torch.nn.Module):
+    """Stacked PeepholeLSTMCells in a Python time loop."""
+
+    def __init__(self, I: int, H: int, layers: int) -> None:
+        super().__init__()
+        self.cells = torch.nn.ModuleList(PeepholeLSTMCell(I if k == 0 else H, H) for k in range(layers))
+
+    def forward(self, x):
+        for cell in self.cells:
+            h = c = x.new_zeros(x.size(1), cell.hidden_size)
+            outs = []
+            for x_t in x:
+                h, c = cell(x_t, (h, c))
+                outs.append(h)
+            x = torch.stack(outs)
+        return x, None
+
+
+def build(variant: str, size: str, device: str):
+    T, B, I, H, layers = SIZES[size]
+    if variant == "nn.LSTM":
+        model = torch.nn.LSTM(I, H, layers)
+    elif variant == "naive loop":
+        model = NaiveLoop(I, H, layers)
+    else:
+        model = PeepholeLSTM(I, H, layers)
+    model = model.to(device)
+    if variant == "scripted":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.jit.script(model)
+    backend = {"reference": "reference", "fused/python": "python", "fused/cpp": "cpp", "scripted": "reference"}
+    x = torch.randn(T, B, I, device=device)
+    return model, x, backend.get(variant, "auto")
+
+
+def step(model, x, backend: str, train: bool) -> None:
+    peephole_lstm.set_backend(backend)
+    if train:
+        out = model(x)[0]
+        out.square().mean().backward()
+    else:
+        with torch.inference_mode():
+            model(x)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_all(sizes, variants, runs: int, device: str) -> list[dict]:
+    rows = []
+    for size in sizes:
+        built = {v: build(v, size, device) for v in variants}
+        for train in (False, True):
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for v in variants:  # warm-up (and the C++ build, once)
+                step(*built[v], train)
+                sync(device)
+            for _ in range(runs):
+                for v in variants:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    step(*built[v], train)
+                    sync(device)
+                    times[v].append(time.perf_counter() - t0)
+            base = statistics.median(times["nn.LSTM"])
+            for v in variants:
+                med = statistics.median(times[v])
+                rows.append(dict(size=size, mode="training" if train else "inference", variant=v,
+                                 ms=med * 1e3, ratio=med / base))
+            for m in built.values():
+                m[0].zero_grad(set_to_none=True)
+    return rows
+
+
+def peak_memory(variant: str, size: str, device: str) -> float:
+    """Peak memory (MiB) that the first training step adds over an inference pass (which
+    has built the C++ kernel and warmed the allocator), measured in a fresh process."""
+    code = (
+        "import sys, json, resource, torch; sys.path.insert(0, %r); "
+        "from benchmarks.speed import build, step; "
+        "m, x, b = build(%r, %r, %r); step(m, x, b, False); "
+        "torch.cuda.reset_peak_memory_stats() if %r.startswith('cuda') else None; "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; step(m, x, b, True); "
+        "peak = (torch.cuda.max_memory_allocated() / 2**20) if %r.startswith('cuda') else "
+        "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024; print(json.dumps(peak))"
+    ) % (ROOT, variant, size, device, device, device)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory", action="store_true", help="also peak memory of a training step")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    variants = list(dict.fromkeys(["nn.LSTM", *args.variants]))
+    if args.device != "cpu":
+        variants = [v for v in variants if v != "fused/cpp"]  # the C++ kernel is CPU-only
+    if "fused/cpp" in variants:
+        peephole_lstm.set_backend("cpp")
+        peephole_lstm.build_extension()
+
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    print(f"# torch {torch.__version__}, {args.device} ({dev}), {torch.get_num_threads()} threads, float32, "
+          f"median of {args.runs} interleaved runs")
+    rows = time_all(args.sizes, variants, args.runs, args.device)
+    print("\n| size | mode | " + " | ".join(variants) + " |")
+    print("|---|---|" + "---:|" * len(variants))
+    for size in args.sizes:
+        for mode in ("training", "inference"):
+            cells = []
+            for v in variants:
+                r = next(r for r in rows if r["size"] == size and r["mode"] == mode and r["variant"] == v)
+                cells.append(f"{r['ms']:.1f} ms" if v == "nn.LSTM" else f"{r['ms']:.1f} ms ({r['ratio']:.2f}×)")
+            print(f"| {size} {SIZES[size]} | {mode} | " + " | ".join(cells) + " |")
+    if args.memory:
+        print("\nPeak memory added by one training step (MiB" + (", CUDA allocator)" if args.device != "cpu" else
+                                                                   ", max RSS growth)"))
+        print("| size | " + " | ".join(variants) + " |")
+        print("|---|" + "---:|" * len(variants))
+        for size in args.sizes:
+            print(f"| {size} | " + " | ".join(f"{peak_memory(v, size, args.device):.1f}" for v in variants) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

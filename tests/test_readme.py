@@ -1,0 +1,26 @@
+"""The README's quick start runs as written and ends in its shape check."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quick_start() -> str:
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## Quick start", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_quick_start_runs(backend):
+    code = _quick_start()
+    assert len(code.strip().splitlines()) <= 10
+    assert "assert" in code.strip().splitlines()[-1]
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_readme_commands_are_the_ci_commands():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    test_cmd = 'pip install torch==2.13.0 && pip install -e ".[dev]" && pytest'
+    assert test_cmd in text and test_cmd in ci
