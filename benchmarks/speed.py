@@ -121,17 +121,21 @@ def time_all(sizes, variants, runs: int, device: str) -> list[dict]:
 
 
 def peak_memory(variant: str, size: str, device: str) -> float:
-    """Peak memory (MiB) that the first training step adds over an inference pass (which
-    has built the C++ kernel and warmed the allocator), measured in a fresh process."""
+    """Peak memory (MiB) of building the model and input and running one training step,
+    over a fresh process that has imported torch and loaded the C++ kernel (CPU: growth
+    of the peak RSS, VmHWM; CUDA: the allocator's peak)."""
     code = (
-        "import sys, json, resource, torch; sys.path.insert(0, %r); "
+        "import sys, json, torch; sys.path.insert(0, %r); "
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent.
+        "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); "
+        "import peephole_lstm; peephole_lstm.build_extension(); "
         "from benchmarks.speed import build, step; "
-        "m, x, b = build(%r, %r, %r); step(m, x, b, False); "
-        "torch.cuda.reset_peak_memory_stats() if %r.startswith('cuda') else None; "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; step(m, x, b, True); "
+        "torch.cuda.init() if %r.startswith('cuda') else None; "
+        "base = hwm(); "
+        "m, x, b = build(%r, %r, %r); step(m, x, b, True); "
         "peak = (torch.cuda.max_memory_allocated() / 2**20) if %r.startswith('cuda') else "
-        "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024; print(json.dumps(peak))"
-    ) % (ROOT, variant, size, device, device, device)
+        "(hwm() - base) / 1024; print(json.dumps(peak))"
+    ) % (ROOT, device, variant, size, device, device)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
