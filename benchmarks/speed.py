@@ -125,17 +125,17 @@ def peak_memory(variant: str, size: str, device: str) -> float:
     over a fresh process that has imported torch and loaded the C++ kernel (CPU: growth
     of the peak RSS, VmHWM; CUDA: the allocator's peak)."""
     code = (
-        "import sys, json, torch; sys.path.insert(0, %r); "
+        f"import sys, json, torch; sys.path.insert(0, {ROOT!r}); "
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent.
         "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); "
         "import peephole_lstm; peephole_lstm.build_extension(); "
         "from benchmarks.speed import build, step; "
-        "torch.cuda.init() if %r.startswith('cuda') else None; "
+        f"torch.cuda.init() if {device!r}.startswith('cuda') else None; "
         "base = hwm(); "
-        "m, x, b = build(%r, %r, %r); step(m, x, b, True); "
-        "peak = (torch.cuda.max_memory_allocated() / 2**20) if %r.startswith('cuda') else "
+        f"m, x, b = build({variant!r}, {size!r}, {device!r}); step(m, x, b, True); "
+        f"peak = (torch.cuda.max_memory_allocated() / 2**20) if {device!r}.startswith('cuda') else "
         "(hwm() - base) / 1024; print(json.dumps(peak))"
-    ) % (ROOT, device, variant, size, device, device)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

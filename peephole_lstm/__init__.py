@@ -24,7 +24,7 @@ __all__ = [
 _LAZY = {
     "PeepholeLSTMRegressor": "peephole_lstm.model",
     "SeriesDataModule": "peephole_lstm.data",
-    "export_onnx": "peephole_lstm.onnx",
+    "export_onnx": "peephole_lstm.interop",
 }
 
 

@@ -375,6 +375,24 @@ class PeepholeLSTM(nn.Module):
         model.train(lstm.training)
         return model
 
+    @classmethod
+    def from_onnx(cls, model_or_path, **kwargs) -> "PeepholeLSTM":
+        """Import the ``LSTM`` node(s) of an ONNX model (path, bytes, file or ``ModelProto``),
+        peepholes ``P`` included. See :func:`peephole_lstm.interop.from_onnx` (needs ``onnx``)."""
+        from .interop import from_onnx
+
+        return from_onnx(model_or_path, **kwargs)
+
+    @classmethod
+    def from_tensorflow(
+        cls, kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias: float = 1.0, cell_clip=None, **kwargs
+    ) -> "PeepholeLSTM":
+        """Import TensorFlow v1 ``LSTMCell(use_peepholes=True)`` weights given as arrays.
+        See :func:`peephole_lstm.interop.from_tensorflow`."""
+        from .interop import from_tensorflow
+
+        return from_tensorflow(kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias, cell_clip, **kwargs)
+
     # ------------------------------------------------------------------ forward
     def _check_hidden(self, hx: tuple[Tensor, Tensor], mini_batch: int) -> None:
         num_directions = 2 if self.bidirectional else 1

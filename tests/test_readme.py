@@ -24,3 +24,11 @@ def test_readme_commands_are_the_ci_commands():
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
     test_cmd = 'pip install torch==2.13.0 && pip install -e ".[dev]" && pytest'
     assert test_cmd in text and test_cmd in ci
+
+
+def test_readme_deploy_section_runs(tmp_path, monkeypatch):
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    code = re.search(r"## Deploy\n\n```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md#deploy", "exec"), {})
+    assert (tmp_path / "lstm.onnx").exists() and (tmp_path / "lstm.pt2").exists()
