@@ -67,13 +67,23 @@ _ext_lock = threading.Lock()
 _ext_state: dict[str, object] = {"tried": False, "ok": False, "error": None}
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "avx2" in flags and "fma" in flags
+        return set()
+
+
+def _simd_flags() -> tuple[str, list[str]]:
+    """The widest at::vec capability this CPU runs (the variants ATen itself is built for)."""
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        return "avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                          "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    if {"avx2", "fma"} <= flags:
+        return "avx2", ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return "", []
 
 
 def build_extension(verbose: bool = False) -> bool:
@@ -96,12 +106,11 @@ def build_extension(verbose: bool = False) -> bool:
                 raise RuntimeError("ninja is not installed (pip install ninja)")
             src = os.path.join(os.path.dirname(__file__), "csrc", "recurrence.cpp")
             # No -ffast-math, and no FMA contraction of our own arithmetic: results must
-            # match the reference path. AVX2 lets at::vec use SLEEF's exp/tanh, as ATen does.
+            # match the reference path. AVX2/AVX512 let at::vec use SLEEF's exp, as ATen does.
             flags = ["-O3", "-ffp-contract=off", "-fopenmp"]  # OpenMP: at::parallel_for
-            name = "peephole_lstm_cpp"
-            if _cpu_has_avx2():
-                flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-                name += "_avx2"
+            simd, simd_flags = _simd_flags()
+            name = "peephole_lstm_cpp" + (f"_{simd}" if simd else "")
+            flags += simd_flags
             cpp_extension.load(
                 name=name,
                 sources=[src],
@@ -148,6 +157,7 @@ def _forward_py(
     w_cf: Optional[Tensor],
     w_co: Optional[Tensor],
     reverse: bool,
+    save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, G = xw.shape
     H = G // 4
@@ -180,6 +190,8 @@ def _forward_py(
         else:
             torch.mm(z_o * c_t.tanh(), w_hr.t(), out=out[t])
         h, c = out[t], c_t
+    if not save:
+        return out, h.clone(), c.clone(), xw.new_empty(0), xw.new_empty(0)
     return out, h.clone(), c.clone(), gates, cs
 
 
@@ -263,18 +275,17 @@ def recurrence(
     w_cf: Optional[Tensor],
     w_co: Optional[Tensor],
     reverse: bool,
+    save: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer's recurrence. Returns ``(output, h_n, c_n, gates, cs)``; the last two are
-    saved activations for the backward."""
+    the activations saved for the backward, empty when ``save`` is false (inference)."""
     if _use_cpp(xw):
-        return torch.ops.peephole_lstm_cpp.forward(
-            xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse
-        )
-    return _forward_py(xw.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse)
+        return torch.ops.peephole_lstm_cpp.forward(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save)
+    return _forward_py(xw.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save)
 
 
 @recurrence.register_fake
-def _(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse):
+def _(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save=True):
     T, B, G = xw.shape
     H = G // 4
     P = h0.shape[1]
@@ -282,8 +293,8 @@ def _(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse):
         xw.new_empty(T, B, P),
         xw.new_empty(B, P),
         xw.new_empty(B, H),
-        xw.new_empty(T, B, G),
-        xw.new_empty(T, B, H),
+        xw.new_empty(T, B, G) if save else xw.new_empty(0),
+        xw.new_empty(T, B, H) if save else xw.new_empty(0),
     )
 
 
@@ -331,13 +342,16 @@ def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf
 
 
 def _setup_context(ctx, inputs, output):
-    xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse = inputs
+    xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save = inputs
     out, _, _, gates, cs = output
+    ctx.saved = save
     ctx.save_for_backward(out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co)
     ctx.reverse = reverse
 
 
 def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
+    if not ctx.saved:
+        raise RuntimeError("peephole_lstm::recurrence was called with save=False; it has no backward")
     out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co = ctx.saved_tensors
     # An output nobody used arrives as None: its gradient is zero.
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
@@ -356,6 +370,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
         d_w_ci if w_ci is not None else None,
         d_w_cf if w_cf is not None else None,
         d_w_co if w_co is not None else None,
+        None,
         None,
     )
 
