@@ -152,6 +152,7 @@ def _forward_py(
     h0: Tensor,
     c0: Tensor,
     w_hh: Tensor,
+    bias: Optional[Tensor],
     w_hr: Optional[Tensor],
     w_ci: Optional[Tensor],
     w_cf: Optional[Tensor],
@@ -162,6 +163,8 @@ def _forward_py(
     T, B, G = xw.shape
     H = G // 4
     P = h0.size(1)
+    if bias is not None:
+        xw = xw + bias  # (T, B, 4H)
     gates = torch.empty_like(xw)  # (T, B, 4H): activated i, f, g, o
     cs = xw.new_empty(T, B, H)
     out = xw.new_empty(T, B, P)
@@ -205,12 +208,13 @@ def _backward_py(
     h0: Tensor,
     c0: Tensor,
     w_hh: Tensor,
+    bias: Optional[Tensor],
     w_hr: Optional[Tensor],
     w_ci: Optional[Tensor],
     w_cf: Optional[Tensor],
     w_co: Optional[Tensor],
     reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, G = gates.shape
     H = G // 4
     P = out.size(2)
@@ -253,6 +257,7 @@ def _backward_py(
         h_prev = torch.cat([h0u, out[:-1]], 0)
         c_prev_all = torch.cat([c0u, cs[:-1]], 0)
     dw_hh = dgates.reshape(T * B, G).t() @ h_prev.reshape(T * B, P)  # (4H, P)
+    d_bias = dgates.sum((0, 1)) if bias is not None else out.new_empty(0)
     dw_hr = out.new_empty(0)  # an absent weight's grad; outputs may not alias each other
     if w_hr is not None:
         dw_hr = dH.reshape(T * B, P).t() @ (o_all * tanh_c).reshape(T * B, H)  # (P, H)
@@ -260,7 +265,7 @@ def _backward_py(
     dw_ci = (d_i_all * c_prev_all).sum((0, 1)) if w_ci is not None else out.new_empty(0)
     dw_cf = (d_f_all * c_prev_all).sum((0, 1)) if w_cf is not None else out.new_empty(0)
     dw_co = (d_o_all * cs).sum((0, 1)) if w_co is not None else out.new_empty(0)
-    return dgates, dh0, dc, dw_hh, dw_hr, dw_ci, dw_cf, dw_co
+    return dgates, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co
 
 
 # ------------------------------------------------------------------- custom ops
@@ -270,6 +275,7 @@ def recurrence(
     h0: Tensor,
     c0: Tensor,
     w_hh: Tensor,
+    bias: Optional[Tensor],
     w_hr: Optional[Tensor],
     w_ci: Optional[Tensor],
     w_cf: Optional[Tensor],
@@ -277,15 +283,16 @@ def recurrence(
     reverse: bool,
     save: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One layer's recurrence. Returns ``(output, h_n, c_n, gates, cs)``; the last two are
+    """One layer's recurrence over ``xw = x W_ih^T`` (T, B, 4H), with ``bias`` (4H,) =
+    ``b_ih + b_hh`` added inside. Returns ``(output, h_n, c_n, gates, cs)``; the last two are
     the activations saved for the backward, empty when ``save`` is false (inference)."""
     if _use_cpp(xw):
-        return torch.ops.peephole_lstm_cpp.forward(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save)
-    return _forward_py(xw.contiguous(), h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save)
+        return torch.ops.peephole_lstm_cpp.forward(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
+    return _forward_py(xw.contiguous(), h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
 
 
 @recurrence.register_fake
-def _(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save=True):
+def _(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save=True):
     T, B, G = xw.shape
     H = G // 4
     P = h0.shape[1]
@@ -309,15 +316,16 @@ def recurrence_backward(
     h0: Tensor,
     c0: Tensor,
     w_hh: Tensor,
+    bias: Optional[Tensor],
     w_hr: Optional[Tensor],
     w_ci: Optional[Tensor],
     w_cf: Optional[Tensor],
     w_co: Optional[Tensor],
     reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of :func:`recurrence`: ``(d_xw, d_h0, d_c0, d_w_hh, d_w_hr, d_w_ci,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`recurrence`: ``(d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci,
     d_w_cf, d_w_co)``; an absent weight's gradient is an empty tensor."""
-    args = (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co)
+    args = (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co)
     if _use_cpp(gates):
         return torch.ops.peephole_lstm_cpp.backward(*args, reverse)
     args = tuple(a.contiguous() if a is not None else None for a in args)
@@ -325,7 +333,7 @@ def recurrence_backward(
 
 
 @recurrence_backward.register_fake
-def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse):
+def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse):
     def like(w: Optional[Tensor]) -> Tensor:
         return torch.empty_like(w) if w is not None else out.new_empty(0)
 
@@ -334,6 +342,7 @@ def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf
         torch.empty_like(h0),
         torch.empty_like(c0),
         torch.empty_like(w_hh),
+        like(bias),
         like(w_hr),
         like(w_ci),
         like(w_cf),
@@ -342,23 +351,23 @@ def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf
 
 
 def _setup_context(ctx, inputs, output):
-    xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save = inputs
+    xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save = inputs
     out, _, _, gates, cs = output
     ctx.saved = save
-    ctx.save_for_backward(out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co)
+    ctx.save_for_backward(out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co)
     ctx.reverse = reverse
 
 
 def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
     if not ctx.saved:
         raise RuntimeError("peephole_lstm::recurrence was called with save=False; it has no backward")
-    out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co = ctx.saved_tensors
+    out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co = ctx.saved_tensors
     # An output nobody used arrives as None: its gradient is zero.
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_hn = torch.zeros_like(h0) if grad_hn is None else grad_hn
     grad_cn = torch.zeros_like(c0) if grad_cn is None else grad_cn
-    d_xw, d_h0, d_c0, d_w_hh, d_w_hr, d_w_ci, d_w_cf, d_w_co = recurrence_backward(
-        grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co,
+    d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci, d_w_cf, d_w_co = recurrence_backward(
+        grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co,
         ctx.reverse,
     )
     return (
@@ -366,6 +375,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
         d_h0,
         d_c0,
         d_w_hh,
+        d_bias if bias is not None else None,
         d_w_hr if w_hr is not None else None,
         d_w_ci if w_ci is not None else None,
         d_w_cf if w_cf is not None else None,

@@ -455,13 +455,13 @@ class PeepholeLSTM(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, _ = w
         assert w_ih is not None and w_hh is not None
-        bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None
-        xw = F.linear(x, w_ih, bias)  # (T, B, 4H): one GEMM for every step
+        bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None  # added in the op
+        xw = F.linear(x, w_ih)  # (T, B, 4H): one GEMM for every step
         # Save the activations for a backward only when one can follow.
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co)
+            t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co)
         )
-        out, h_n, c_n, _, _ = _fused.recurrence(xw, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, reverse, save)
+        out, h_n, c_n, _, _ = _fused.recurrence(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
         return out, h_n, c_n
 
     def _run(

@@ -52,6 +52,7 @@ def test_gradcheck_fused_op(backend, reverse, proj):
         torch.randn(B, P, **d),
         torch.randn(B, H, **d),
         torch.randn(4 * H, P, **d),
+        torch.randn(4 * H, **d),
         torch.randn(P, H, **d) if proj else None,
         torch.randn(H, **d),
         torch.randn(H, **d),

@@ -101,8 +101,12 @@ inline void store(const Vec<T>& v, T* p, int64_t n) {
 // xw: (B, 4H) the input projection; gates: (B, 4H) h_{t-1} W_hh^T in, activations
 // [i, f, g, o] out. Absent peepholes are loaded as 0, which adds exactly nothing.
 template <typename T>
-void forward_cell(const T* xw, T* gates, const T* c_prev, T* c, T* r, const T* w_ci, const T* w_cf,
-                  const T* w_co, int64_t B, int64_t H) {
+void forward_cell(const T* xw, const T* bias, T* gates, const T* c_prev, T* c, T* r, const T* w_ci,
+                  const T* w_cf, const T* w_co, int64_t B, int64_t H) {
+  const T* bi = bias;
+  const T* bf = bias ? bias + H : nullptr;
+  const T* bg = bias ? bias + 2 * H : nullptr;
+  const T* bo = bias ? bias + 3 * H : nullptr;
   constexpr int64_t W = Vec<T>::size();
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -120,15 +124,15 @@ void forward_cell(const T* xw, T* gates, const T* c_prev, T* c, T* r, const T* w
       for (int64_t j = 0; j < H; j += W) {
         const int64_t n = std::min<int64_t>(W, H - j);
         const Vec<T> cpj = load(cp + j, n);
-        const Vec<T> i =
-            sigmoid(load(xi + j, n) + load(gi + j, n) + load_or(w_ci ? w_ci + j : nullptr, n, T(0)) * cpj);
-        const Vec<T> f =
-            sigmoid(load(xf + j, n) + load(gf + j, n) + load_or(w_cf ? w_cf + j : nullptr, n, T(0)) * cpj);
-        const Vec<T> g = tanh(load(xg + j, n) + load(gg + j, n));
+        const Vec<T> i = sigmoid(load(xi + j, n) + load_or(bi ? bi + j : nullptr, n, T(0)) + load(gi + j, n) +
+                                 load_or(w_ci ? w_ci + j : nullptr, n, T(0)) * cpj);
+        const Vec<T> f = sigmoid(load(xf + j, n) + load_or(bf ? bf + j : nullptr, n, T(0)) + load(gf + j, n) +
+                                 load_or(w_cf ? w_cf + j : nullptr, n, T(0)) * cpj);
+        const Vec<T> g = tanh(load(xg + j, n) + load_or(bg ? bg + j : nullptr, n, T(0)) + load(gg + j, n));
         const Vec<T> cj = f * cpj + i * g;
         // the output gate sees the new cell state
-        const Vec<T> o =
-            sigmoid(load(xo + j, n) + load(go + j, n) + load_or(w_co ? w_co + j : nullptr, n, T(0)) * cj);
+        const Vec<T> o = sigmoid(load(xo + j, n) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(go + j, n) +
+                                 load_or(w_co ? w_co + j : nullptr, n, T(0)) * cj);
         store(i, gi + j, n);
         store(f, gf + j, n);
         store(g, gg + j, n);
@@ -141,45 +145,60 @@ void forward_cell(const T* xw, T* gates, const T* c_prev, T* c, T* r, const T* w
 }
 
 // dc: (B, H) gradient w.r.t. c_t in, w.r.t. c_{t-1} out. dgates: (B, 4H) pre-activation grads.
+// acc: (chunks, 7H) running sums over rows and steps of [dgates (the bias grad, 4H),
+// d_i c_prev, d_f c_prev, d_o c (the peephole grads, 3 x H)]; the rows are split into fixed
+// chunks of chunk_rows (not per thread), so the sums do not depend on the thread count.
 template <typename T>
 void backward_cell(const T* gates, const T* c, const T* c_prev, const T* dr, T* dc,
                    T* dgates, const T* w_ci, const T* w_cf, const T* w_co, int64_t B,
-                   int64_t H) {
+                   int64_t H, int64_t chunk_rows, T* acc) {
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> one(T(1));
-  at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T* gi = gates + b * 4 * H;
-      const T* gf = gi + H;
-      const T* gg = gf + H;
-      const T* go = gg + H;
-      T* di = dgates + b * 4 * H;
-      T* df = di + H;
-      T* dg = df + H;
-      T* dout = dg + H;
-      const T* cb = c + b * H;
-      const T* cp = c_prev + b * H;
-      const T* drb = dr + b * H;
-      T* dcb = dc + b * H;
-      for (int64_t j = 0; j < H; j += W) {
-        const int64_t n = std::min<int64_t>(W, H - j);
-        const Vec<T> i = load(gi + j, n), f = load(gf + j, n);
-        const Vec<T> g = load(gg + j, n), o = load(go + j, n);
-        const Vec<T> tc = tanh(load(cb + j, n));
-        const Vec<T> drj = load(drb + j, n);
-        const Vec<T> d_o = drj * tc * o * (one - o);
-        const Vec<T> dcj = load(dcb + j, n) + drj * o * (one - tc * tc) +
-                           d_o * load_or(w_co ? w_co + j : nullptr, n, T(0));
-        const Vec<T> d_i = dcj * g * i * (one - i);
-        const Vec<T> d_f = dcj * load(cp + j, n) * f * (one - f);
-        const Vec<T> d_g = dcj * i * (one - g * g);
-        const Vec<T> dcp = dcj * f + d_i * load_or(w_ci ? w_ci + j : nullptr, n, T(0)) +
-                           d_f * load_or(w_cf ? w_cf + j : nullptr, n, T(0));
-        store(d_i, di + j, n);
-        store(d_f, df + j, n);
-        store(d_g, dg + j, n);
-        store(d_o, dout + j, n);
-        store(dcp, dcb + j, n);
+  const int64_t chunks = (B + chunk_rows - 1) / chunk_rows;
+  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      T* a = acc + k * 7 * H;
+      for (int64_t b = k * chunk_rows; b < std::min(B, (k + 1) * chunk_rows); ++b) {
+        const T* gi = gates + b * 4 * H;
+        const T* gf = gi + H;
+        const T* gg = gf + H;
+        const T* go = gg + H;
+        T* di = dgates + b * 4 * H;
+        T* df = di + H;
+        T* dg = df + H;
+        T* dout = dg + H;
+        const T* cb = c + b * H;
+        const T* cp = c_prev + b * H;
+        const T* drb = dr + b * H;
+        T* dcb = dc + b * H;
+        for (int64_t j = 0; j < H; j += W) {
+          const int64_t n = std::min<int64_t>(W, H - j);
+          const Vec<T> i = load(gi + j, n), f = load(gf + j, n);
+          const Vec<T> g = load(gg + j, n), o = load(go + j, n);
+          const Vec<T> cj = load(cb + j, n), cpj = load(cp + j, n);
+          const Vec<T> tc = tanh(cj);
+          const Vec<T> drj = load(drb + j, n);
+          const Vec<T> d_o = drj * tc * o * (one - o);
+          const Vec<T> dcj = load(dcb + j, n) + drj * o * (one - tc * tc) +
+                             d_o * load_or(w_co ? w_co + j : nullptr, n, T(0));
+          const Vec<T> d_i = dcj * g * i * (one - i);
+          const Vec<T> d_f = dcj * cpj * f * (one - f);
+          const Vec<T> d_g = dcj * i * (one - g * g);
+          const Vec<T> dcp = dcj * f + d_i * load_or(w_ci ? w_ci + j : nullptr, n, T(0)) +
+                             d_f * load_or(w_cf ? w_cf + j : nullptr, n, T(0));
+          store(d_i, di + j, n);
+          store(d_f, df + j, n);
+          store(d_g, dg + j, n);
+          store(d_o, dout + j, n);
+          store(dcp, dcb + j, n);
+          store(load(a + j, n) + d_i, a + j, n);
+          store(load(a + H + j, n) + d_f, a + H + j, n);
+          store(load(a + 2 * H + j, n) + d_g, a + 2 * H + j, n);
+          store(load(a + 3 * H + j, n) + d_o, a + 3 * H + j, n);
+          store(load(a + 4 * H + j, n) + d_i * cpj, a + 4 * H + j, n);
+          store(load(a + 5 * H + j, n) + d_f * cpj, a + 5 * H + j, n);
+          store(load(a + 6 * H + j, n) + d_o * cj, a + 6 * H + j, n);
+        }
       }
     }
   });
@@ -246,7 +265,8 @@ void gemm(bool b_transposed, int64_t m, int64_t n, int64_t k, const T* A, const 
 
 // The ops are public (torch.ops.peephole_lstm_cpp.*): check every shape the loops rely on.
 void check_args(const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                const std::optional<Tensor>& w_hr, std::initializer_list<const std::optional<Tensor>*> peeps) {
+                const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr,
+                std::initializer_list<const std::optional<Tensor>*> peeps) {
   TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0, "xw must be (T, B, 4H), got ", xw.sizes());
   TORCH_CHECK(xw.device().is_cpu(), "the C++ kernel runs on CPU tensors only");
   const int64_t B = xw.size(1), H = xw.size(2) / 4;
@@ -257,6 +277,10 @@ void check_args(const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tens
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * H && w_hh.size(1) == P, "w_hh must be (", 4 * H, ", ", P,
               "), got ", w_hh.sizes());
   if (proj) TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "w_hr must be (P, ", H, "), got ", w_hr->sizes());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "bias must be (", 4 * H, ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == xw.scalar_type(), "bias dtype differs from xw's");
+  }
   for (const auto* w : peeps) {
     if (w->has_value() && (*w)->defined()) {
       TORCH_CHECK((*w)->dim() == 1 && (*w)->size(0) == H, "peepholes must be (", H, ",), got ", (*w)->sizes());
@@ -323,10 +347,11 @@ class StepGemm {
 // gates and cell live in small buffers that stay in cache.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const Tensor& xw_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
-    const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& w_ci_in,
-    const std::optional<Tensor>& w_cf_in, const std::optional<Tensor>& w_co_in,
-    bool reverse, bool save) {
-  check_args(xw_in, h0_in, c0_in, w_hh_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in});
+    const std::optional<Tensor>& bias_in, const std::optional<Tensor>& w_hr_in,
+    const std::optional<Tensor>& w_ci_in, const std::optional<Tensor>& w_cf_in,
+    const std::optional<Tensor>& w_co_in, bool reverse, bool save) {
+  check_args(xw_in, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in});
+  const auto bias = contiguous_opt(bias_in);
   const Tensor xw = xw_in.contiguous();
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4, P = h0_in.size(1);
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -356,6 +381,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const T_* pci = ptr_or_null<T_>(w_ci);
     const T_* pcf = ptr_or_null<T_>(w_cf);
     const T_* pco = ptr_or_null<T_>(w_co);
+    const T_* pb = ptr_or_null<T_>(bias);
     const StepGemm<T_> hh(whh, /*b_transposed=*/true, G, P, B);  // h W_hh^T
     const StepGemm<T_> hr(whr, true, P, H, proj ? B : 0);       // r W_hr^T
     for (int64_t s = 0; s < T; ++s) {
@@ -364,7 +390,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
       T_* c_t = c_all + (save ? t : s % 2) * B * H;
       T_* h_t = h_all + t * B * P;
       hh(h, B, T_(0), g_t);
-      forward_cell<T_>(x + t * B * G, g_t, c, c_t, proj ? r : h_t, pci, pcf, pco, B, H);
+      forward_cell<T_>(x + t * B * G, pb, g_t, c, c_t, proj ? r : h_t, pci, pcf, pco, B, H);
       if (proj) hr(r, B, T_(0), h_t);
       h = h_t;
       c = c_t;
@@ -379,15 +405,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
   return {out, out.select(0, t_end).clone(), c_n, gates, cs};
 }
 
-// Returns (d_xw, d_h0, d_c0, d_w_hh, d_w_hr, d_w_ci, d_w_cf, d_w_co); absent weights get
-// an empty tensor.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_backward(
+// Returns (d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci, d_w_cf, d_w_co); absent
+// weights get an empty tensor.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_backward(
     const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
     const Tensor& out, const Tensor& gates, const Tensor& cs, const Tensor& h0_in,
-    const Tensor& c0_in, const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
-    const std::optional<Tensor>& w_ci_in, const std::optional<Tensor>& w_cf_in,
-    const std::optional<Tensor>& w_co_in, bool reverse) {
-  check_args(gates, h0_in, c0_in, w_hh_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in});
+    const Tensor& c0_in, const Tensor& w_hh_in, const std::optional<Tensor>& bias_in,
+    const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& w_ci_in,
+    const std::optional<Tensor>& w_cf_in, const std::optional<Tensor>& w_co_in, bool reverse) {
+  check_args(gates, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in});
   const int64_t T = gates.size(0), B = gates.size(1), G = gates.size(2), H = G / 4;
   const int64_t P = out.size(2);
   TORCH_CHECK(out.sizes() == grad_out.sizes() && out.size(0) == T && out.size(1) == B && out.size(2) == h0_in.size(1),
@@ -410,6 +436,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recur
   Tensor dc = grad_cn.contiguous().clone();  // (B, H)
   Tensor dr_buf = proj ? at::empty({B, H}, out.options()) : Tensor();
   Tensor dh0 = at::empty({B, P}, out.options());
+  const int64_t chunk_rows = grain_rows(H);
+  const int64_t chunks = std::max<int64_t>(1, (B + chunk_rows - 1) / chunk_rows);
+  Tensor acc = at::zeros({chunks, 7 * H}, out.options());  // see backward_cell
 
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "peephole_lstm_backward", [&] {
     using T_ = scalar_t;
@@ -437,7 +466,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recur
       }
       const T_* c_prev = s > 0 ? c_all + t_prev * B * H : c0.data_ptr<T_>();
       T_* dg_t = dg + t * B * G;
-      backward_cell<T_>(g + t * B * G, c_all + t * B * H, c_prev, dr, dcp, dg_t, pci, pcf, pco, B, H);
+      backward_cell<T_>(g + t * B * G, c_all + t * B * H, c_prev, dr, dcp, dg_t, pci, pcf, pco, B, H, chunk_rows,
+                        acc.data_ptr<T_>());
       if (s > 0) {
         dhh(dg_t, B, T_(1), dh_all + t_prev * B * P);  // += dG W_hh
       } else {
@@ -446,42 +476,40 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recur
     }
   });
 
-  // Parameter gradients: one GEMM / reduction over all steps.
-  const Tensor h0u = h0.unsqueeze(0);
-  const Tensor c0u = c0.unsqueeze(0);
-  Tensor h_prev, c_prev_all;
-  if (reverse) {
-    h_prev = at::cat({out.slice(0, 1, T), h0u}, 0);
-    c_prev_all = at::cat({cs_c.slice(0, 1, T), c0u}, 0);
-  } else {
-    h_prev = at::cat({h0u, out.slice(0, 0, T - 1)}, 0);
-    c_prev_all = at::cat({c0u, cs_c.slice(0, 0, T - 1)}, 0);
+  // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over steps 1.., plus the first step's with h0.
+  const int64_t t_first = reverse ? T - 1 : 0;
+  Tensor dw_hh = dgates.select(0, t_first).t().mm(h0);  // (4H, P)
+  if (T > 1) {
+    const Tensor dg_rest = reverse ? dgates.slice(0, 0, T - 1) : dgates.slice(0, 1, T);
+    const Tensor h_rest = reverse ? out.slice(0, 1, T) : out.slice(0, 0, T - 1);
+    dw_hh.addmm_(dg_rest.reshape({(T - 1) * B, G}).t(), h_rest.reshape({(T - 1) * B, P}));
   }
-  Tensor dw_hh = dgates.view({T * B, G}).t().mm(h_prev.reshape({T * B, P}));
+  const Tensor sums = acc.sum(0);  // (7H)
   // An absent weight's grad is empty; the outputs of an op may not alias each other.
   auto empty = [&] { return at::empty({0}, out.options()); };
-  Tensor dw_hr = empty(), dw_ci = empty(), dw_cf = empty(), dw_co = empty();
+  Tensor d_bias = empty(), dw_hr = empty(), dw_ci = empty(), dw_cf = empty(), dw_co = empty();
+  if (bias_in.has_value() && bias_in->defined()) d_bias = sums.slice(0, 0, 4 * H).clone();
   if (proj) {
     Tensor r_all = gates_c.slice(2, 3 * H, 4 * H) * cs_c.tanh();  // (T, B, H)
     dw_hr = dH.view({T * B, P}).t().mm(r_all.reshape({T * B, H}));
   }
-  if (w_ci) dw_ci = (dgates.slice(2, 0, H) * c_prev_all).sum({0, 1});
-  if (w_cf) dw_cf = (dgates.slice(2, H, 2 * H) * c_prev_all).sum({0, 1});
-  if (w_co) dw_co = (dgates.slice(2, 3 * H, 4 * H) * cs_c).sum({0, 1});
-  return {dgates, dh0, dc, dw_hh, dw_hr, dw_ci, dw_cf, dw_co};
+  if (w_ci) dw_ci = sums.slice(0, 4 * H, 5 * H).clone();
+  if (w_cf) dw_cf = sums.slice(0, 5 * H, 6 * H).clone();
+  if (w_co) dw_co = sums.slice(0, 6 * H, 7 * H).clone();
+  return {dgates, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(peephole_lstm_cpp, m) {
   m.def(
-      "forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? w_ci, "
+      "forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
       "Tensor? w_cf, Tensor? w_co, bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor out, Tensor gates, "
-      "Tensor cs, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? w_ci, "
+      "Tensor cs, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
       "Tensor? w_cf, Tensor? w_co, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor)");
+      "Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(peephole_lstm_cpp, CPU, m) {

@@ -1,0 +1,110 @@
+"""The fused op's kernels directly: float32 accuracy over the whole activation range, the
+inference (save=False) path, input checks of the public C++ op, the env variable."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import peephole_lstm
+from peephole_lstm import _fused
+
+
+def _args(T, B, H, dtype, scale):
+    g = torch.Generator().manual_seed(0)
+    return (
+        torch.randn(T, B, 4 * H, generator=g, dtype=dtype) * scale,  # pre-activations up to ~±5·scale
+        torch.randn(B, H, generator=g, dtype=dtype),
+        torch.randn(B, H, generator=g, dtype=dtype),
+        torch.randn(4 * H, H, generator=g, dtype=dtype) * 0.3,
+        torch.randn(4 * H, generator=g, dtype=dtype),
+        None,
+        torch.randn(H, generator=g, dtype=dtype),
+        torch.randn(H, generator=g, dtype=dtype),
+        torch.randn(H, generator=g, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.3, 3.0, 30.0])
+@pytest.mark.parametrize("H", [5, 16, 37])  # vector tails and full vectors
+def test_float32_kernel_is_accurate_everywhere(backend, scale, H):
+    if backend == "reference":
+        pytest.skip("the reference backend does not use the fused op")
+    a32 = _args(9, 3, H, torch.float32, scale)
+    a64 = tuple(None if a is None else a.double() for a in a32)
+    with torch.no_grad():
+        o32 = _fused.recurrence(*a32, False)
+        o64 = _fused.recurrence(*a64, False)
+    for got, want in zip(o32[:3], o64[:3]):
+        torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-6)
+
+
+def test_inference_path_equals_training_path(backend):
+    if backend == "reference":
+        pytest.skip("the reference backend does not use the fused op")
+    a = _args(7, 4, 6, torch.float32, 1.0)
+    for reverse in (False, True):
+        full = _fused.recurrence(*a, reverse, True)
+        lean = _fused.recurrence(*a, reverse, False)
+        assert lean[3].numel() == 0 and lean[4].numel() == 0
+        for x, y in zip(full[:3], lean[:3]):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_module_saves_activations_only_when_a_backward_can_follow(backend):
+    m = peephole_lstm.PeepholeLSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():
+        a = m(x)[0]
+    b = m(x)[0]
+    torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    b.sum().backward()
+    assert m.weight_co_l0.grad is not None
+
+
+def test_cpp_op_checks_shapes():
+    peephole_lstm.set_backend("cpp")
+    try:
+        peephole_lstm.build_extension()
+        with pytest.raises(RuntimeError, match=r"h0 must be \(2, 2\)"):
+            torch.ops.peephole_lstm_cpp.forward(torch.zeros(3, 2, 8), torch.zeros(2, 1), torch.zeros(2, 2),
+                                                torch.zeros(8, 1), None, None, None, None, None, False, True)
+        with pytest.raises(RuntimeError, match=r"peepholes must be \(2,\)"):
+            torch.ops.peephole_lstm_cpp.forward(torch.zeros(3, 2, 8), torch.zeros(2, 2), torch.zeros(2, 2),
+                                                torch.zeros(8, 2), None, None, torch.zeros(3), None, None, False, True)
+    finally:
+        peephole_lstm.set_backend("auto")
+
+
+def _run(code, **env):
+    full_env = {k: v for k, v in os.environ.items() if k != "PEEPHOLE_LSTM_BACKEND"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+
+
+def test_env_variable_forces_a_backend():
+    res = _run("import peephole_lstm; print(peephole_lstm.get_backend())", PEEPHOLE_LSTM_BACKEND="python")
+    assert res.stdout.strip() == "python"
+    res = _run("import peephole_lstm", PEEPHOLE_LSTM_BACKEND="fastest")
+    assert res.returncode != 0 and "PEEPHOLE_LSTM_BACKEND='fastest' is not one of" in res.stderr
+
+
+def test_no_compiler_warns_once_and_falls_back_to_python():
+    code = (
+        "import warnings, torch, peephole_lstm\n"
+        "m = peephole_lstm.PeepholeLSTM(3, 4)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    m(torch.randn(5, 2, 3)); m(torch.randn(5, 2, 3))\n"
+        "msgs = [str(x.message) for x in w if 'C++ kernel unavailable' in str(x.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert len(msgs[0].splitlines()) == 1\n"
+        "print(msgs[0])\n"
+    )
+    res = _run(code, CXX="/nonexistent/c++", TORCH_EXTENSIONS_DIR="/tmp/peephole-lstm-no-compiler")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no C++ compiler" in res.stdout
+    forced = _run(code, CXX="/nonexistent/c++", PEEPHOLE_LSTM_BACKEND="cpp")
+    assert forced.returncode != 0 and "PEEPHOLE_LSTM_BACKEND=cpp but the C++ kernel could not be built" in forced.stderr
