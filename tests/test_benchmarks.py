@@ -1,0 +1,27 @@
+"""Smoke tests of the benchmark scripts (their numbers live in the READMEs, not in tests)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_timing_quick(tmp_path):
+    res = _run([os.path.join(ROOT, "benchmarks", "timing.py"), "--quick"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for mode in ("diagonal", "none", "full"):
+        assert f"| {mode} |" in res.stdout
+    assert (tmp_path / "runs" / "timing_quick.png").stat().st_size > 10_000
+
+
+def test_speed_table(tmp_path):
+    res = _run([os.path.join(ROOT, "benchmarks", "speed.py"), "--sizes", "S1", "--runs", "1", "--variants",
+                "fused/python", "fused/cpp"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| S1")]
+    assert len(rows) == 2 and all(line.count("×") == 2 for line in rows)
