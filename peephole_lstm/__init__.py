@@ -1,7 +1,7 @@
 """peephole-lstm: an exact, fast LSTM with peephole connections, a drop-in for ``torch.nn.LSTM``.
 
 ``import peephole_lstm`` needs only torch. The Lightning parts (``PeepholeLSTMRegressor``,
-``SeriesDataModule``) and the ONNX tools load on first access.
+``SeriesDataModule``) and the ONNX export (``export_onnx``) load on first access.
 """
 
 from ._fused import build_extension, get_backend, set_backend

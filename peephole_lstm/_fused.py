@@ -2,14 +2,14 @@
 
 ``torch.ops.peephole_lstm.recurrence`` runs the recurrence of one layer in one direction
 (diagonal or no peepholes, optional projection) given the precomputed input projection
-``xw = x W_ih^T + b_ih + b_hh`` of every step. It is registered with ``torch.library`` with
+``xw = x W_ih^T`` of every step (one GEMM) and ``bias = b_ih + b_hh``. It is registered with ``torch.library`` with
 a fake (meta) kernel and an autograd formula (``peephole_lstm::recurrence_backward``), so
 ``torch.compile`` and ``torch.export`` see one opaque node instead of an unrolled loop.
 
 Two kernels implement both ops:
 
 * ``"cpp"``: ``csrc/recurrence.cpp``, compiled on first use with
-  ``torch.utils.cpp_extension`` (about a minute on 2 cores, cached across processes in
+  ``torch.utils.cpp_extension`` (15-30 s on 2 cores, cached across processes in
   ``TORCH_EXTENSIONS_DIR``), CPU float32/float64;
 * ``"python"``: the same algorithm in vectorised PyTorch; every device.
 
