@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Optional
@@ -112,12 +113,14 @@ def main(args: Optional[list[str]] = None) -> None:
             SeriesDataModule,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
-            # No prefix matching: a misspelt key (--trainer.max_epoch) must be an error.
-            parser_kwargs={"allow_abbrev": False},
+            # No prefix matching: a misspelt key (--trainer.max_epoch) must be an error; and
+            # errors are raised, so that main() reports them in one line, not under a usage wall.
+            parser_kwargs={"allow_abbrev": False, "exit_on_error": False},
             args=args,
         )
-    except SeriesDataError as exc:
-        print(f"peephole-lstm: error: {exc}", file=sys.stderr)
+    except (SeriesDataError, argparse.ArgumentError) as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the parser wrapped
+        print(f"peephole-lstm: error: {message} (see peephole-lstm --help)", file=sys.stderr)
         raise SystemExit(2) from None
 
 

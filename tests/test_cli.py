@@ -95,7 +95,9 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
         (["--data.target", "nope"], "unknown column 'nope'"),
         (["--data.window", "5000"], "series too short"),
         (["--model.not_a_key", "1"], "not_a_key"),
-        (["--trainer.max_epoch", "1"], "max_epoch"),
+        (["--trainer.max_epoch", "1"], "max_epoch"),  # no prefix matching of keys
+        (["--data.window", "abc"], "data.window"),
+        (["--config", "missing.yaml"], "File does not exist"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args, message):
@@ -104,7 +106,10 @@ def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args
     res = _run(["fit", "--config", CONFIGS[0], *args], cwd)
     assert res.returncode != 0
     assert message in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and "usage:" not in res.stderr
+    assert [line for line in res.stderr.splitlines() if "error" in line.lower()] == [
+        next(line for line in res.stderr.splitlines() if line.startswith("peephole-lstm: error: "))
+    ]
     assert _files(cwd) == []
 
 
