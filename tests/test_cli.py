@@ -43,7 +43,7 @@ def test_print_config(capsys):
     assert cfg["model"]["peephole"] == "diagonal" and cfg["data"]["window"] == 52
 
 
-def _small(tmp_path, extra=None):
+def _small(tmp_path):
     cfg = {
         "seed_everything": 7,
         "model": {"hidden_size": 8, "num_layers": 2, "dropout": 0.2},
@@ -58,8 +58,6 @@ def _small(tmp_path, extra=None):
         },
         "test_after_fit": False,
     }
-    for key, value in (extra or {}).items():
-        cfg["trainer"][key] = value
     return cfg
 
 

@@ -30,7 +30,6 @@ def _inputs(form, batch_first, num_states, h_size):
         seqs = [torch.randn(n, I, dtype=torch.float64, requires_grad=True) for n in lengths]
         x = pack_sequence(seqs, enforce_sorted=form == "packed_sorted")
         leaves = seqs
-        batch = (B,)
         hx = (
             torch.randn(num_states, B, h_size, dtype=torch.float64, requires_grad=True),
             torch.randn(num_states, B, H, dtype=torch.float64, requires_grad=True),
