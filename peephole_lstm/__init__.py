@@ -22,9 +22,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "PeepholeLSTMRegressor": "peephole_lstm.model",
-    "SeriesDataModule": "peephole_lstm.data",
-    "export_onnx": "peephole_lstm.interop",
+    "PeepholeLSTMRegressor": ("peephole_lstm.model", "train"),
+    "SeriesDataModule": ("peephole_lstm.data", "train"),
+    "export_onnx": ("peephole_lstm.interop", "onnx"),
 }
 
 
@@ -33,7 +33,13 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module, extra = _LAZY[name]
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"peephole_lstm.{name} needs {exc.name!r}: pip install 'peephole-lstm[{extra}]'", name=exc.name
+            ) from exc
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
