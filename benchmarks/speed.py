@@ -157,8 +157,9 @@ def main() -> None:
         peephole_lstm.build_extension()
 
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    gemm = torch.ops.peephole_lstm_cpp.blas_info() if "fused/cpp" in variants else "n/a"
     print(f"# torch {torch.__version__}, {args.device} ({dev}), {torch.get_num_threads()} threads, float32, "
-          f"median of {args.runs} interleaved runs")
+          f"median of {args.runs} interleaved runs, C++ kernel GEMM: {gemm}")
     rows = time_all(args.sizes, variants, args.runs, args.device)
     print("\n| size | mode | " + " | ".join(variants) + " |")
     print("|---|---|" + "---:|" * len(variants))

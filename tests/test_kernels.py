@@ -78,6 +78,18 @@ def test_cpp_op_checks_shapes():
         peephole_lstm.set_backend("auto")
 
 
+def test_cpp_kernel_uses_mkl_packed_gemm_where_torch_has_mkl():
+    peephole_lstm.set_backend("cpp")
+    try:
+        peephole_lstm.build_extension()
+        info = torch.ops.peephole_lstm_cpp.blas_info()
+    finally:
+        peephole_lstm.set_backend("auto")
+    assert info in ("mkl-packed", "blas", "aten")
+    if torch.backends.mkl.is_available() and "PEEPHOLE_LSTM_NO_PACK" not in os.environ:
+        assert info == "mkl-packed"
+
+
 def _run(code, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "PEEPHOLE_LSTM_BACKEND"}
     full_env.update(env)

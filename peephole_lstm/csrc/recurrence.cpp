@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -213,7 +214,7 @@ std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& w) {
 // Per step we multiply small matrices; ATen's addmm costs several microseconds of dispatch
 // and checks around the BLAS call, a large share of a step at small sizes. So we call the
 // Fortran BLAS that libtorch exports (MKL's sgemm_/dgemm_ in the x86 wheels) directly, found
-// at run time with dlsym; where a build has none, the ATen call on tensor views is used.
+// at run time (torch_symbol); where a build has none, the ATen call on tensor views is used.
 using sgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                          const float*, const int*, const float*, const int*, const float*, float*,
                          const int*);
@@ -221,19 +222,34 @@ using dgemm_t = void (*)(const char*, const char*, const int*, const int*, const
                          const double*, const int*, const double*, const int*, const double*, double*,
                          const int*);
 
+// A symbol of the process, else of the library that holds ATen's operators (libtorch_cpu),
+// in case that library was loaded without RTLD_GLOBAL; nullptr when neither has it.
+void* torch_symbol(const char* name) {
+  if (void* p = dlsym(RTLD_DEFAULT, name)) return p;
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&at::_ops::mm::call), &info) != 0 && info.dli_fname != nullptr) {
+    if (void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD)) {
+      void* p = dlsym(lib, name);
+      dlclose(lib);  // RTLD_NOLOAD took a reference; the library stays loaded
+      return p;
+    }
+  }
+  return nullptr;
+}
+
 template <typename T>
 struct Blas;
 template <>
 struct Blas<float> {
   static sgemm_t fn() {
-    static sgemm_t f = reinterpret_cast<sgemm_t>(dlsym(RTLD_DEFAULT, "sgemm_"));
+    static sgemm_t f = reinterpret_cast<sgemm_t>(torch_symbol("sgemm_"));
     return f;
   }
 };
 template <>
 struct Blas<double> {
   static dgemm_t fn() {
-    static dgemm_t f = reinterpret_cast<dgemm_t>(dlsym(RTLD_DEFAULT, "dgemm_"));
+    static dgemm_t f = reinterpret_cast<dgemm_t>(torch_symbol("dgemm_"));
     return f;
   }
 };
@@ -308,9 +324,10 @@ class StepGemm {
   StepGemm(const T* Bm, bool b_transposed, int64_t n, int64_t k, int64_t m_max)
       : Bm_(Bm), bt_(b_transposed), n_(n), k_(k) {
     if constexpr (std::is_same_v<T, float>) {
-      static auto get_size = reinterpret_cast<pack_size_t>(dlsym(RTLD_DEFAULT, "cblas_sgemm_pack_get_size"));
-      static auto pack = reinterpret_cast<pack_t>(dlsym(RTLD_DEFAULT, "cblas_sgemm_pack"));
-      compute_ = reinterpret_cast<compute_t>(dlsym(RTLD_DEFAULT, "cblas_sgemm_compute"));
+      static auto get_size = reinterpret_cast<pack_size_t>(torch_symbol("cblas_sgemm_pack_get_size"));
+      static auto pack = reinterpret_cast<pack_t>(torch_symbol("cblas_sgemm_pack"));
+      static auto compute = reinterpret_cast<compute_t>(torch_symbol("cblas_sgemm_compute"));
+      compute_ = compute;
       static const bool disabled = std::getenv("PEEPHOLE_LSTM_NO_PACK") != nullptr;  // for benchmarks
       if (!disabled && get_size && pack && compute_ && m_max > 0 && n > 0 && k > 0 &&
           std::max({m_max, n, k}) < (int64_t(1) << 30)) {
@@ -499,9 +516,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   return {dgates, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co};
 }
 
+// Which GEMM path the kernel takes for float: "mkl-packed", "blas" or "aten".
+std::string blas_info() {
+  if (torch_symbol("cblas_sgemm_pack") && torch_symbol("cblas_sgemm_compute") &&
+      torch_symbol("cblas_sgemm_pack_get_size") && std::getenv("PEEPHOLE_LSTM_NO_PACK") == nullptr)
+    return "mkl-packed";
+  return Blas<float>::fn() != nullptr ? "blas" : "aten";
+}
+
 }  // namespace
 
 TORCH_LIBRARY(peephole_lstm_cpp, m) {
+  m.def("blas_info() -> str", &blas_info);
   m.def(
       "forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
       "Tensor? w_cf, Tensor? w_co, bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
