@@ -100,8 +100,9 @@ def time_all(sizes, variants, runs: int, device: str) -> list[dict]:
         built = {v: build(v, size, device) for v in variants}
         for train in (False, True):
             times: dict[str, list[float]] = {v: [] for v in variants}
-            for v in variants:  # warm-up (and the C++ build, once)
-                step(*built[v], train)
+            for v in variants:  # warm-up: the C++ build, TorchScript's profiling runs
+                for _ in range(2):
+                    step(*built[v], train)
                 sync(device)
             for _ in range(runs):
                 for v in variants:

@@ -268,6 +268,23 @@ def _backward_py(
     return dgates, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co
 
 
+_SCRIPTED: dict = {}
+
+
+def _scripted(fn):
+    """``fn`` compiled by TorchScript, once: the interpreter's per-op overhead is well below
+    Python's, and the Python kernels are ~20 small ops per time step (1.3x faster measured
+    at T=500). Falls back to ``fn`` itself wherever TorchScript cannot compile it."""
+    if fn not in _SCRIPTED:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit is deprecated in torch 2.13
+                _SCRIPTED[fn] = torch.jit.script(fn)
+        except Exception:  # a future torch without TorchScript: plain Python is correct too
+            _SCRIPTED[fn] = fn
+    return _SCRIPTED[fn]
+
+
 # ------------------------------------------------------------------- custom ops
 @torch.library.custom_op("peephole_lstm::recurrence", mutates_args=())
 def recurrence(
@@ -288,7 +305,7 @@ def recurrence(
     the activations saved for the backward, empty when ``save`` is false (inference)."""
     if _use_cpp(xw):
         return torch.ops.peephole_lstm_cpp.forward(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
-    return _forward_py(xw.contiguous(), h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
+    return _scripted(_forward_py)(xw.contiguous(), h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
 
 
 @recurrence.register_fake
@@ -329,7 +346,7 @@ def recurrence_backward(
     if _use_cpp(gates):
         return torch.ops.peephole_lstm_cpp.backward(*args, reverse)
     args = tuple(a.contiguous() if a is not None else None for a in args)
-    return _backward_py(*args, reverse)
+    return _scripted(_backward_py)(*args, reverse)
 
 
 @recurrence_backward.register_fake
