@@ -143,6 +143,8 @@ def _use_cpp(t: Tensor) -> bool:
         return False
     if _BACKEND == "python":
         return False
+    if _ext_state["tried"]:  # every call after the first: no lock on the hot path
+        return bool(_ext_state["ok"])
     return build_extension()
 
 
@@ -278,8 +280,8 @@ _SCRIPTED: dict = {}
 
 def _scripted(fn):
     """``fn`` compiled by TorchScript, once: the interpreter's per-op overhead is well below
-    Python's, and the Python kernels are ~20 small ops per time step (1.3x faster measured
-    at T=500). Falls back to ``fn`` itself wherever TorchScript cannot compile it."""
+    Python's, and the Python kernels are 10-12 small ops per time step (the forward ran 1.3x
+    faster at T=500). Falls back to ``fn`` itself wherever TorchScript cannot compile it."""
     if fn not in _SCRIPTED:
         try:
             with warnings.catch_warnings():

@@ -210,6 +210,34 @@ std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& w) {
   return std::nullopt;
 }
 
+// A layer's weights as both drivers read them: contiguous, absent ones nullopt.
+struct Weights {
+  Tensor w_hh;
+  std::optional<Tensor> bias, w_hr, w_ci, w_cf, w_co;
+  Weights(const Tensor& hh, const std::optional<Tensor>& b, const std::optional<Tensor>& hr,
+          const std::optional<Tensor>& ci, const std::optional<Tensor>& cf, const std::optional<Tensor>& co)
+      : w_hh(hh.contiguous()),
+        bias(contiguous_opt(b)),
+        w_hr(contiguous_opt(hr)),
+        w_ci(contiguous_opt(ci)),
+        w_cf(contiguous_opt(cf)),
+        w_co(contiguous_opt(co)) {}
+  bool proj() const { return w_hr.has_value(); }
+};
+
+// Their data pointers for scalar type T (nullptr where absent).
+template <typename T>
+struct WeightPtrs {
+  const T *hh, *b, *hr, *ci, *cf, *co;
+  explicit WeightPtrs(const Weights& w)
+      : hh(w.w_hh.data_ptr<T>()),
+        b(ptr_or_null<T>(w.bias)),
+        hr(ptr_or_null<T>(w.w_hr)),
+        ci(ptr_or_null<T>(w.w_ci)),
+        cf(ptr_or_null<T>(w.w_cf)),
+        co(ptr_or_null<T>(w.w_co)) {}
+};
+
 // ------------------------------------------------------------------------------- GEMM
 // Per step we multiply small matrices; ATen's addmm costs several microseconds of dispatch
 // and checks around the BLAS call, a large share of a step at small sizes. So we call the
@@ -368,15 +396,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const std::optional<Tensor>& w_ci_in, const std::optional<Tensor>& w_cf_in,
     const std::optional<Tensor>& w_co_in, bool reverse, bool save) {
   check_args(xw_in, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in});
-  const auto bias = contiguous_opt(bias_in);
   const Tensor xw = xw_in.contiguous();
   const int64_t T = xw.size(0), B = xw.size(1), G = xw.size(2), H = G / 4, P = h0_in.size(1);
-  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const auto w_hr = contiguous_opt(w_hr_in);
-  const auto w_ci = contiguous_opt(w_ci_in);
-  const auto w_cf = contiguous_opt(w_cf_in);
-  const auto w_co = contiguous_opt(w_co_in);
-  const bool proj = w_hr.has_value();
+  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const Weights w(w_hh_in, bias_in, w_hr_in, w_ci_in, w_cf_in, w_co_in);
+  const bool proj = w.proj();
 
   Tensor gates = save ? at::empty({T, B, G}, xw.options()) : at::empty({B, G}, xw.options());
   Tensor cs = save ? at::empty({T, B, H}, xw.options()) : at::empty({2, B, H}, xw.options());
@@ -390,24 +414,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     T_* g = gates.data_ptr<T_>();
     T_* c_all = cs.data_ptr<T_>();
     T_* h_all = out.data_ptr<T_>();
-    const T_* whh = w_hh.data_ptr<T_>();
-    const T_* whr = proj ? w_hr->data_ptr<T_>() : nullptr;
+    const WeightPtrs<T_> p(w);
     T_* r = proj ? r_buf.data_ptr<T_>() : nullptr;
     const T_* h = h0.data_ptr<T_>();
     const T_* c = c0.data_ptr<T_>();
-    const T_* pci = ptr_or_null<T_>(w_ci);
-    const T_* pcf = ptr_or_null<T_>(w_cf);
-    const T_* pco = ptr_or_null<T_>(w_co);
-    const T_* pb = ptr_or_null<T_>(bias);
-    const StepGemm<T_> hh(whh, /*b_transposed=*/true, G, P, B);  // h W_hh^T
-    const StepGemm<T_> hr(whr, true, P, H, proj ? B : 0);       // r W_hr^T
+    const StepGemm<T_> hh(p.hh, /*b_transposed=*/true, G, P, B);  // h W_hh^T
+    const StepGemm<T_> hr(p.hr, true, P, H, proj ? B : 0);       // r W_hr^T
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
       T_* g_t = save ? g + t * B * G : g;
       T_* c_t = c_all + (save ? t : s % 2) * B * H;
       T_* h_t = h_all + t * B * P;
       hh(h, B, T_(0), g_t);
-      forward_cell<T_>(x + t * B * G, pb, g_t, c, c_t, proj ? r : h_t, pci, pcf, pco, B, H);
+      forward_cell<T_>(x + t * B * G, p.b, g_t, c, c_t, proj ? r : h_t, p.ci, p.cf, p.co, B, H);
       if (proj) hr(r, B, T_(0), h_t);
       h = h_t;
       c = c_t;
@@ -437,12 +456,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
               "out and grad_out must be (T, B, P)");
   TORCH_CHECK(cs.sizes() == at::IntArrayRef({T, B, H}), "cs must be (T, B, H)");
   TORCH_CHECK(grad_hn.sizes() == h0_in.sizes() && grad_cn.sizes() == c0_in.sizes(), "grad_hn/grad_cn shapes");
-  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const auto w_hr = contiguous_opt(w_hr_in);  // (P, H)
-  const auto w_ci = contiguous_opt(w_ci_in);
-  const auto w_cf = contiguous_opt(w_cf_in);
-  const auto w_co = contiguous_opt(w_co_in);
-  const bool proj = w_hr.has_value();
+  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const Weights w(w_hh_in, bias_in, w_hr_in, w_ci_in, w_cf_in, w_co_in);
+  const bool proj = w.proj();
   const Tensor gates_c = gates.contiguous(), cs_c = cs.contiguous();
 
   Tensor dgates = at::empty_like(gates_c);  // (T, B, 4H)
@@ -464,14 +480,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     T_* dg = dgates.data_ptr<T_>();
     T_* dh_all = dH.data_ptr<T_>();
     T_* dcp = dc.data_ptr<T_>();
-    const T_* whh = w_hh.data_ptr<T_>();
-    const T_* whr = proj ? w_hr->data_ptr<T_>() : nullptr;
+    const WeightPtrs<T_> p(w);
     T_* dr_b = proj ? dr_buf.data_ptr<T_>() : nullptr;
-    const T_* pci = ptr_or_null<T_>(w_ci);
-    const T_* pcf = ptr_or_null<T_>(w_cf);
-    const T_* pco = ptr_or_null<T_>(w_co);
-    const StepGemm<T_> dhh(whh, /*b_transposed=*/false, P, G, B);  // dG W_hh
-    const StepGemm<T_> dhr(whr, false, H, P, proj ? B : 0);         // dh W_hr
+    const StepGemm<T_> dhh(p.hh, /*b_transposed=*/false, P, G, B);  // dG W_hh
+    const StepGemm<T_> dhr(p.hr, false, H, P, proj ? B : 0);         // dh W_hr
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;
@@ -483,7 +495,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       }
       const T_* c_prev = s > 0 ? c_all + t_prev * B * H : c0.data_ptr<T_>();
       T_* dg_t = dg + t * B * G;
-      backward_cell<T_>(g + t * B * G, c_all + t * B * H, c_prev, dr, dcp, dg_t, pci, pcf, pco, B, H, chunk_rows,
+      backward_cell<T_>(g + t * B * G, c_all + t * B * H, c_prev, dr, dcp, dg_t, p.ci, p.cf, p.co, B, H, chunk_rows,
                         acc.data_ptr<T_>());
       if (s > 0) {
         dhh(dg_t, B, T_(1), dh_all + t_prev * B * P);  // += dG W_hh
@@ -505,14 +517,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   // An absent weight's grad is empty; the outputs of an op may not alias each other.
   auto empty = [&] { return at::empty({0}, out.options()); };
   Tensor d_bias = empty(), dw_hr = empty(), dw_ci = empty(), dw_cf = empty(), dw_co = empty();
-  if (bias_in.has_value() && bias_in->defined()) d_bias = sums.slice(0, 0, 4 * H).clone();
+  if (w.bias) d_bias = sums.slice(0, 0, 4 * H).clone();
   if (proj) {
     Tensor r_all = gates_c.slice(2, 3 * H, 4 * H) * cs_c.tanh();  // (T, B, H)
     dw_hr = dH.view({T * B, P}).t().mm(r_all.reshape({T * B, H}));
   }
-  if (w_ci) dw_ci = sums.slice(0, 4 * H, 5 * H).clone();
-  if (w_cf) dw_cf = sums.slice(0, 5 * H, 6 * H).clone();
-  if (w_co) dw_co = sums.slice(0, 6 * H, 7 * H).clone();
+  if (w.w_ci) dw_ci = sums.slice(0, 4 * H, 5 * H).clone();
+  if (w.w_cf) dw_cf = sums.slice(0, 5 * H, 6 * H).clone();
+  if (w.w_co) dw_co = sums.slice(0, 6 * H, 7 * H).clone();
   return {dgates, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co};
 }
 
