@@ -126,8 +126,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     sa = torch.load(straight / "ckpt" / "last.ckpt", weights_only=False)
     sc = torch.load(crashed / "ckpt" / "last.ckpt", weights_only=False)
     assert sa["epoch"] == sc["epoch"] == 3
+    # Same code path, separate processes: BLAS results may depend on buffer alignment, so equal
+    # to float32 rounding (a replayed or reshuffled batch moves the weights by orders more).
     for key, value in sa["state_dict"].items():
-        torch.testing.assert_close(sc["state_dict"][key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(sc["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
 @pytest.mark.slow

@@ -197,9 +197,13 @@ def test_meta_device_double_pickle_and_non_contiguous(backend):
     x = torch.randn(4, 6, 3, dtype=torch.float64)[:, ::2]  # non-contiguous (T, B, I)
     assert not x.is_contiguous()
     out = m(x)[0]
-    torch.testing.assert_close(out, m(x.contiguous())[0], rtol=0, atol=0)
+    # Different memory layouts may take different BLAS paths (seen on AMD: 5.6e-17 apart in
+    # float64), so equal within float64 rounding, never bit for bit.
+    torch.testing.assert_close(out, m(x.contiguous())[0], rtol=1e-12, atol=1e-14)
     clone = pickle.loads(pickle.dumps(m))
-    torch.testing.assert_close(clone(x)[0], out, rtol=0, atol=0)
+    for (name, p), q in zip(m.named_parameters(), clone.parameters()):
+        assert torch.equal(p, q), name  # pickling copies the weights exactly
+    torch.testing.assert_close(clone(x)[0], out, rtol=1e-12, atol=1e-14)
 
 
 def test_functional_call_uses_the_given_weights(backend):
