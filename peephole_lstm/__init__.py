@@ -4,7 +4,7 @@
 ``SeriesDataModule``) and the ONNX export (``export_onnx``) load on first access.
 """
 
-from ._fused import build_extension, get_backend, set_backend
+from ._backend import build_extension, get_backend, set_backend
 from .cell import PeepholeLSTMCell
 from .lstm import PeepholeLSTM
 

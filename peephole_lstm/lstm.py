@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _fused
+from . import _backend, _fused
 from ._params import check_peephole_args, peephole_shape
 from .functional import peephole_lstm_layer
 
@@ -137,9 +137,10 @@ class PeepholeLSTM(nn.Module):
 
     .. note::
         Implementation: by default each layer's time loop is one fused op with a hand-written
-        backward (C++ on CPU, compiled on first use; vectorised PyTorch elsewhere). ``"full"``
-        peepholes, ``candidate_peephole``, packed input and TorchScript use the reference
-        autograd loop. See :func:`peephole_lstm.set_backend` and ``PEEPHOLE_LSTM_BACKEND``.
+        backward (C++ on CPU, compiled on first use; vectorised PyTorch elsewhere), for every
+        peephole form and packed input (step t runs on its ``batch_sizes[t]`` sequences only).
+        TorchScript uses the reference autograd loop. See :func:`peephole_lstm.set_backend`
+        and ``PEEPHOLE_LSTM_BACKEND``.
 
     Examples::
 
@@ -441,7 +442,7 @@ class PeepholeLSTM(nn.Module):
         return h, c
 
     def _use_fused(self) -> bool:
-        return _fused._BACKEND != "reference" and self.peephole != "full" and not self.candidate_peephole
+        return _backend.get_backend() != "reference"
 
     @torch.jit.unused
     def _fused_layer(
@@ -451,27 +452,32 @@ class PeepholeLSTM(nn.Module):
         c0: Tensor,
         w: list[Optional[Tensor]],
         reverse: bool,
+        batch_sizes: Optional[Tensor],
     ) -> tuple[Tensor, Tensor, Tensor]:
-        w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, _ = w
+        w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, w_cc = w
         assert w_ih is not None and w_hh is not None
         bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None  # added in the op
-        xw = F.linear(x, w_ih)  # (T, B, 4H): one GEMM for every step
+        xw = F.linear(x, w_ih)  # (T, B, 4H), or packed (N, 4H): one GEMM for every step
         # Save the activations for a backward only when one can follow.
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co)
+            t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
         )
-        out, h_n, c_n, _, _ = _fused.recurrence(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save)
+        out, h_n, c_n, _, _ = _fused.recurrence(
+            xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes
+        )
         return out, h_n, c_n
 
     def _run(
-        self, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor]
+        self, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], batch_sizes: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """All layers over a time-major batch ``x`` (T, B, H_in); states (L*D, B, *)."""
+        """All layers over a time-major batch ``x`` (T, B, H_in), padded with per-sequence
+        ``lengths`` (reference loop), or packed (N, H_in) with ``batch_sizes`` (fused op);
+        states (L*D, B, *)."""
         weights = self._weights()
         num_directions = 2 if self.bidirectional else 1
         use_fused = False
         if not torch.jit.is_scripting():
-            use_fused = lengths is None and self._use_fused()
+            use_fused = self._use_fused()
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
         for layer in range(self.num_layers):
@@ -480,7 +486,7 @@ class PeepholeLSTM(nn.Module):
                 idx = layer * num_directions + direction
                 w = weights[idx * 9 : (idx + 1) * 9]  # the 9 _SLOTS (TorchScript takes no global)
                 if use_fused:
-                    out, h, c = self._fused_layer(x, h0[idx], c0[idx], w, direction == 1)
+                    out, h, c = self._fused_layer(x, h0[idx], c0[idx], w, direction == 1, batch_sizes)
                 else:
                     w_ih, w_hh = w[0], w[1]
                     assert w_ih is not None and w_hh is not None
@@ -512,10 +518,14 @@ class PeepholeLSTM(nn.Module):
                 # Each batch of the hidden state should match the input sequence that
                 # the user believes he/she is passing in.
                 hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
-        # Pad in sorted order (longest first), run with per-sequence lengths, repack.
-        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # (T, B, H_in)
-        out, h, c = self._run(padded, hx[0], hx[1], lengths)
-        out_data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+        if self._use_fused():
+            # The fused op runs step t on its first batch_sizes[t] sequences, in place in the packed rows.
+            out_data, h, c = self._run(data, hx[0], hx[1], None, batch_sizes)  # (N, D*H_out)
+        else:
+            # Pad in sorted order (longest first), run with per-sequence lengths, repack.
+            padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # (T, B, H_in)
+            out, h, c = self._run(padded, hx[0], hx[1], lengths)
+            out_data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
         output = PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices)
         if unsorted_indices is not None:
             h, c = h.index_select(1, unsorted_indices), c.index_select(1, unsorted_indices)

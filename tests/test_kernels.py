@@ -71,24 +71,76 @@ def test_cpp_op_checks_shapes():
         peephole_lstm.build_extension()
         with pytest.raises(RuntimeError, match=r"h0 must be \(2, 2\)"):
             torch.ops.peephole_lstm_cpp.forward(torch.zeros(3, 2, 8), torch.zeros(2, 1), torch.zeros(2, 2),
-                                                torch.zeros(8, 1), None, None, None, None, None, False, True)
-        with pytest.raises(RuntimeError, match=r"peepholes must be \(2,\)"):
-            torch.ops.peephole_lstm_cpp.forward(torch.zeros(3, 2, 8), torch.zeros(2, 2), torch.zeros(2, 2),
-                                                torch.zeros(8, 2), None, None, torch.zeros(3), None, None, False, True)
+                                                torch.zeros(8, 1), None, None, None, None, None, None, None,
+                                                False, True)
+        z = (torch.zeros(3, 2, 8), torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(8, 2), None, None)
+        with pytest.raises(RuntimeError, match=r"peepholes must be \(2,\) or \(2, 2\)"):
+            torch.ops.peephole_lstm_cpp.forward(*z, torch.zeros(3), None, None, None, None, False, True)
+        with pytest.raises(RuntimeError, match="must all be vectors"):
+            torch.ops.peephole_lstm_cpp.forward(*z, torch.zeros(2), torch.zeros(2, 2), None, None, None, False, True)
+        packed = (torch.zeros(5, 8), *z[1:])
+        with pytest.raises(RuntimeError, match="batch_sizes sum to 4"):
+            torch.ops.peephole_lstm_cpp.forward(*packed, None, None, None, None, torch.tensor([2, 2]), False, True)
+        with pytest.raises(RuntimeError, match="non-increasing"):
+            torch.ops.peephole_lstm_cpp.forward(*packed, None, None, None, None, torch.tensor([2, 1, 2]), False, True)
     finally:
         peephole_lstm.set_backend("auto")
 
 
-def test_cpp_kernel_uses_mkl_packed_gemm_where_torch_has_mkl():
+def test_cpp_kernel_reports_its_measured_gemm_choices():
     peephole_lstm.set_backend("cpp")
     try:
         peephole_lstm.build_extension()
+        peephole_lstm.PeepholeLSTM(3, 6)(torch.randn(4, 5, 3))  # one layer call: 5x6x24 (h W_hh^T)
         info = torch.ops.peephole_lstm_cpp.blas_info()
     finally:
         peephole_lstm.set_backend("auto")
-    assert info in ("mkl-packed", "blas", "aten")
-    if torch.backends.mkl.is_available() and "PEEPHOLE_LSTM_NO_PACK" not in os.environ:
-        assert info == "mkl-packed"
+    assert info.startswith("candidates: blas")
+    if torch.backends.mkl.is_available():
+        assert "mkl-packed" in info
+    if torch.backends.mkldnn.is_available():
+        assert "onednn" in info
+    assert "5x6x24=" in info  # the forward's recurrent GEMM, with the path measured for it
+
+
+_GEMM_CHECK = """
+import torch, peephole_lstm
+from torch.nn.utils.rnn import pack_sequence
+peephole_lstm.set_backend("cpp")
+torch.manual_seed(0)
+out = {}
+for mode, cand in (("diagonal", False), ("full", True)):
+    m = peephole_lstm.PeepholeLSTM(3, 6, 2, bidirectional=True, proj_size=4, peephole=mode, candidate_peephole=cand)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.5, 0.5)
+    m64 = peephole_lstm.PeepholeLSTM(3, 6, 2, bidirectional=True, proj_size=4, peephole=mode,
+                                     candidate_peephole=cand).double()
+    m64.load_state_dict(m.state_dict())
+    seqs = [torch.randn(n, 3) for n in (5, 7, 2)]
+    for model, xs in ((m, seqs), (m64, [s.double() for s in seqs])):
+        o = model(pack_sequence(xs, enforce_sorted=False))[0].data
+        o.square().sum().backward()
+    torch.testing.assert_close(o.float(), m(pack_sequence(seqs, enforce_sorted=False))[0].data, rtol=1e-5, atol=1e-6)
+    for (n, p), q in zip(m.named_parameters(), m64.parameters()):
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-5, msg=n)
+print(torch.ops.peephole_lstm_cpp.blas_info())
+"""
+
+
+@pytest.mark.parametrize("path", ["blas", "packed", "onednn"])
+def test_every_gemm_path_is_exact(path):
+    """PEEPHOLE_LSTM_GEMM forces one GEMM path; each gives float32 results within rounding of
+    the float64 kernel (outputs and every gradient), packed, bidirectional, projected,
+    diagonal and full peepholes."""
+    if path == "packed" and not torch.backends.mkl.is_available():
+        pytest.skip("no MKL in this torch")
+    if path == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch")
+    res = _run(_GEMM_CHECK, PEEPHOLE_LSTM_GEMM=path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    name = {"packed": "mkl-packed"}.get(path, path)
+    assert f"forced: {name}" in res.stdout
 
 
 def _run(code, **env):

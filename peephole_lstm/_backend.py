@@ -1,0 +1,139 @@
+"""Which kernel runs the fused op, and the C++ kernel's build.
+
+Backend selection (environment variable ``PEEPHOLE_LSTM_BACKEND`` or :func:`set_backend`):
+
+* ``"auto"`` (default): the fused op; the C++ kernel on CPU when it builds, else the Python
+  kernel (with a one-line warning when no compiler is found);
+* ``"cpp"``: the fused op with the C++ kernel on CPU; raises if it cannot be built;
+* ``"python"``: the fused op with the Python kernel (no compiler needed);
+* ``"reference"``: no fused op; the autograd time loop of :mod:`peephole_lstm.functional`.
+
+The C++ kernel (``kernels/cpu.cpp``) is compiled on first use with
+``torch.utils.cpp_extension`` (15-30 s on 2 cores, cached across processes in
+``TORCH_EXTENSIONS_DIR``), CPU float32/float64.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["BACKENDS", "build_extension", "get_backend", "set_backend", "use_cpp"]
+
+BACKENDS = ("auto", "cpp", "python", "reference")
+_ENV = "PEEPHOLE_LSTM_BACKEND"
+
+
+def _backend_from_env() -> str:
+    value = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{_ENV}={value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+_BACKEND: str = _backend_from_env()
+
+
+def set_backend(backend: str) -> None:
+    """Select the implementation used by :class:`~peephole_lstm.PeepholeLSTM` (see module doc)."""
+    global _BACKEND
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _BACKEND = backend
+
+
+def get_backend() -> str:
+    """The backend in force: ``"auto"``, ``"cpp"``, ``"python"`` or ``"reference"``."""
+    return _BACKEND
+
+
+# --------------------------------------------------------------------------- C++ build
+_ext_lock = threading.Lock()
+_ext_state: dict[str, object] = {"tried": False, "ok": False, "error": None}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+def _simd_flags() -> tuple[str, list[str]]:
+    """The widest at::vec capability this CPU runs (the variants ATen itself is built for)."""
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        return "avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                          "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    if {"avx2", "fma"} <= flags:
+        return "avx2", ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return "", []
+
+
+def build_extension(verbose: bool = False) -> bool:
+    """Compile (or load from the cache) the C++ kernel. Returns whether it is available.
+
+    Called on first use of the ``"auto"``/``"cpp"`` backends on CPU; call it yourself to
+    pay the one-off compile time up front (e.g. in a Docker build step).
+    """
+    with _ext_lock:
+        if _ext_state["tried"]:
+            return bool(_ext_state["ok"])
+        _ext_state["tried"] = True
+        try:
+            from torch.utils import cpp_extension
+
+            cxx = os.environ.get("CXX", "c++")
+            if shutil.which(cxx) is None:
+                raise RuntimeError(f"no C++ compiler ({cxx!r} not on PATH)")
+            if not cpp_extension.is_ninja_available():
+                raise RuntimeError("ninja is not installed (pip install ninja)")
+            src = os.path.join(os.path.dirname(__file__), "kernels", "cpu.cpp")
+            # No -ffast-math, and no FMA contraction of our own arithmetic: results must
+            # match the reference path. AVX2/AVX512 let at::vec use SLEEF's exp, as ATen does.
+            flags = ["-O3", "-ffp-contract=off", "-fopenmp"]  # OpenMP: at::parallel_for
+            simd, simd_flags = _simd_flags()
+            name = "peephole_lstm_cpp" + (f"_{simd}" if simd else "")
+            flags += simd_flags
+            cpp_extension.load(
+                name=name,
+                sources=[src],
+                extra_cflags=flags,
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+                verbose=verbose,
+            )
+            _ext_state["ok"] = True
+        except Exception as exc:  # any build failure falls back, with one warning
+            _ext_state["error"] = exc
+            if _BACKEND == "cpp":
+                raise RuntimeError(
+                    f"{_ENV}=cpp but the C++ kernel could not be built: {exc}"
+                ) from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(
+                f"peephole_lstm: C++ kernel unavailable ({first}); using the pure-PyTorch "
+                f"fused kernel (slower). Set {_ENV}=python to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return bool(_ext_state["ok"])
+
+
+def use_cpp(t: Tensor) -> bool:
+    """Whether the C++ kernel runs the op for a tensor like ``t`` (builds it on first use)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        if _BACKEND == "cpp" and t.device.type == "cpu":
+            raise RuntimeError(f"{_ENV}=cpp supports float32/float64, got {t.dtype}")
+        return False
+    if _BACKEND == "python":
+        return False
+    if _ext_state["tried"]:  # every call after the first: no lock on the hot path
+        return bool(_ext_state["ok"])
+    return build_extension()

@@ -1,0 +1,940 @@
+// Fused peephole-LSTM recurrence for CPU: one layer's time loop and its backward (BPTT) in C++.
+//
+// Algorithm. The caller computes xw = x W_ih^T for every step (one GEMM). Per step t:
+//   z   = xw_t + bias + h_{t-1} W_hh^T                     one GEMM (B x P x 4H)
+//   full peepholes: z_{i,f,g} += c_{t-1} [W_ci; W_cf; W_cc]^T  one GEMM (B x H x 3H)
+//   i, f, g, c_t = ... (fused element-wise kernel; diagonal peepholes w ⊙ c inside it)
+//   full peepholes: z_o += c_t W_co^T                      one GEMM (B x H x H)
+//   o, h_t = o tanh(c_t) (W_hr^T when projected)           element-wise (+ one GEMM)
+// The backward walks the steps in reverse with the mirror-image GEMMs and element-wise
+// kernels, then forms dW_hh, dW_hr and the full peephole grads with one GEMM each over all
+// steps; the bias and diagonal peephole grads are summed in the element-wise kernel.
+//
+// Memory layout. Row-major, time-major. Unpacked: xw (T, B, 4H), out (T, B, P), saved
+// gates (T, B, 4H) = activated [i, f, g, o], cs (T, B, H). Packed (batch_sizes given, as
+// in a PackedSequence sorted by decreasing length): step t owns rows off_t .. off_t + n_t
+// of xw (N, 4H), out (N, P), gates (N, 4H), cs (N, H), n_t = batch_sizes[t], and only those
+// rows are computed (as cuDNN and oneDNN do); a sequence's state stops at its last step.
+//
+// GEMM path. Per shape the kernel measures, once per process, MKL's packed sgemm, the
+// plain BLAS sgemm and oneDNN's matmul (through ATen's mkldnn op), and keeps the fastest:
+// on Intel MKL usually wins, on AMD oneDNN is ~2x faster than MKL at the larger sizes.
+// PEEPHOLE_LSTM_GEMM=packed|blas|onednn forces one (benchmarks).
+//
+// Built on first use by peephole_lstm/_backend.py (torch.utils.cpp_extension, no fast-math),
+// registered as torch.ops.peephole_lstm_cpp.{forward,backward}; the public op with its
+// autograd formula and fake kernel is peephole_lstm::recurrence (peephole_lstm/_fused.py).
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+const T* ptr_or_null(const std::optional<Tensor>& w) {
+  return (w.has_value() && w->defined()) ? w->data_ptr<T>() : nullptr;
+}
+
+// Grain so that small batches stay on one thread: parallel_for costs more than it saves
+// below a few tens of thousands of elements per step.
+inline int64_t grain_rows(int64_t H) {
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, 4 * H));
+}
+
+// at::vec::Vectorized is AVX2 (SLEEF exp/tanh, the kernels ATen itself uses) when the
+// build passes -DCPU_CAPABILITY_AVX2 (done when the CPU has it), else portable scalar code.
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {
+  return (Vec<T>(T(1)) + x.neg().exp()).reciprocal();  // as ATen's sigmoid kernel
+}
+
+// tanh through expm1, which keeps full relative accuracy near 0 (a few ulp everywhere) and
+// is faster than SLEEF's vectorised tanh: tanh|x| = -m / (2 + m), m = expm1(-2|x|).
+template <typename T>
+inline Vec<T> tanh(const Vec<T>& x) {
+  const Vec<T> m = (x.abs() * Vec<T>(T(-2))).expm1();
+  const Vec<T> t = m.neg() / (Vec<T>(T(2)) + m);
+  return Vec<T>::blendv(t, t.neg(), x < Vec<T>(T(0)));
+}
+
+// float: cheaper still and as accurate (about 1 ulp). For |x| >= 0.625,
+// tanh|x| = 1 - 2 / (1 + exp(2|x|)) (no cancellation: the subtracted term is <= 0.45);
+// below, the odd Taylor series to x^17 (the first omitted term is < 1 ulp at 0.625).
+template <>
+inline Vec<float> tanh<float>(const Vec<float>& x) {
+  using V = Vec<float>;
+  const V ax = x.abs();
+  const V big = V(1.f) - V(2.f) / (V(1.f) + (ax + ax).exp());
+  const V x2 = ax * ax;
+  // Horner in x^2: 1 - x2/3 + 2x2^2/15 - 17x2^3/315 + 62x2^4/2835 - 1382x2^5/155925
+  //               + 21844x2^6/6081075 - 929569x2^7/638512875 + 6404582x2^8/10854718875
+  V p(6404582.f / 10854718875.f);
+  p = at::vec::fmadd(p, x2, V(-929569.f / 638512875.f));
+  p = at::vec::fmadd(p, x2, V(21844.f / 6081075.f));
+  p = at::vec::fmadd(p, x2, V(-1382.f / 155925.f));
+  p = at::vec::fmadd(p, x2, V(62.f / 2835.f));
+  p = at::vec::fmadd(p, x2, V(-17.f / 315.f));
+  p = at::vec::fmadd(p, x2, V(2.f / 15.f));
+  p = at::vec::fmadd(p, x2, V(-1.f / 3.f));
+  const V small = ax + ax * x2 * p;
+  const V t = V::blendv(small, big, ax >= V(0.625f));
+  return V::blendv(t, t.neg(), x < V(0.f));
+}
+
+// Loads and stores of n <= Vec::size() elements (the row tail uses n < size).
+template <typename T>
+inline Vec<T> load(const T* p, int64_t n) {
+  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
+}
+template <typename T>
+inline Vec<T> load_or(const T* p, int64_t n, T dflt) {
+  return p ? load(p, n) : Vec<T>(dflt);
+}
+template <typename T>
+inline void store(const Vec<T>& v, T* p, int64_t n) {
+  if (n == Vec<T>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, n);
+  }
+}
+
+// ----------------------------------------------------------------------- element-wise
+// One step's gates for rows [0, B): hw (B, 4H) = h_{t-1} W_hh^T (may alias gates); pc
+// (B, kc*H) or null = c_{t-1} [W_ci; W_cf; (W_cc)]^T (full peepholes, kc = 2 or 3). Writes
+// the activations [i, f, g, o] to gates, c_t to c and r = o tanh(c_t) to r. With split_o
+// (full W_co, which needs c_t first) o and r are left to forward_out. Absent diagonal
+// peepholes load as 0, which adds exactly nothing.
+template <typename T>
+void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t kc, T* gates, const T* c_prev, T* c,
+                  T* r, const T* w_ci, const T* w_cf, const T* w_co, const T* w_cc, bool split_o, int64_t B,
+                  int64_t H) {
+  const T* bi = bias;
+  const T* bf = bias ? bias + H : nullptr;
+  const T* bg = bias ? bias + 2 * H : nullptr;
+  const T* bo = bias ? bias + 3 * H : nullptr;
+  constexpr int64_t W = Vec<T>::size();
+  at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* gi = gates + b * 4 * H;
+      T* gf = gi + H;
+      T* gg = gf + H;
+      T* go = gg + H;
+      const T* hi = hw + b * 4 * H;
+      const T* hf = hi + H;
+      const T* hg = hf + H;
+      const T* ho = hg + H;
+      const T* xi = xw + b * 4 * H;
+      const T* xf = xi + H;
+      const T* xg = xf + H;
+      const T* xo = xg + H;
+      const T* pi = pc ? pc + b * kc * H : nullptr;
+      const T* pf = pc ? pi + H : nullptr;
+      const T* pg = (pc && kc == 3) ? pi + 2 * H : nullptr;
+      const T* cp = c_prev + b * H;
+      T* cb = c + b * H;
+      T* rb = r + b * H;
+      for (int64_t j = 0; j < H; j += W) {
+        const int64_t n = std::min<int64_t>(W, H - j);
+        const Vec<T> cpj = load(cp + j, n);
+        const Vec<T> zo = load(xo + j, n) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(ho + j, n);
+        const Vec<T> i = sigmoid(load(xi + j, n) + load_or(bi ? bi + j : nullptr, n, T(0)) + load(hi + j, n) +
+                                 load_or(w_ci ? w_ci + j : nullptr, n, T(0)) * cpj +
+                                 load_or(pi ? pi + j : nullptr, n, T(0)));
+        const Vec<T> f = sigmoid(load(xf + j, n) + load_or(bf ? bf + j : nullptr, n, T(0)) + load(hf + j, n) +
+                                 load_or(w_cf ? w_cf + j : nullptr, n, T(0)) * cpj +
+                                 load_or(pf ? pf + j : nullptr, n, T(0)));
+        const Vec<T> g = tanh(load(xg + j, n) + load_or(bg ? bg + j : nullptr, n, T(0)) + load(hg + j, n) +
+                              load_or(w_cc ? w_cc + j : nullptr, n, T(0)) * cpj +
+                              load_or(pg ? pg + j : nullptr, n, T(0)));
+        const Vec<T> cj = f * cpj + i * g;
+        store(i, gi + j, n);
+        store(f, gf + j, n);
+        store(g, gg + j, n);
+        store(cj, cb + j, n);
+        if (split_o) {
+          store(zo, go + j, n);  // pre-activation, finished by forward_out
+        } else {
+          // the output gate sees the new cell state
+          const Vec<T> o = sigmoid(zo + load_or(w_co ? w_co + j : nullptr, n, T(0)) * cj);
+          store(o, go + j, n);
+          store(o * tanh(cj), rb + j, n);
+        }
+      }
+    }
+  });
+}
+
+// The rest of a split step: o = σ(z_o + po), po (B, H) = c_t W_co^T; r = o tanh(c_t).
+template <typename T>
+void forward_out(T* gates, const T* po, const T* c, T* r, int64_t B, int64_t H) {
+  constexpr int64_t W = Vec<T>::size();
+  at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* go = gates + b * 4 * H + 3 * H;
+      for (int64_t j = 0; j < H; j += W) {
+        const int64_t n = std::min<int64_t>(W, H - j);
+        const Vec<T> cj = load(c + b * H + j, n);
+        const Vec<T> o = sigmoid(load(go + j, n) + load(po + b * H + j, n));
+        store(o, go + j, n);
+        store(o * tanh(cj), r + b * H + j, n);
+      }
+    }
+  });
+}
+
+// Accumulator rows of backward_cell: the bias grad (4H: d_i, d_f, d_g, d_o) and the diagonal
+// peephole grads d_i c_{t-1}, d_f c_{t-1}, d_o c_t, d_g c_{t-1}: 8H per chunk of rows. The rows
+// are split into fixed chunks of chunk_rows (not per thread), so the sums do not depend on
+// the thread count.
+constexpr int64_t kAcc = 8;
+
+// dc: (B, H) gradient w.r.t. c_t in, w.r.t. c_{t-1} out. dgates: (B, 4H) pre-activation grads.
+// phase 0 does the whole step; a full W_co splits it: phase 1 computes d_o and leaves
+// dc = dL/dc_t without the W_co term (the caller adds d_o W_co), phase 2 the rest.
+template <typename T>
+void backward_cell(const T* gates, const T* c, const T* c_prev, const T* dr, T* dc, T* dgates, const T* w_ci,
+                   const T* w_cf, const T* w_co, const T* w_cc, int phase, int64_t B, int64_t H, int64_t chunk_rows,
+                   T* acc) {
+  constexpr int64_t W = Vec<T>::size();
+  const Vec<T> one(T(1));
+  const int64_t chunks = (B + chunk_rows - 1) / chunk_rows;
+  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      T* a = acc + k * kAcc * H;
+      for (int64_t b = k * chunk_rows; b < std::min(B, (k + 1) * chunk_rows); ++b) {
+        const T* gi = gates + b * 4 * H;
+        const T* gf = gi + H;
+        const T* gg = gf + H;
+        const T* go = gg + H;
+        T* di = dgates + b * 4 * H;
+        T* df = di + H;
+        T* dg = df + H;
+        T* dout = dg + H;
+        const T* cb = c + b * H;
+        const T* cp = c_prev + b * H;
+        const T* drb = dr + b * H;
+        T* dcb = dc + b * H;
+        for (int64_t j = 0; j < H; j += W) {
+          const int64_t n = std::min<int64_t>(W, H - j);
+          const Vec<T> cj = load(cb + j, n);
+          Vec<T> dcj = load(dcb + j, n);
+          if (phase != 2) {
+            const Vec<T> o = load(go + j, n);
+            const Vec<T> tc = tanh(cj);
+            const Vec<T> drj = load(drb + j, n);
+            const Vec<T> d_o = drj * tc * o * (one - o);
+            dcj = dcj + drj * o * (one - tc * tc) + d_o * load_or(w_co ? w_co + j : nullptr, n, T(0));
+            store(d_o, dout + j, n);
+            store(load(a + 3 * H + j, n) + d_o, a + 3 * H + j, n);
+            store(load(a + 6 * H + j, n) + d_o * cj, a + 6 * H + j, n);
+            if (phase == 1) {
+              store(dcj, dcb + j, n);
+              continue;
+            }
+          }
+          const Vec<T> i = load(gi + j, n), f = load(gf + j, n), g = load(gg + j, n);
+          const Vec<T> cpj = load(cp + j, n);
+          const Vec<T> d_i = dcj * g * i * (one - i);
+          const Vec<T> d_f = dcj * cpj * f * (one - f);
+          const Vec<T> d_g = dcj * i * (one - g * g);
+          const Vec<T> dcp = dcj * f + d_i * load_or(w_ci ? w_ci + j : nullptr, n, T(0)) +
+                             d_f * load_or(w_cf ? w_cf + j : nullptr, n, T(0)) +
+                             d_g * load_or(w_cc ? w_cc + j : nullptr, n, T(0));
+          store(d_i, di + j, n);
+          store(d_f, df + j, n);
+          store(d_g, dg + j, n);
+          store(dcp, dcb + j, n);
+          store(load(a + j, n) + d_i, a + j, n);
+          store(load(a + H + j, n) + d_f, a + H + j, n);
+          store(load(a + 2 * H + j, n) + d_g, a + 2 * H + j, n);
+          store(load(a + 4 * H + j, n) + d_i * cpj, a + 4 * H + j, n);
+          store(load(a + 5 * H + j, n) + d_f * cpj, a + 5 * H + j, n);
+          store(load(a + 7 * H + j, n) + d_g * cpj, a + 7 * H + j, n);
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------- GEMM
+// Per step we multiply small matrices; ATen's addmm costs several microseconds of dispatch
+// and checks around the BLAS call, a large share of a step at small sizes. So we call the
+// Fortran BLAS that libtorch exports (MKL's sgemm_/dgemm_ in the x86 wheels) directly, found
+// at run time (torch_symbol), MKL's packed sgemm, or oneDNN's matmul: whichever measures fastest.
+using sgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
+using dgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
+                         const double*, const int*, const double*, const int*, const double*, double*,
+                         const int*);
+
+// A symbol of the process, else of the library that holds ATen's operators (libtorch_cpu),
+// in case that library was loaded without RTLD_GLOBAL; nullptr when neither has it.
+void* torch_symbol(const char* name) {
+  if (void* p = dlsym(RTLD_DEFAULT, name)) return p;
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&at::_ops::mm::call), &info) != 0 && info.dli_fname != nullptr) {
+    if (void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD)) {
+      void* p = dlsym(lib, name);
+      dlclose(lib);  // RTLD_NOLOAD took a reference; the library stays loaded
+      return p;
+    }
+  }
+  return nullptr;
+}
+
+template <typename T>
+struct Blas;
+template <>
+struct Blas<float> {
+  static sgemm_t fn() {
+    static sgemm_t f = reinterpret_cast<sgemm_t>(torch_symbol("sgemm_"));
+    return f;
+  }
+};
+template <>
+struct Blas<double> {
+  static dgemm_t fn() {
+    static dgemm_t f = reinterpret_cast<dgemm_t>(torch_symbol("dgemm_"));
+    return f;
+  }
+};
+
+// Row-major C (m x n) = beta * C + A (m x k, row stride lda) @ op(Bm), op(Bm) = Bm^T with Bm
+// (n x k) when b_transposed, else Bm (k x n); Bm and C contiguous. Column-major BLAS sees
+// C^T = op(Bm)^T A^T.
+template <typename T>
+void gemm(bool b_transposed, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* Bm, T beta, T* C) {
+  if (m == 0 || n == 0) return;
+  auto f = Blas<T>::fn();
+  if (f != nullptr && k > 0 && m < INT32_MAX && n < INT32_MAX && k < INT32_MAX && lda < INT32_MAX) {
+    const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+    const int ldb_ = b_transposed ? K : M, lda_ = static_cast<int>(lda), ldc = M;
+    const T one(1);
+    f(b_transposed ? "T" : "N", "N", &M, &N, &K, &one, Bm, &ldb_, A, &lda_, &beta, C, &ldc);
+    return;
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor a = at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opts);
+  Tensor b = b_transposed ? at::from_blob(const_cast<T*>(Bm), {n, k}, opts).t()
+                          : at::from_blob(const_cast<T*>(Bm), {k, n}, opts);
+  Tensor c = at::from_blob(C, {m, n}, opts);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+  } else {
+    c.addmm_(a, b);
+  }
+}
+
+using pack_size_t = size_t (*)(int, int, int, int);
+using pack_t = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
+using compute_t = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int);
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
+
+struct MklPack {
+  pack_size_t get_size = reinterpret_cast<pack_size_t>(torch_symbol("cblas_sgemm_pack_get_size"));
+  pack_t pack = reinterpret_cast<pack_t>(torch_symbol("cblas_sgemm_pack"));
+  compute_t compute = reinterpret_cast<compute_t>(torch_symbol("cblas_sgemm_compute"));
+  bool ok() const { return get_size && pack && compute; }
+  static const MklPack& get() {
+    static const MklPack p;
+    return p;
+  }
+};
+
+// oneDNN's matmul as ATen exposes it (mkldnn::_linear_pointwise, with the weight reordered
+// once per layer call by mkldnn::_reorder_linear_weight); float only.
+struct OneDnn {
+  std::optional<c10::OperatorHandle> linear, reorder;
+  OneDnn() {
+    if (!at::hasMKLDNN()) return;
+    linear = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    reorder = c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""});
+  }
+  bool ok() const { return linear.has_value() && reorder.has_value(); }
+  static const OneDnn& get() {
+    static const OneDnn d;
+    return d;
+  }
+  Tensor pack(const Tensor& w, int64_t m_max) const {  // w: (n, k)
+    std::vector<c10::IValue> stack{w, c10::IValue(m_max)};
+    reorder->callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+  Tensor run(const Tensor& a, const Tensor& w) const {
+    std::vector<c10::IValue> stack{a, w, c10::IValue(), c10::IValue(std::string("none")),
+                                   c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()};
+    linear->callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+};
+
+enum class Path { kBlas = 0, kPacked = 1, kOneDnn = 2 };
+const char* path_name(Path p) { return p == Path::kPacked ? "mkl-packed" : p == Path::kOneDnn ? "onednn" : "blas"; }
+
+// The measured choice per (dtype, shape), once per process.
+std::mutex g_choice_mutex;
+std::map<std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t>, Path> g_choice;
+
+std::optional<Path> forced_path() {
+  static const std::optional<Path> forced = []() -> std::optional<Path> {
+    const char* env = std::getenv("PEEPHOLE_LSTM_GEMM");
+    if (env == nullptr) return std::nullopt;
+    const std::string v(env);
+    if (v == "packed") return Path::kPacked;
+    if (v == "blas") return Path::kBlas;
+    if (v == "onednn") return Path::kOneDnn;
+    return std::nullopt;  // "auto" or anything else: measure
+  }();
+  return forced;
+}
+
+// A right-hand matrix used at every step (W_hh, W_hr, the full peepholes): set up once per
+// layer call for the path chosen for its shape. C (m x n) = A (m x k, row stride lda) @ op(Bm).
+template <typename T>
+class StepGemm {
+ public:
+  StepGemm(const T* Bm, bool b_transposed, int64_t n, int64_t k, int64_t m_max, int64_t lda = -1)
+      : Bm_(Bm), bt_(b_transposed), n_(n), k_(k), lda_(lda < 0 ? k : lda) {
+    if (m_max <= 0 || n <= 0 || k <= 0) return;
+    path_ = choose(m_max);
+    setup(path_, m_max);
+  }
+  // C = A op(B) (accumulate: C += A op(B)); A has m rows.
+  void operator()(const T* A, int64_t m, bool accumulate, T* C) const {
+    if (m <= 0) return;
+    if (path_ == Path::kOneDnn) {
+      const Tensor y = onednn(A, m);
+      const T* s = y.data_ptr<T>();
+      const int64_t total = m * n_;
+      if (accumulate) {
+        at::parallel_for(0, total, 16384, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) C[i] += s[i];
+        });
+      } else {
+        std::memcpy(C, s, sizeof(T) * total);
+      }
+      return;
+    }
+    raw(path_, A, m, accumulate ? T(1) : T(0), C);
+  }
+  // A op(B) without a copy where the path allows: the result lives in C or in hold.
+  const T* view(const T* A, int64_t m, T* C, Tensor& hold) const {
+    if (path_ == Path::kOneDnn && m > 0) {
+      hold = onednn(A, m);
+      return hold.data_ptr<T>();
+    }
+    (*this)(A, m, false, C);
+    return C;
+  }
+  Path path() const { return path_; }
+
+ private:
+  Tensor onednn(const T* A, int64_t m) const {
+    const Tensor a = at::from_blob(const_cast<T*>(A), {m, k_}, {lda_, 1}, at::TensorOptions().dtype(at::kFloat));
+    return OneDnn::get().run(lda_ == k_ ? a : a.contiguous(), w_dnn_);
+  }
+  void raw(Path p, const T* A, int64_t m, T beta, T* C) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (p == Path::kPacked) {
+        MklPack::get().compute(kRowMajor, kNoTrans, kPacked, int(m), int(n_), int(k_), A, int(lda_),
+                               packed_.data_ptr<float>(), int(n_), beta, C, int(n_));
+        return;
+      }
+    }
+    gemm<T>(bt_, m, n_, k_, A, lda_, Bm_, beta, C);
+  }
+  void setup(Path p, int64_t m_max) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (p == Path::kPacked) {
+        const auto& mkl = MklPack::get();
+        const size_t bytes = mkl.get_size(kBMatrix, int(m_max), int(n_), int(k_));
+        packed_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, at::kFloat);
+        mkl.pack(kRowMajor, kBMatrix, bt_ ? kTrans : kNoTrans, int(m_max), int(n_), int(k_), 1.0f, Bm_,
+                 bt_ ? int(k_) : int(n_), packed_.data_ptr<float>());
+      } else if (p == Path::kOneDnn) {
+        Tensor w = at::from_blob(const_cast<T*>(Bm_), bt_ ? at::IntArrayRef{n_, k_} : at::IntArrayRef{k_, n_},
+                                 at::TensorOptions().dtype(at::kFloat));
+        w_dnn_ = OneDnn::get().pack(bt_ ? w : w.t().contiguous(), m_max);  // (n, k)
+      }
+    }
+  }
+  std::vector<Path> candidates(int64_t m_max) const {
+    std::vector<Path> c{Path::kBlas};
+    if constexpr (std::is_same_v<T, float>) {
+      if (MklPack::get().ok() && std::max({m_max, n_, k_, lda_}) < (int64_t(1) << 30)) c.push_back(Path::kPacked);
+      if (OneDnn::get().ok()) c.push_back(Path::kOneDnn);
+    }
+    return c;
+  }
+  Path choose(int64_t m_max) {
+    const auto cands = candidates(m_max);
+    if (auto f = forced_path()) {
+      if (std::find(cands.begin(), cands.end(), *f) != cands.end()) return *f;
+      return Path::kBlas;
+    }
+    if (cands.size() == 1) return cands[0];
+    const auto key = std::make_tuple(int(sizeof(T)), bt_, m_max, n_, k_, lda_);
+    {
+      std::lock_guard<std::mutex> lock(g_choice_mutex);
+      auto it = g_choice.find(key);
+      if (it != g_choice.end()) return it->second;
+    }
+    // Measure: the fastest of a few calls of each candidate on scratch data of this shape.
+    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    const Tensor a = at::full({m_max, lda_}, T(0.5), opts);
+    Tensor c = at::empty({m_max, n_}, opts);
+    Path best = Path::kBlas;
+    double best_t = 1e30;
+    for (Path p : cands) {
+      setup(p, m_max);
+      path_ = p;
+      double t_min = 1e30;
+      for (int rep = 0; rep < 6; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        (*this)(a.data_ptr<T>(), m_max, false, c.data_ptr<T>());
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (rep > 0) t_min = std::min(t_min, dt);  // rep 0 warms up
+      }
+      if (t_min < best_t) {
+        best_t = t_min;
+        best = p;
+      }
+    }
+    packed_ = Tensor();
+    w_dnn_ = Tensor();
+    std::lock_guard<std::mutex> lock(g_choice_mutex);
+    g_choice.emplace(key, best);
+    return best;
+  }
+
+  const T* Bm_;
+  bool bt_;
+  int64_t n_, k_, lda_;
+  Path path_ = Path::kBlas;
+  Tensor packed_, w_dnn_;
+};
+
+// -------------------------------------------------------------------------- arguments
+bool defined(const std::optional<Tensor>& w) { return w.has_value() && w->defined(); }
+
+// The ops are public (torch.ops.peephole_lstm_cpp.*): check every shape the loops rely on.
+// Returns whether the peepholes are full matrices.
+bool check_args(const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr,
+                std::initializer_list<const std::optional<Tensor>*> peeps, const std::optional<Tensor>& batch_sizes) {
+  const bool packed = defined(batch_sizes);
+  TORCH_CHECK(xw.device().is_cpu(), "the C++ kernel runs on CPU tensors only");
+  if (packed) {
+    TORCH_CHECK(xw.dim() == 2 && xw.size(1) % 4 == 0, "packed xw must be (N, 4H), got ", xw.sizes());
+    TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->scalar_type() == at::kLong && batch_sizes->device().is_cpu(),
+                "batch_sizes must be a 1-D int64 CPU tensor");
+  } else {
+    TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0, "xw must be (T, B, 4H), got ", xw.sizes());
+  }
+  const int64_t B = packed ? h0.size(0) : xw.size(1), H = xw.size(-1) / 4;
+  const bool proj = defined(w_hr);
+  const int64_t P = proj ? w_hr->size(0) : H;
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == P, "h0 must be (", B, ", ", P, "), got ", h0.sizes());
+  TORCH_CHECK(c0.dim() == 2 && c0.size(0) == B && c0.size(1) == H, "c0 must be (", B, ", ", H, "), got ", c0.sizes());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * H && w_hh.size(1) == P, "w_hh must be (", 4 * H, ", ", P,
+              "), got ", w_hh.sizes());
+  if (proj) TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H, "w_hr must be (P, ", H, "), got ", w_hr->sizes());
+  if (defined(bias)) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "bias must be (", 4 * H, ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == xw.scalar_type(), "bias dtype differs from xw's");
+  }
+  int64_t dim = 0;
+  for (const auto* w : peeps) {
+    if (!defined(*w)) continue;
+    const int64_t d = (*w)->dim();
+    TORCH_CHECK(dim == 0 || d == dim, "peepholes must all be vectors (H,) or all matrices (H, H)");
+    dim = d;
+    TORCH_CHECK((d == 1 && (*w)->size(0) == H) || (d == 2 && (*w)->size(0) == H && (*w)->size(1) == H),
+                "peepholes must be (", H, ",) or (", H, ", ", H, "), got ", (*w)->sizes());
+    TORCH_CHECK((*w)->scalar_type() == xw.scalar_type(), "peephole dtype differs from xw's");
+  }
+  for (const Tensor* t : {&h0, &c0, &w_hh}) {
+    TORCH_CHECK(t->scalar_type() == xw.scalar_type(), "all tensors must have xw's dtype ", xw.scalar_type());
+  }
+  if (proj) TORCH_CHECK(w_hr->scalar_type() == xw.scalar_type(), "w_hr dtype differs from xw's");
+  return dim == 2;
+}
+
+// Where each step's rows lie: n[t] rows from row off[t] (unpacked: n = B, off = t B).
+struct Steps {
+  int64_t T = 0, B = 0, N = 0;
+  bool packed = false;
+  std::vector<int64_t> n, off;
+  Steps(const Tensor& xw, const Tensor& h0, const std::optional<Tensor>& batch_sizes) {
+    packed = defined(batch_sizes);
+    if (packed) {
+      const Tensor bs = batch_sizes->contiguous();
+      T = bs.size(0);
+      B = h0.size(0);
+      const int64_t* p = bs.data_ptr<int64_t>();
+      int64_t acc = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        TORCH_CHECK(p[t] > 0 && p[t] <= B && (t == 0 || p[t] <= p[t - 1]),
+                    "batch_sizes must be positive, non-increasing and at most the batch size");
+        n.push_back(p[t]);
+        off.push_back(acc);
+        acc += p[t];
+      }
+      N = acc;
+      TORCH_CHECK(N == xw.size(0), "packed xw has ", xw.size(0), " rows, batch_sizes sum to ", N);
+      TORCH_CHECK(T == 0 || n[0] == B, "batch_sizes[0] must equal the batch size ", B);
+    } else {
+      T = xw.size(0);
+      B = xw.size(1);
+      N = T * B;
+      for (int64_t t = 0; t < T; ++t) {
+        n.push_back(B);
+        off.push_back(t * B);
+      }
+    }
+  }
+  // rows of step t that also exist at step t2 (the next step in time order, or none)
+  int64_t n_at(int64_t t) const { return t >= 0 && t < T ? n[t] : 0; }
+};
+
+// The state each step started from, (N, D): rows of the step before it in processing order,
+// rows that start there from init (B, D). seq (N, D) holds the states each step produced.
+Tensor previous_states(const Tensor& seq, const Tensor& init, const Steps& st, bool reverse) {
+  Tensor prev = at::empty_like(seq);
+  const int64_t D = seq.size(-1);
+  const int64_t bytes_row = D * seq.element_size();
+  char* dst = static_cast<char*>(prev.data_ptr());
+  const char* src = static_cast<const char*>(seq.data_ptr());
+  const char* ini = static_cast<const char*>(init.data_ptr());
+  for (int64_t t = 0; t < st.T; ++t) {
+    const int64_t n = st.n[t];
+    const int64_t t_prev = reverse ? t + 1 : t - 1;
+    const int64_t n_from = std::min(n, st.n_at(t_prev));  // rows carried over from t_prev
+    if (n_from > 0) std::memcpy(dst + st.off[t] * bytes_row, src + st.off[t_prev] * bytes_row, n_from * bytes_row);
+    if (n > n_from)
+      std::memcpy(dst + (st.off[t] + n_from) * bytes_row, ini + n_from * bytes_row, (n - n_from) * bytes_row);
+  }
+  return prev;
+}
+
+std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& w) {
+  if (defined(w)) return w->contiguous();
+  return std::nullopt;
+}
+
+// A layer's weights as both drivers read them: contiguous, absent ones nullopt; for full
+// peepholes wc = [W_ci; W_cf; (W_cc)] (kc H, H), absent ones as zeros.
+struct Weights {
+  Tensor w_hh, wc;
+  std::optional<Tensor> bias, w_hr, w_ci, w_cf, w_co, w_cc;
+  bool full;
+  int64_t kc = 0;
+  Weights(const Tensor& hh, const std::optional<Tensor>& b, const std::optional<Tensor>& hr,
+          const std::optional<Tensor>& ci, const std::optional<Tensor>& cf, const std::optional<Tensor>& co,
+          const std::optional<Tensor>& cc, bool full_)
+      : w_hh(hh.contiguous()),
+        bias(contiguous_opt(b)),
+        w_hr(contiguous_opt(hr)),
+        w_ci(contiguous_opt(ci)),
+        w_cf(contiguous_opt(cf)),
+        w_co(contiguous_opt(co)),
+        w_cc(contiguous_opt(cc)),
+        full(full_) {
+    if (full && (w_ci || w_cf || w_cc)) {
+      const int64_t H = w_hh.size(0) / 4;
+      const Tensor zero = at::zeros({H, H}, w_hh.options());
+      std::vector<Tensor> parts{w_ci ? *w_ci : zero, w_cf ? *w_cf : zero};
+      if (w_cc) parts.push_back(*w_cc);
+      kc = int64_t(parts.size());
+      wc = at::cat(parts, 0);  // (kc H, H)
+    }
+  }
+  bool proj() const { return w_hr.has_value(); }
+};
+
+// Their data pointers for scalar type T (nullptr where absent); the diagonal ones only.
+template <typename T>
+struct WeightPtrs {
+  const T *hh, *b, *hr, *ci, *cf, *co, *cc, *wc, *wco;
+  explicit WeightPtrs(const Weights& w)
+      : hh(w.w_hh.data_ptr<T>()),
+        b(ptr_or_null<T>(w.bias)),
+        hr(ptr_or_null<T>(w.w_hr)),
+        ci(w.full ? nullptr : ptr_or_null<T>(w.w_ci)),
+        cf(w.full ? nullptr : ptr_or_null<T>(w.w_cf)),
+        co(w.full ? nullptr : ptr_or_null<T>(w.w_co)),
+        cc(w.full ? nullptr : ptr_or_null<T>(w.w_cc)),
+        wc(w.kc > 0 ? w.wc.data_ptr<T>() : nullptr),
+        wco(w.full ? ptr_or_null<T>(w.w_co) : nullptr) {}
+};
+
+// ---------------------------------------------------------------------------- drivers
+// Returns (output, h_n (B,P), c_n (B,H), gates, cs): output (T,B,P) or packed (N,P); with
+// save=false (no backward will follow) gates and cs come back empty and the step's gates
+// and cell live in small buffers that stay in cache.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
+    const Tensor& xw_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
+    const std::optional<Tensor>& bias_in, const std::optional<Tensor>& w_hr_in,
+    const std::optional<Tensor>& w_ci_in, const std::optional<Tensor>& w_cf_in,
+    const std::optional<Tensor>& w_co_in, const std::optional<Tensor>& w_cc_in,
+    const std::optional<Tensor>& batch_sizes, bool reverse, bool save) {
+  const bool full =
+      check_args(xw_in, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in, &w_cc_in}, batch_sizes);
+  const Tensor xw = xw_in.contiguous();
+  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const Steps st(xw, h0, batch_sizes);
+  const int64_t T = st.T, B = st.B, N = st.N, G = xw.size(-1), H = G / 4, P = h0.size(1);
+  const Weights w(w_hh_in, bias_in, w_hr_in, w_ci_in, w_cf_in, w_co_in, w_cc_in, full);
+  const bool proj = w.proj();
+  const auto opt = xw.options();
+
+  Tensor gates = save ? at::empty({N, G}, opt) : at::empty({B, G}, opt);
+  Tensor cs = save ? at::empty({N, H}, opt) : at::empty({2, B, H}, opt);
+  Tensor out = at::empty({N, P}, opt);
+  Tensor r_buf = proj ? at::empty({B, H}, opt) : Tensor();
+  Tensor pc_buf = w.kc > 0 ? at::empty({B, w.kc * H}, opt) : Tensor();
+  Tensor po_buf = w.w_co && full ? at::empty({B, H}, opt) : Tensor();
+  // packed: the running state of every sequence (a finished one keeps its last)
+  Tensor h_state = st.packed ? h0.clone() : Tensor();
+  Tensor c_state = st.packed ? c0.clone() : Tensor();
+  Tensor c_n = at::empty({B, H}, opt);
+
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "peephole_lstm_forward", [&] {
+    using T_ = scalar_t;
+    const T_* x = xw.data_ptr<T_>();
+    T_* g = gates.data_ptr<T_>();
+    T_* c_all = cs.data_ptr<T_>();
+    T_* h_all = out.data_ptr<T_>();
+    const WeightPtrs<T_> p(w);
+    T_* r = proj ? r_buf.data_ptr<T_>() : nullptr;
+    T_* pc = w.kc > 0 ? pc_buf.data_ptr<T_>() : nullptr;
+    T_* po = po_buf.defined() ? po_buf.data_ptr<T_>() : nullptr;
+    const T_* h = st.packed ? h_state.data_ptr<T_>() : h0.data_ptr<T_>();
+    const T_* c = st.packed ? c_state.data_ptr<T_>() : c0.data_ptr<T_>();
+    const StepGemm<T_> hh(p.hh, /*b_transposed=*/true, G, P, B);  // h W_hh^T
+    const StepGemm<T_> hr(p.hr, true, P, H, proj ? B : 0);       // r W_hr^T
+    const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
+    const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
+    Tensor hold;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t n = st.n[t];
+      T_* g_t = save ? g + st.off[t] * G : g;
+      T_* c_t = save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H;
+      T_* h_t = h_all + st.off[t] * P;
+      const T_* hw = hh.view(h, n, g_t, hold);
+      if (pc) pcg(c, n, false, pc);
+      forward_cell<T_>(x + st.off[t] * G, p.b, hw, pc, w.kc, g_t, c, c_t, proj ? r : h_t, p.ci, p.cf, p.co, p.cc,
+                       po != nullptr, n, H);
+      if (po) {
+        pog(c_t, n, false, po);
+        forward_out<T_>(g_t, po, c_t, proj ? r : h_t, n, H);
+      }
+      if (proj) hr(r, n, false, h_t);
+      if (st.packed) {
+        std::memcpy(h_state.data_ptr<T_>(), h_t, sizeof(T_) * n * P);
+        std::memcpy(c_state.data_ptr<T_>(), c_t, sizeof(T_) * n * H);
+      } else {
+        h = h_t;
+        c = c_t;
+      }
+    }
+    if (T > 0 && !st.packed) std::copy(c, c + B * H, c_n.data_ptr<T_>());
+  });
+  if (!save) {
+    gates = at::empty({0}, opt);
+    cs = at::empty({0}, opt);
+  }
+  if (st.packed) return {out, h_state, c_state, gates, cs};
+  const int64_t t_end = reverse ? 0 : T - 1;
+  out = out.view({T, B, P});
+  gates = save ? gates.view({T, B, G}) : gates;
+  cs = save ? cs.view({T, B, H}) : cs;
+  return {out, out.select(0, t_end).clone(), c_n, gates, cs};
+}
+
+// Returns (d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci, d_w_cf, d_w_co, d_w_cc); absent
+// weights get an empty tensor.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_backward(
+    const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& out, const Tensor& gates,
+    const Tensor& cs, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
+    const std::optional<Tensor>& bias_in, const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& w_ci_in,
+    const std::optional<Tensor>& w_cf_in, const std::optional<Tensor>& w_co_in, const std::optional<Tensor>& w_cc_in,
+    const std::optional<Tensor>& batch_sizes, bool reverse) {
+  const bool full = check_args(gates, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in, &w_cc_in},
+                               batch_sizes);
+  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const Steps st(gates, h0, batch_sizes);
+  const int64_t T = st.T, B = st.B, N = st.N, G = gates.size(-1), H = G / 4, P = h0.size(1);
+  TORCH_CHECK(out.numel() == N * P && grad_out.sizes() == out.sizes() && out.size(-1) == P,
+              "out and grad_out must be (T, B, P) or packed (N, P)");
+  TORCH_CHECK(cs.numel() == N * H && cs.size(-1) == H, "cs must be (T, B, H) or packed (N, H)");
+  TORCH_CHECK(grad_hn.sizes() == h0_in.sizes() && grad_cn.sizes() == c0_in.sizes(), "grad_hn/grad_cn shapes");
+  const Weights w(w_hh_in, bias_in, w_hr_in, w_ci_in, w_cf_in, w_co_in, w_cc_in, full);
+  const bool proj = w.proj();
+  const auto opt = out.options();
+  const Tensor g2 = gates.reshape({N, G}).contiguous(), cs2 = cs.reshape({N, H}).contiguous();
+  const Tensor out2 = out.reshape({N, P}).contiguous();
+  const Tensor ghn = grad_hn.contiguous(), gcn = grad_cn.contiguous();
+
+  Tensor dgates = at::empty({N, G}, opt);
+  // dH: the gradient w.r.t. each step's h; starts as grad_out, each step adds dG_{t+1} W_hh.
+  Tensor dH = grad_out.reshape({N, P}).clone(at::MemoryFormat::Contiguous);
+  Tensor dc = at::zeros({B, H}, opt);
+  Tensor dr_buf = proj ? at::empty({B, H}, opt) : Tensor();
+  Tensor dh0 = at::zeros({B, P}, opt);
+  const int64_t chunk_rows = grain_rows(H);
+  const int64_t chunks = std::max<int64_t>(1, (B + chunk_rows - 1) / chunk_rows);
+  Tensor acc = at::zeros({chunks, kAcc * H}, opt);  // see backward_cell
+
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "peephole_lstm_backward", [&] {
+    using T_ = scalar_t;
+    const T_* g = g2.data_ptr<T_>();
+    const T_* c_all = cs2.data_ptr<T_>();
+    T_* dg = dgates.data_ptr<T_>();
+    T_* dh_all = dH.data_ptr<T_>();
+    T_* dcp = dc.data_ptr<T_>();
+    T_* dh0p = dh0.data_ptr<T_>();
+    const T_* c0p = c0.data_ptr<T_>();
+    const WeightPtrs<T_> p(w);
+    T_* dr_b = proj ? dr_buf.data_ptr<T_>() : nullptr;
+    T_* a = acc.data_ptr<T_>();
+    const StepGemm<T_> dhh(p.hh, /*b_transposed=*/false, P, G, B);   // dG W_hh
+    const StepGemm<T_> dhr(p.hr, false, H, P, proj ? B : 0);          // dh W_hr
+    const StepGemm<T_> dpc(p.wc, false, H, w.kc * H, p.wc ? B : 0, G);  // dG_{i,f,g} [W_ci; W_cf; W_cc]
+    const StepGemm<T_> dpo(p.wco, false, H, H, p.wco ? B : 0, G);      // d_o W_co
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that fed this one
+      const int64_t t_next = reverse ? t - 1 : t + 1;  // the step this one fed
+      const int64_t n = st.n[t];
+      T_* dh_t = dh_all + st.off[t] * P;
+      // rows whose last step this is: their h_n / c_n gradients enter here
+      const int64_t n_enter = std::min(n, st.n_at(t_next));
+      for (int64_t b = n_enter; b < n; ++b) {
+        for (int64_t j = 0; j < P; ++j) dh_t[b * P + j] += ghn.data_ptr<T_>()[b * P + j];
+        std::memcpy(dcp + b * H, gcn.data_ptr<T_>() + b * H, sizeof(T_) * H);
+      }
+      const T_* dr = dh_t;
+      if (proj) {
+        dhr(dh_t, n, false, dr_b);  // dr = dh W_hr
+        dr = dr_b;
+      }
+      T_* dg_t = dg + st.off[t] * G;
+      const T_* g_t = g + st.off[t] * G;
+      const T_* c_t = c_all + st.off[t] * H;
+      // c_{t-1}: rows carried over from t_prev, the others start from c0
+      const int64_t n_from = std::min(n, st.n_at(t_prev));
+      const T_* c_from = n_from > 0 ? c_all + st.off[t_prev] * H : c0p;
+      auto cell = [&](int phase) {
+        for (auto [r0, r1, cp] : {std::make_tuple(int64_t(0), n_from, c_from),
+                                  std::make_tuple(n_from, n, c0p + n_from * H)}) {
+          if (r1 <= r0) continue;
+          backward_cell<T_>(g_t + r0 * G, c_t + r0 * H, cp, dr + r0 * H, dcp + r0 * H, dg_t + r0 * G, p.ci, p.cf,
+                            p.co, p.cc, phase, r1 - r0, H, chunk_rows, a);
+        }
+      };
+      if (p.wco) {
+        cell(1);
+        dpo(dg_t + 3 * H, n, true, dcp);  // dc += d_o W_co
+        cell(2);
+      } else {
+        cell(0);
+      }
+      if (p.wc) dpc(dg_t, n, true, dcp);  // dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
+      // dh_{t-1} += dG W_hh for the rows carried over; the others' h_{t-1} was h0
+      if (n_from > 0) dhh(dg_t, n_from, true, dh_all + st.off[t_prev] * P);
+      if (n > n_from) dhh(dg_t + n_from * G, n - n_from, false, dh0p + n_from * P);
+    }
+  });
+
+  // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps.
+  const Tensor h_prev = previous_states(out2, h0, st, reverse);  // (N, P)
+  Tensor dw_hh = dgates.t().mm(h_prev);  // (4H, P)
+  const Tensor sums = acc.sum(0);        // (8H)
+  // An absent weight's grad is empty; the outputs of an op may not alias each other.
+  auto empty = [&] { return at::empty({0}, opt); };
+  Tensor d_bias = empty(), dw_hr = empty(), dw_ci = empty(), dw_cf = empty(), dw_co = empty(), dw_cc = empty();
+  if (w.bias) d_bias = sums.slice(0, 0, 4 * H).clone();
+  if (proj) {
+    Tensor r_all = g2.slice(1, 3 * H, 4 * H) * cs2.tanh();  // (N, H)
+    dw_hr = dH.t().mm(r_all);
+  }
+  if (full) {
+    const Tensor c_prev = previous_states(cs2, c0, st, reverse);  // (N, H)
+    if (w.w_ci) dw_ci = dgates.slice(1, 0, H).t().mm(c_prev);
+    if (w.w_cf) dw_cf = dgates.slice(1, H, 2 * H).t().mm(c_prev);
+    if (w.w_cc) dw_cc = dgates.slice(1, 2 * H, 3 * H).t().mm(c_prev);
+    if (w.w_co) dw_co = dgates.slice(1, 3 * H, 4 * H).t().mm(cs2);
+  } else {
+    if (w.w_ci) dw_ci = sums.slice(0, 4 * H, 5 * H).clone();
+    if (w.w_cf) dw_cf = sums.slice(0, 5 * H, 6 * H).clone();
+    if (w.w_co) dw_co = sums.slice(0, 6 * H, 7 * H).clone();
+    if (w.w_cc) dw_cc = sums.slice(0, 7 * H, 8 * H).clone();
+  }
+  if (!st.packed) dgates = dgates.view({T, B, G});
+  return {dgates, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc};
+}
+
+// Which GEMM paths the kernel can take and which it chose so far, per shape (m x k x n).
+std::string blas_info() {
+  std::ostringstream s;
+  s << "candidates: blas" << (Blas<float>::fn() ? "" : "(aten)");
+  if (MklPack::get().ok()) s << ", mkl-packed";
+  if (OneDnn::get().ok()) s << ", onednn";
+  if (auto f = forced_path()) s << "; forced: " << path_name(*f);
+  s << "; chosen:";
+  std::lock_guard<std::mutex> lock(g_choice_mutex);
+  for (const auto& [key, path] : g_choice) {
+    s << " " << std::get<2>(key) << "x" << std::get<4>(key) << "x" << std::get<3>(key)
+      << (std::get<0>(key) == 8 ? "(f64)" : "") << "=" << path_name(path) << ";";
+  }
+  return s.str();
+}
+
+}  // namespace
+
+TORCH_LIBRARY(peephole_lstm_cpp, m) {
+  m.def("blas_info() -> str", &blas_info);
+  m.def(
+      "forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
+      "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, bool save) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor out, Tensor gates, "
+      "Tensor cs, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
+      "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(peephole_lstm_cpp, CPU, m) {
+  m.impl("forward", &recurrence_forward);
+  m.impl("backward", &recurrence_backward);
+}
