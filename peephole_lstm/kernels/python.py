@@ -165,7 +165,6 @@ def backward(
     g2 = gates.reshape(-1, G)  # (N, 4H)
     cs2 = cs.reshape(-1, H)  # (N, H)
     out2 = out.reshape(-1, P)  # (N, P)
-    N = g2.size(0)
     i_all, f_all, g_all, o_all = g2.chunk(4, 1)  # 4 x (N, H)
     tanh_c = cs2.tanh()
     c_prev = previous_states(cs2, c0, n, off, reverse)  # (N, H)
