@@ -4,6 +4,9 @@
     python benchmarks/speed.py --sizes S1 --runs 10 # one size
     python benchmarks/speed.py --device cuda        # on a GPU
     python benchmarks/speed.py --memory             # + peak memory of a training step, one process per variant
+    python benchmarks/speed.py --config article     # the article's cell: peephole="full", candidate_peephole=True
+    python benchmarks/speed.py --config packed      # PackedSequence, random lengths, unsorted
+    python benchmarks/speed.py --config bidir       # bidirectional, 2 layers
 
 Variants: ``nn.LSTM``; ``naive loop`` (PeepholeLSTMCell called in a Python loop, the way
 people write custom LSTMs); ``reference`` (our autograd time loop); ``fused/python`` (the
@@ -11,6 +14,8 @@ fused op, pure-PyTorch kernel); ``fused/cpp`` (the fused op, C++ kernel; the CPU
 ``scripted`` (``torch.jit.script`` of the module). Times are the median of ``--runs``
 interleaved repetitions (each variant once per round), in ms; the ratio is to ``nn.LSTM``
 measured in the same rounds. Training = forward + backward of ``out.square().mean()``.
+Configurations other than ``default`` compare ``nn.LSTM`` on the same input (same sizes;
+packed input for ``packed``) with ``reference``, ``fused/python`` and ``fused/cpp``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 import warnings
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,6 +47,22 @@ SIZES = {
     "S4": (50, 256, 64, 512, 1),
 }
 VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "scripted"]
+# name: (PeepholeLSTM keyword arguments, layers override, packed input)
+CONFIGS = {
+    "default": ({}, None, False),
+    "article": ({"peephole": "full", "candidate_peephole": True}, None, False),
+    "packed": ({}, None, True),
+    "bidir": ({"bidirectional": True}, 2, False),
+}
+CONFIG_VARIANTS = ["nn.LSTM", "reference", "fused/python", "fused/cpp"]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 class NaiveLoop(torch.nn.Module):
@@ -61,21 +83,30 @@ class NaiveLoop(torch.nn.Module):
         return x, None
 
 
-def build(variant: str, size: str, device: str):
+def build(variant: str, size: str, device: str, config: str = "default"):
     T, B, I, H, layers = SIZES[size]
+    kwargs, layers_override, packed = CONFIGS[config]
+    layers = layers_override or layers
+    bidirectional = kwargs.get("bidirectional", False)
     if variant == "nn.LSTM":
-        model = torch.nn.LSTM(I, H, layers)
+        model = torch.nn.LSTM(I, H, layers, bidirectional=bidirectional)
     elif variant == "naive loop":
         model = NaiveLoop(I, H, layers)
     else:
-        model = PeepholeLSTM(I, H, layers)
+        model = PeepholeLSTM(I, H, layers, **kwargs)
     model = model.to(device)
     if variant == "scripted":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = torch.jit.script(model)
     backend = {"reference": "reference", "fused/python": "python", "fused/cpp": "cpp", "scripted": "reference"}
-    x = torch.randn(T, B, I, device=device)
+    if packed:  # random lengths in [T/4, T], the longest T, in no order
+        g = torch.Generator().manual_seed(0)
+        lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=g)
+        lengths[B // 2] = T
+        x = pack_sequence([torch.randn(int(n), I, device=device) for n in lengths], enforce_sorted=False)
+    else:
+        x = torch.randn(T, B, I, device=device)
     return model, x, backend.get(variant, "auto")
 
 
@@ -83,6 +114,7 @@ def step(model, x, backend: str, train: bool) -> None:
     peephole_lstm.set_backend(backend)
     if train:
         out = model(x)[0]
+        out = out.data if isinstance(out, PackedSequence) else out
         out.square().mean().backward()
     else:
         with torch.inference_mode():
@@ -94,10 +126,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_all(sizes, variants, runs: int, device: str) -> list[dict]:
+def time_all(sizes, variants, runs: int, device: str, config: str = "default") -> list[dict]:
     rows = []
     for size in sizes:
-        built = {v: build(v, size, device) for v in variants}
+        built = {v: build(v, size, device, config) for v in variants}
         for train in (False, True):
             times: dict[str, list[float]] = {v: [] for v in variants}
             for v in variants:  # warm-up: the C++ build, TorchScript's profiling runs
@@ -115,13 +147,13 @@ def time_all(sizes, variants, runs: int, device: str) -> list[dict]:
             for v in variants:
                 med = statistics.median(times[v])
                 rows.append(dict(size=size, mode="training" if train else "inference", variant=v,
-                                 ms=med * 1e3, ratio=med / base))
+                                 ms=med * 1e3, ratio=med / base, config=config))
             for m in built.values():
                 m[0].zero_grad(set_to_none=True)
     return rows
 
 
-def peak_memory(variant: str, size: str, device: str) -> float:
+def peak_memory(variant: str, size: str, device: str, config: str = "default") -> float:
     """Peak memory (MiB) of building the model and input and running one training step,
     over a fresh process that has imported torch and loaded the C++ kernel (CPU: growth
     of the peak RSS, VmHWM; CUDA: the allocator's peak)."""
@@ -133,7 +165,7 @@ def peak_memory(variant: str, size: str, device: str) -> float:
         "from benchmarks.speed import build, step; "
         f"torch.cuda.init() if {device!r}.startswith('cuda') else None; "
         "base = hwm(); "
-        f"m, x, b = build({variant!r}, {size!r}, {device!r}); step(m, x, b, True); "
+        f"m, x, b = build({variant!r}, {size!r}, {device!r}, {config!r}); step(m, x, b, True); "
         f"peak = (torch.cuda.max_memory_allocated() / 2**20) if {device!r}.startswith('cuda') else "
         "(hwm() - base) / 1024; print(json.dumps(peak))"
     )
@@ -144,24 +176,26 @@ def peak_memory(variant: str, size: str, device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
+                        help="default: all for --config default, else " + ", ".join(CONFIG_VARIANTS))
+    parser.add_argument("--config", default="default", choices=list(CONFIGS))
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="also peak memory of a training step")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    variants = list(dict.fromkeys(["nn.LSTM", *args.variants]))
+    chosen = args.variants or (VARIANTS if args.config == "default" else CONFIG_VARIANTS)
+    variants = list(dict.fromkeys(["nn.LSTM", *chosen]))
     if args.device != "cpu":
         variants = [v for v in variants if v != "fused/cpp"]  # the C++ kernel is CPU-only
     if "fused/cpp" in variants:
         peephole_lstm.set_backend("cpp")
         peephole_lstm.build_extension()
 
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    gemm = torch.ops.peephole_lstm_cpp.blas_info() if "fused/cpp" in variants else "n/a"
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model()
     print(f"# torch {torch.__version__}, {args.device} ({dev}), {torch.get_num_threads()} threads, float32, "
-          f"median of {args.runs} interleaved runs, C++ kernel GEMM: {gemm}")
-    rows = time_all(args.sizes, variants, args.runs, args.device)
+          f"config {args.config} {CONFIGS[args.config]}, median of {args.runs} interleaved runs")
+    rows = time_all(args.sizes, variants, args.runs, args.device, args.config)
     print("\n| size | mode | " + " | ".join(variants) + " |")
     print("|---|---|" + "---:|" * len(variants))
     for size in args.sizes:
@@ -171,13 +205,16 @@ def main() -> None:
                 r = next(r for r in rows if r["size"] == size and r["mode"] == mode and r["variant"] == v)
                 cells.append(f"{r['ms']:.1f} ms" if v == "nn.LSTM" else f"{r['ms']:.1f} ms ({r['ratio']:.2f}×)")
             print(f"| {size} {SIZES[size]} | {mode} | " + " | ".join(cells) + " |")
+    if "fused/cpp" in variants:
+        print(f"\nC++ kernel GEMM paths (measured per shape m x n x k): {torch.ops.peephole_lstm_cpp.blas_info()}")
     if args.memory:
         print("\nPeak memory added by one training step (MiB" + (", CUDA allocator)" if args.device != "cpu" else
                                                                    ", max RSS growth)"))
         print("| size | " + " | ".join(variants) + " |")
         print("|---|" + "---:|" * len(variants))
         for size in args.sizes:
-            print(f"| {size} | " + " | ".join(f"{peak_memory(v, size, args.device):.1f}" for v in variants) + " |")
+            print(f"| {size} | " + " | ".join(f"{peak_memory(v, size, args.device, args.config):.1f}" for v in variants)
+                  + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -25,3 +25,13 @@ def test_speed_table(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| S1")]
     assert len(rows) == 2 and all(line.count("×") == 2 for line in rows)
+
+
+def test_speed_table_every_config(tmp_path):
+    for config in ("article", "packed", "bidir"):
+        res = _run([os.path.join(ROOT, "benchmarks", "speed.py"), "--sizes", "S1", "--runs", "1", "--variants",
+                    "fused/cpp", "--config", config], tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        rows = [line for line in res.stdout.splitlines() if line.startswith("| S1")]
+        assert len(rows) == 2 and all(line.count("×") == 1 for line in rows), res.stdout
+        assert "GEMM paths" in res.stdout

@@ -128,7 +128,7 @@ print(torch.ops.peephole_lstm_cpp.blas_info())
 """
 
 
-@pytest.mark.parametrize("path", ["blas", "packed", "onednn"])
+@pytest.mark.parametrize("path", ["blas", "packed", "onednn", "vec"])
 def test_every_gemm_path_is_exact(path):
     """PEEPHOLE_LSTM_GEMM forces one GEMM path; each gives float32 results within rounding of
     the float64 kernel (outputs and every gradient), packed, bidirectional, projected,
@@ -173,3 +173,29 @@ def test_no_compiler_warns_once_and_falls_back_to_python():
     assert "no C++ compiler" in res.stdout
     forced = _run(code, CXX="/nonexistent/c++", PEEPHOLE_LSTM_BACKEND="cpp")
     assert forced.returncode != 0 and "PEEPHOLE_LSTM_BACKEND=cpp but the C++ kernel could not be built" in forced.stderr
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_inference_input_projection_either_path_equals_linear(onednn):
+    """In CPU float32 inference x W_ih^T may run on oneDNN (where it measures faster): both
+    paths give F.linear's result within float32 rounding; with autograd it is F.linear."""
+    from peephole_lstm import _backend
+
+    if onednn and not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch")
+    x = torch.randn(70, 33, 40)[:, ::2]  # non-contiguous, 70*17*40 elements
+    w = torch.randn(64, 40)
+    key = (70 * 17, 40, 64)
+    old = _backend._PROJ_CHOICE.get(key)
+    _backend._PROJ_CHOICE[key] = onednn
+    try:
+        with torch.no_grad():
+            got = _backend.input_projection(x, w)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
+        assert got.shape == (70, 17, 64)
+        w.requires_grad_()
+        assert _backend.input_projection(x, w).grad_fn is not None
+    finally:
+        _backend._PROJ_CHOICE.pop(key)
+        if old is not None:
+            _backend._PROJ_CHOICE[key] = old

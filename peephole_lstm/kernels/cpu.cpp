@@ -17,9 +17,10 @@
 // rows are computed (as cuDNN and oneDNN do); a sequence's state stops at its last step.
 //
 // GEMM path. Per shape the kernel measures, once per process, MKL's packed sgemm, the
-// plain BLAS sgemm and oneDNN's matmul (through ATen's mkldnn op), and keeps the fastest:
-// on Intel MKL usually wins, on AMD oneDNN is ~2x faster than MKL at the larger sizes.
-// PEEPHOLE_LSTM_GEMM=packed|blas|onednn forces one (benchmarks).
+// plain BLAS sgemm, oneDNN's matmul (through ATen's mkldnn op) and its own register-blocked
+// at::vec GEMM (VecGemm), and keeps the fastest: MKL's sgemm takes about twice oneDNN's time
+// on AMD at the larger sizes, and oneDNN's per-call overhead loses at the small ones.
+// PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests).
 //
 // Built on first use by peephole_lstm/_backend.py (torch.utils.cpp_extension, no fast-math),
 // registered as torch.ops.peephole_lstm_cpp.{forward,backward}; the public op with its
@@ -395,8 +396,98 @@ struct OneDnn {
   }
 };
 
-enum class Path { kBlas = 0, kPacked = 1, kOneDnn = 2 };
-const char* path_name(Path p) { return p == Path::kPacked ? "mkl-packed" : p == Path::kOneDnn ? "onednn" : "blas"; }
+// Our own GEMM for the small per-step products: op(B) packed once per layer call into panels
+// of V = Vec<T>::size() columns (Bp[panel][kk][0..V), zero past n), an MR x NP register block
+// of V-wide accumulators (6 x 4 = 24 of AVX-512's 32 registers), threads over column panels
+// with a grain that keeps small products on one thread. Each output element is one thread's
+// dot product in k order, so results do not depend on the thread count.
+template <typename T>
+class VecGemm {
+ public:
+  static constexpr int64_t V = Vec<T>::size();
+  static constexpr int64_t kNP = 4;  // panels per register block
+  void pack(const T* Bm, bool bt, int64_t n, int64_t k) {
+    n_ = n;
+    k_ = k;
+    panels_ = (n + V - 1) / V;
+    packed_ = at::zeros({panels_ * k * V}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    T* d = packed_.data_ptr<T>();
+    for (int64_t p = 0; p < panels_; ++p)
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t v = 0; v < V && p * V + v < n; ++v) {
+          const int64_t col = p * V + v;
+          d[(p * k + kk) * V + v] = bt ? Bm[col * k + kk] : Bm[kk * n + col];
+        }
+  }
+  void run(const T* A, int64_t m, int64_t lda, bool accumulate, T* C) const {
+    const int64_t groups = (panels_ + kNP - 1) / kNP;
+    // ~32k multiply-adds per task at the least: below that a thread hand-off costs more
+    const int64_t per_group = std::max<int64_t>(1, m * k_ * kNP * V);
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / per_group);
+    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t p0 = g * kNP, np = std::min(kNP, panels_ - p0);
+        int64_t r = 0;
+        for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, accumulate, C);
+        switch (m - r) {
+          case 5: block<5>(A, lda, r, p0, np, accumulate, C); break;
+          case 4: block<4>(A, lda, r, p0, np, accumulate, C); break;
+          case 3: block<3>(A, lda, r, p0, np, accumulate, C); break;
+          case 2: block<2>(A, lda, r, p0, np, accumulate, C); break;
+          case 1: block<1>(A, lda, r, p0, np, accumulate, C); break;
+          default: break;
+        }
+      }
+    });
+  }
+
+ private:
+  template <int MR>
+  void block(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t np, bool accumulate, T* C) const {
+    if (np == kNP) {
+      kernel<MR, kNP>(A, lda, r0, p0, accumulate, C);
+    } else {
+      for (int64_t p = p0; p < p0 + np; ++p) kernel<MR, 1>(A, lda, r0, p, accumulate, C);
+    }
+  }
+  template <int MR, int NP>
+  void kernel(const T* A, int64_t lda, int64_t r0, int64_t p0, bool accumulate, T* C) const {
+    Vec<T> acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+      for (int p = 0; p < NP; ++p) acc[r][p] = Vec<T>(T(0));
+    const T* bp = packed_.data_ptr<T>() + p0 * k_ * V;
+    const T* a = A + r0 * lda;
+    for (int64_t kk = 0; kk < k_; ++kk) {
+      Vec<T> b[NP];
+      for (int p = 0; p < NP; ++p) b[p] = Vec<T>::loadu(bp + (p * k_ + kk) * V);
+      for (int r = 0; r < MR; ++r) {
+        const Vec<T> ar(a[r * lda + kk]);
+        for (int p = 0; p < NP; ++p) acc[r][p] = at::vec::fmadd(ar, b[p], acc[r][p]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      T* c = C + (r0 + r) * n_;
+      for (int p = 0; p < NP; ++p) {
+        const int64_t col = (p0 + p) * V, w = std::min<int64_t>(V, n_ - col);
+        Vec<T> v = acc[r][p];
+        if (accumulate) v = v + load(c + col, w);
+        store(v, c + col, w);
+      }
+    }
+  }
+  int64_t n_ = 0, k_ = 0, panels_ = 0;
+  Tensor packed_;
+};
+
+enum class Path { kBlas = 0, kPacked = 1, kOneDnn = 2, kVec = 3 };
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::kPacked: return "mkl-packed";
+    case Path::kOneDnn: return "onednn";
+    case Path::kVec: return "vec";
+    default: return "blas";
+  }
+}
 
 // The measured choice per (dtype, shape), once per process.
 std::mutex g_choice_mutex;
@@ -410,6 +501,7 @@ std::optional<Path> forced_path() {
     if (v == "packed") return Path::kPacked;
     if (v == "blas") return Path::kBlas;
     if (v == "onednn") return Path::kOneDnn;
+    if (v == "vec") return Path::kVec;
     return std::nullopt;  // "auto" or anything else: measure
   }();
   return forced;
@@ -429,6 +521,10 @@ class StepGemm {
   // C = A op(B) (accumulate: C += A op(B)); A has m rows.
   void operator()(const T* A, int64_t m, bool accumulate, T* C) const {
     if (m <= 0) return;
+    if (path_ == Path::kVec) {
+      vec_.run(A, m, lda_, accumulate, C);
+      return;
+    }
     if (path_ == Path::kOneDnn) {
       const Tensor y = onednn(A, m);
       const T* s = y.data_ptr<T>();
@@ -471,6 +567,10 @@ class StepGemm {
     gemm<T>(bt_, m, n_, k_, A, lda_, Bm_, beta, C);
   }
   void setup(Path p, int64_t m_max) {
+    if (p == Path::kVec) {
+      vec_.pack(Bm_, bt_, n_, k_);
+      return;
+    }
     if constexpr (std::is_same_v<T, float>) {
       if (p == Path::kPacked) {
         const auto& mkl = MklPack::get();
@@ -486,7 +586,7 @@ class StepGemm {
     }
   }
   std::vector<Path> candidates(int64_t m_max) const {
-    std::vector<Path> c{Path::kBlas};
+    std::vector<Path> c{Path::kBlas, Path::kVec};
     if constexpr (std::is_same_v<T, float>) {
       if (MklPack::get().ok() && std::max({m_max, n_, k_, lda_}) < (int64_t(1) << 30)) c.push_back(Path::kPacked);
       if (OneDnn::get().ok()) c.push_back(Path::kOneDnn);
@@ -529,6 +629,7 @@ class StepGemm {
     }
     packed_ = Tensor();
     w_dnn_ = Tensor();
+    vec_ = VecGemm<T>();
     std::lock_guard<std::mutex> lock(g_choice_mutex);
     g_choice.emplace(key, best);
     return best;
@@ -539,6 +640,7 @@ class StepGemm {
   int64_t n_, k_, lda_;
   Path path_ = Path::kBlas;
   Tensor packed_, w_dnn_;
+  VecGemm<T> vec_;
 };
 
 // -------------------------------------------------------------------------- arguments
@@ -906,7 +1008,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 // Which GEMM paths the kernel can take and which it chose so far, per shape (m x k x n).
 std::string blas_info() {
   std::ostringstream s;
-  s << "candidates: blas" << (Blas<float>::fn() ? "" : "(aten)");
+  s << "candidates: blas" << (Blas<float>::fn() ? "" : "(aten)") << ", vec";
   if (MklPack::get().ok()) s << ", mkl-packed";
   if (OneDnn::get().ok()) s << ", onednn";
   if (auto f = forced_path()) s << "; forced: " << path_name(*f);
