@@ -143,6 +143,11 @@ def use_cpp(t: Tensor) -> bool:
 _PROJ_CHOICE: dict[tuple[int, int, int], bool] = {}
 
 
+def _proj_key(rows: int, in_features: int, out_features: int) -> tuple[int, int, int]:
+    # rows by power of two: variable-length inference does not re-measure for every length
+    return rows.bit_length(), in_features, out_features
+
+
 def _onednn_linear(x2: Tensor, w: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x2, w, None, "none", [], "")
 
@@ -151,7 +156,7 @@ def _onednn_wins(rows: int, x2: Tensor, w: Tensor) -> bool:
     """Whether oneDNN's matmul beats ``F.linear`` (MKL) for this shape here: measured once per
     shape and process (MKL's sgemm took 2-3x oneDNN's time on an AMD EPYC; on Intel the two
     are close), best of three calls each."""
-    key = (rows, x2.size(1), w.size(0))
+    key = _proj_key(rows, x2.size(1), w.size(0))
     if key not in _PROJ_CHOICE:
         import time
 

@@ -185,7 +185,7 @@ def test_inference_input_projection_either_path_equals_linear(onednn):
         pytest.skip("no oneDNN in this torch")
     x = torch.randn(70, 33, 40)[:, ::2]  # non-contiguous, 70*17*40 elements
     w = torch.randn(64, 40)
-    key = (70 * 17, 40, 64)
+    key = _backend._proj_key(70 * 17, 40, 64)
     old = _backend._PROJ_CHOICE.get(key)
     _backend._PROJ_CHOICE[key] = onednn
     try:
