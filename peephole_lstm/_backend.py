@@ -152,11 +152,11 @@ def _onednn_linear(x2: Tensor, w: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x2, w, None, "none", [], "")
 
 
-def _onednn_wins(rows: int, x2: Tensor, w: Tensor) -> bool:
+def _onednn_wins(x2: Tensor, w: Tensor) -> bool:
     """Whether oneDNN's matmul beats ``F.linear`` (MKL) for this shape here: measured once per
     shape and process (MKL's sgemm took 2-3x oneDNN's time on an AMD EPYC; on Intel the two
     are close), best of three calls each."""
-    key = _proj_key(rows, x2.size(1), w.size(0))
+    key = _proj_key(x2.size(0), x2.size(1), w.size(0))
     if key not in _PROJ_CHOICE:
         import time
 
@@ -189,6 +189,6 @@ def input_projection(x: Tensor, w_ih: Tensor) -> Tensor:
     inference (no autograd, not traced) it takes oneDNN's matmul where that measures faster."""
     if _onednn_eligible(x, w_ih):
         x2 = x.reshape(-1, x.size(-1))  # (T*B, I)
-        if _onednn_wins(x2.size(0), x2, w_ih):
+        if _onednn_wins(x2, w_ih):
             return _onednn_linear(x2, w_ih).view(*x.shape[:-1], w_ih.size(0))
     return torch.nn.functional.linear(x, w_ih)

@@ -722,8 +722,9 @@ struct Steps {
       }
     }
   }
-  // rows of step t that also exist at step t2 (the next step in time order, or none)
-  int64_t n_at(int64_t t) const { return t >= 0 && t < T ? n[t] : 0; }
+  // Rows of step t that step `other` also has (0 when there is no such step): with
+  // batch_sizes non-increasing these are the first ones, carried between the two steps.
+  int64_t carried(int64_t t, int64_t other) const { return other >= 0 && other < T ? std::min(n[t], n[other]) : 0; }
 };
 
 // The state each step started from, (N, D): rows of the step before it in processing order,
@@ -738,7 +739,7 @@ Tensor previous_states(const Tensor& seq, const Tensor& init, const Steps& st, b
   for (int64_t t = 0; t < st.T; ++t) {
     const int64_t n = st.n[t];
     const int64_t t_prev = reverse ? t + 1 : t - 1;
-    const int64_t n_from = std::min(n, st.n_at(t_prev));  // rows carried over from t_prev
+    const int64_t n_from = st.carried(t, t_prev);  // rows carried over from t_prev
     if (n_from > 0) std::memcpy(dst + st.off[t] * bytes_row, src + st.off[t_prev] * bytes_row, n_from * bytes_row);
     if (n > n_from)
       std::memcpy(dst + (st.off[t] + n_from) * bytes_row, ini + n_from * bytes_row, (n - n_from) * bytes_row);
@@ -939,7 +940,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       const int64_t n = st.n[t];
       T_* dh_t = dh_all + st.off[t] * P;
       // rows whose last step this is: their h_n / c_n gradients enter here
-      const int64_t n_enter = std::min(n, st.n_at(t_next));
+      const int64_t n_enter = st.carried(t, t_next);
       for (int64_t b = n_enter; b < n; ++b) {
         for (int64_t j = 0; j < P; ++j) dh_t[b * P + j] += ghn.data_ptr<T_>()[b * P + j];
         std::memcpy(dcp + b * H, gcn.data_ptr<T_>() + b * H, sizeof(T_) * H);
@@ -953,7 +954,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       const T_* g_t = g + st.off[t] * G;
       const T_* c_t = c_all + st.off[t] * H;
       // c_{t-1}: rows carried over from t_prev, the others start from c0
-      const int64_t n_from = std::min(n, st.n_at(t_prev));
+      const int64_t n_from = st.carried(t, t_prev);
       const T_* c_from = n_from > 0 ? c_all + st.off[t_prev] * H : c0p;
       auto cell = [&](int phase) {
         for (auto [r0, r1, cp] : {std::make_tuple(int64_t(0), n_from, c_from),

@@ -22,7 +22,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["backward", "forward", "previous_states", "steps"]
+__all__ = ["backward", "carried", "forward", "previous_states", "steps"]
 
 
 def steps(T: int, B: int, batch_sizes: Optional[Tensor]) -> tuple[List[int], List[int]]:
@@ -39,6 +39,12 @@ def steps(T: int, B: int, batch_sizes: Optional[Tensor]) -> tuple[List[int], Lis
     return n, off
 
 
+def carried(n: List[int], t: int, other: int) -> int:
+    """Rows of step ``t`` that step ``other`` also has (0 when there is no such step): with
+    non-increasing batch sizes these are the first ones, carried between the two steps."""
+    return min(n[t], n[other]) if 0 <= other < len(n) else 0
+
+
 def previous_states(seq: Tensor, init: Tensor, n: List[int], off: List[int], reverse: bool) -> Tensor:
     """The state each step started from, ``(N, D)``: the rows of the step before it in
     processing order, and ``init`` ``(B, D)`` for the rows that start at it."""
@@ -52,7 +58,7 @@ def previous_states(seq: Tensor, init: Tensor, n: List[int], off: List[int], rev
     prev = torch.empty_like(seq)
     for t in range(T):
         t_prev = t + 1 if reverse else t - 1
-        n_from = min(n[t], n[t_prev]) if 0 <= t_prev < T else 0
+        n_from = carried(n, t, t_prev)
         if n_from > 0:
             prev[off[t] : off[t] + n_from] = seq[off[t_prev] : off[t_prev] + n_from]
         if n[t] > n_from:
@@ -193,7 +199,7 @@ def backward(
         t_next = t - 1 if reverse else t + 1  # the step this one fed
         rows = n[t]
         r0 = off[t]
-        n_enter = min(rows, n[t_next]) if 0 <= t_next < T else 0
+        n_enter = carried(n, t, t_next)
         if n_enter < rows:  # the sequences whose last step this is
             dH[r0 + n_enter : r0 + rows] += grad_hn[n_enter:rows]
             dc[n_enter:rows] = grad_cn[n_enter:rows]
@@ -222,7 +228,7 @@ def backward(
                 dcp.addcmul_(d_g, w_cc)
         dc[:rows] = dcp
         dh = dgates[r0 : r0 + rows] @ w_hh  # (n, P): the gradient of h_{t-1}
-        n_from = min(rows, n[t_prev]) if 0 <= t_prev < T else 0
+        n_from = carried(n, t, t_prev)
         if n_from > 0:
             dH[off[t_prev] : off[t_prev] + n_from] += dh[:n_from]
         if rows > n_from:
