@@ -4,9 +4,15 @@
 ``SeriesDataModule``) and the ONNX export (``export_onnx``) load on first access.
 """
 
+import torch as _torch
+
 from ._backend import build_extension, get_backend, set_backend
 from .cell import PeepholeLSTMCell
 from .lstm import PeepholeLSTM
+
+# ``torch.load`` of a ``torch.save(model)`` (weights_only=True, torch's default) may rebuild
+# these two: their state is parameters, ints, floats, strings and lists only.
+_torch.serialization.add_safe_globals([PeepholeLSTM, PeepholeLSTMCell])
 
 __version__ = "0.1.0"
 

@@ -53,7 +53,7 @@ def export_onnx(
     f: Union[str, os.PathLike, IO[bytes]],
     example_input: Optional[Tensor] = None,
     *,
-    opset: int = 14,
+    opset: int = 18,
     input_name: str = "input",
 ) -> Any:
     """Write ``model`` as an ONNX graph of standard ``LSTM`` nodes **with peepholes** (input
@@ -61,7 +61,8 @@ def export_onnx(
 
     Graph inputs: ``input`` (``(L, N, H_in)``, or ``(N, L, H_in)`` with ``batch_first``),
     with dynamic batch and sequence axes; ``h0`` and ``c0`` (``(D*num_layers, N, H)``), which
-    may be left out: they default to zeros. Outputs: ``output``, ``h_n``, ``c_n``, as the
+    may be left out: they default to zeros (ONNX optional inputs from opset 15; at opset 14,
+    zero initializers that a feed overrides). Outputs: ``output``, ``h_n``, ``c_n``, as the
     module returns them. Weights are written as float32. Dropout is not exported (inference).
 
     Args:
@@ -70,7 +71,7 @@ def export_onnx(
             ``ValueError`` naming the reason).
         f: a path or a binary file object.
         example_input: optional; checked against the model (``input_size``) when given.
-        opset: ONNX opset (>= 14).
+        opset: ONNX opset (>= 14; default 18).
 
     Returns:
         the ``onnx.ModelProto`` written.
@@ -80,6 +81,8 @@ def export_onnx(
     from onnx import TensorProto, helper, numpy_helper
 
     _check_exportable(model)
+    if not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset must be an int >= 14 (LSTM with layout and P), got {opset!r}")
     if example_input is not None and example_input.size(-1) != model.input_size:
         raise ValueError(
             f"example_input.size(-1) must be equal to input_size. Expected {model.input_size}, "
@@ -108,11 +111,30 @@ def export_onnx(
             state_shape, axis=0,
         )
     )
-    zeros = np.zeros((L * D, 1, H), np.float32)
-    const("h0", zeros)
-    const("c0", zeros.copy())
-    nodes.append(helper.make_node("Expand", ["h0", "state_shape"], ["h0_full"]))
-    nodes.append(helper.make_node("Expand", ["c0", "state_shape"], ["c0_full"]))
+    if opset >= 15:
+        # h0/c0: graph inputs of ONNX's optional type; one not given is None, and the state is
+        # zeros (OptionalHasElement/If). No initializer doubles as an input, so ONNX Runtime
+        # loads the model without its "Initializer h0 appears in graph inputs" warning.
+        nodes.append(helper.make_node("ConstantOfShape", state_shape, ["zeros_state"],
+                                      value=numpy_helper.from_array(np.zeros(1, np.float32))))
+        for name in ("h0", "c0"):
+            then_g = helper.make_graph(
+                [helper.make_node("OptionalGetElement", [name], [f"{name}_given"])], f"{name}_given", [],
+                [helper.make_tensor_value_info(f"{name}_given", TensorProto.FLOAT, [L * D, "batch", H])],
+            )
+            else_g = helper.make_graph(
+                [helper.make_node("Identity", ["zeros_state"], [f"{name}_zeros"])], f"{name}_zeros", [],
+                [helper.make_tensor_value_info(f"{name}_zeros", TensorProto.FLOAT, [L * D, "batch", H])],
+            )
+            nodes.append(helper.make_node("OptionalHasElement", [name], [f"{name}_has"]))
+            nodes.append(helper.make_node("If", [f"{name}_has"], [f"{name}_full"], then_branch=then_g,
+                                          else_branch=else_g))
+    else:  # opset 14: overridable zero initializers (ONNX Runtime warns that they are inputs)
+        zeros = np.zeros((L * D, 1, H), np.float32)
+        const("h0", zeros)
+        const("c0", zeros.copy())
+        nodes.append(helper.make_node("Expand", ["h0", "state_shape"], ["h0_full"]))
+        nodes.append(helper.make_node("Expand", ["c0", "state_shape"], ["c0_full"]))
 
     h_outs, c_outs = [], []
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
@@ -164,6 +186,12 @@ def export_onnx(
     nodes.append(helper.make_node("Concat", h_outs, ["h_n"], axis=0))
     nodes.append(helper.make_node("Concat", c_outs, ["c_n"], axis=0))
 
+    def state_input(name: str):
+        t = helper.make_tensor_type_proto(TensorProto.FLOAT, [L * D, "batch", H])
+        if opset >= 15:
+            t = helper.make_optional_type_proto(t)
+        return helper.make_value_info(name, t)
+
     seq_in = ["batch", "sequence", model.input_size] if model.batch_first else ["sequence", "batch", model.input_size]
     seq_out = ["batch", "sequence", D * H] if model.batch_first else ["sequence", "batch", D * H]
     graph = helper.make_graph(
@@ -171,8 +199,8 @@ def export_onnx(
         "peephole_lstm",
         inputs=[
             helper.make_tensor_value_info(input_name, TensorProto.FLOAT, seq_in),
-            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [L * D, "batch", H]),
-            helper.make_tensor_value_info("c0", TensorProto.FLOAT, [L * D, "batch", H]),
+            state_input("h0"),
+            state_input("c0"),
         ],
         outputs=[
             helper.make_tensor_value_info("output", TensorProto.FLOAT, seq_out),
@@ -182,7 +210,7 @@ def export_onnx(
         initializer=inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="peephole-lstm")
-    proto.ir_version = 8  # initializers that are graph inputs are overridable (h0/c0 defaults)
+    proto.ir_version = 8  # opset 14: initializers that are graph inputs are overridable (h0/c0)
     # The LSTM nodes are time-major (the Transposes do batch_first): say so for from_onnx.
     onnx.helper.set_model_props(proto, {"peephole_lstm.batch_first": str(int(model.batch_first))})
     onnx.checker.check_model(proto)

@@ -74,6 +74,33 @@ def test_torchscript_file_loads_in_a_fresh_process_without_the_package(tmp_path)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("what", ["lstm", "cell"])
+def test_torch_save_of_the_module_loads_with_weights_only(tmp_path, what):
+    """Issue 12: torch.load (weights_only=True, torch's default) of torch.save(model) in a new
+    process that imports peephole_lstm; nn.LSTM's own classes are not on torch's list."""
+    from peephole_lstm import PeepholeLSTMCell
+
+    if what == "lstm":
+        m = PeepholeLSTM(3, 5, 2, bidirectional=True, proj_size=2, peephole="full").eval()
+        x = torch.randn(6, 2, 3)
+    else:
+        m = PeepholeLSTMCell(3, 5).eval()
+        x = torch.randn(2, 3)
+    torch.save(m, tmp_path / "m.pt")
+    torch.save((x, m(x)), tmp_path / "xy.pt")
+    code = (
+        "import sys, torch, peephole_lstm; d = sys.argv[1]; "
+        "m = torch.load(d + '/m.pt'); x, y = torch.load(d + '/xy.pt'); "
+        "torch.testing.assert_close(m(x), y, rtol=1e-6, atol=1e-7); print(type(m).__name__)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == type(m).__name__
+    code = "import sys, torch; torch.load(sys.argv[1] + '/m.pt')"  # without the import: torch's refusal
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0 and "Unsupported global" in res.stderr
+
+
 # ----------------------------------------------------------------------------- ONNX
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -95,8 +122,9 @@ ONNX_CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("opset", [14, 18])
 @pytest.mark.parametrize("kw", ONNX_CONFIGS, ids=[str(k) for k in ONNX_CONFIGS])
-def test_onnx_export_runs_in_onnxruntime_and_matches(kw, tmp_path):
+def test_onnx_export_runs_in_onnxruntime_and_matches(kw, opset, tmp_path):
     torch.manual_seed(0)
     m = PeepholeLSTM(3, 6, **kw).eval()
     with torch.no_grad():
@@ -104,7 +132,8 @@ def test_onnx_export_runs_in_onnxruntime_and_matches(kw, tmp_path):
             if "weight_c" in name:
                 p.uniform_(-1, 1)  # peepholes that matter
     path = tmp_path / "m.onnx"
-    proto = export_onnx(m, path, torch.randn(5, 2, 3))
+    proto = export_onnx(m, path, torch.randn(5, 2, 3), opset=opset)
+    assert proto.opset_import[0].version == opset
     lstm_nodes = [n for n in proto.graph.node if n.op_type == "LSTM"]
     assert len(lstm_nodes) == m.num_layers
     has_p = [len(n.input) > 7 and n.input[7] != "" for n in lstm_nodes]
@@ -126,6 +155,22 @@ def test_onnx_export_runs_in_onnxruntime_and_matches(kw, tmp_path):
         got = sess.run(None, {"input": x.numpy(), "h0": h0.numpy(), "c0": c0.numpy()})
         for g, w in zip(got, [want[0], *want[1]]):
             np.testing.assert_allclose(g, w.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_loads_in_onnxruntime_without_warnings(capfd):
+    """Issue 12: ORT warned 'Initializer h0 appears in graph inputs' once per state per load."""
+    buf = io.BytesIO()
+    export_onnx(PeepholeLSTM(3, 6, 2), buf)
+    so = ort.SessionOptions()
+    so.log_severity_level = 1  # info and up: warnings included
+    capfd.readouterr()
+    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    err = capfd.readouterr().err
+    assert "appears in graph inputs" not in err and "[W:" not in err, err
+    assert [i.name for i in sess.get_inputs()] == ["input", "h0", "c0"]
+    assert sess.get_overridable_initializers() == []
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(PeepholeLSTM(3, 6), io.BytesIO(), opset=13)
 
 
 @pytest.mark.parametrize("kw", ONNX_CONFIGS, ids=[str(k) for k in ONNX_CONFIGS])

@@ -199,3 +199,42 @@ def test_inference_input_projection_either_path_equals_linear(onednn):
         _backend._PROJ_CHOICE.pop(key)
         if old is not None:
             _backend._PROJ_CHOICE[key] = old
+
+
+_START = """
+import sys, time
+import torch
+import peephole_lstm
+t0 = time.perf_counter()
+assert peephole_lstm.build_extension()
+dt = time.perf_counter() - t0
+print("cpp_extension" if "torch.utils.cpp_extension" in sys.modules else "direct", f"{dt:.3f}")
+"""
+
+
+def _start(env=None):
+    res = subprocess.run([sys.executable, "-c", _START], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.split()
+
+
+def test_a_built_kernel_loads_directly_in_a_new_process(tmp_path):
+    """Issue 12 (start-up): a library built from the same source, flags and torch is loaded
+    with torch.ops.load_library, without importing cpp_extension (~0.25 s) or running its build
+    check; a stale stamp (another source) sends it back through the build."""
+    import shutil
+
+    from peephole_lstm import _backend
+
+    if not peephole_lstm.build_extension():
+        pytest.skip("no C++ kernel here")
+    name = _backend._ext_name()
+    shutil.copytree(_backend._build_dir(name), tmp_path / name)  # built objects: ninja has nothing to do
+    stamp = tmp_path / name / _backend._STAMP
+    stamp.unlink()  # as before this change: no stamp
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    assert _start(env)[0] == "cpp_extension"
+    assert _start(env)[0] == "direct"
+    stamp.write_text("another source")
+    assert _start(env)[0] == "cpp_extension"
+    assert _start(env)[0] == "direct"
