@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _backend, _fused
+from . import _backend, _fused, _onnx
 from ._params import check_peephole_args, peephole_shape
 from .functional import peephole_lstm_layer
 
@@ -467,6 +467,41 @@ class PeepholeLSTM(nn.Module):
         )
         return out, h_n, c_n
 
+    def _layer(
+        self,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        weights: list[Optional[Tensor]],
+        layer: int,
+        use_fused: bool,
+        lengths: Optional[Tensor],
+        batch_sizes: Optional[Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer, every direction: ``x`` (T, B, H_in) or packed (N, H_in), the states of all
+        layers (L*D, B, *). Returns ``(out (T, B, D*H_out), h (D, B, H_out), c (D, B, H))``."""
+        num_directions = 2 if self.bidirectional else 1
+        outs: list[Tensor] = []
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
+        for direction in range(num_directions):
+            idx = layer * num_directions + direction
+            w = weights[idx * 9 : (idx + 1) * 9]  # the 9 _SLOTS (TorchScript takes no global)
+            if use_fused:
+                out, h, c = self._fused_layer(x, h0[idx], c0[idx], w, direction == 1, batch_sizes)
+            else:
+                w_ih, w_hh = w[0], w[1]
+                assert w_ih is not None and w_hh is not None
+                out, h, c = peephole_lstm_layer(
+                    x, h0[idx], c0[idx], w_ih, w_hh, w[2], w[3], w[4], w[5], w[6], w[7], w[8],
+                    direction == 1, lengths,
+                )
+            outs.append(out)
+            hs.append(h)
+            cs.append(c)
+        out = outs[0] if num_directions == 1 else torch.cat(outs, -1)  # (T, B, D*H_out)
+        return out, torch.stack(hs, 0), torch.stack(cs, 0)
+
     def _run(
         self, x: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], batch_sizes: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -474,33 +509,20 @@ class PeepholeLSTM(nn.Module):
         ``lengths`` (reference loop), or packed (N, H_in) with ``batch_sizes`` (fused op);
         states (L*D, B, *)."""
         weights = self._weights()
-        num_directions = 2 if self.bidirectional else 1
         use_fused = False
         if not torch.jit.is_scripting():
             use_fused = self._use_fused()
+            if batch_sizes is None and lengths is None and _onnx.exporting():
+                return _onnx.run(self, x, h0, c0, weights)  # LSTM nodes with P, or a loop over time
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
         for layer in range(self.num_layers):
-            outs: list[Tensor] = []
-            for direction in range(num_directions):
-                idx = layer * num_directions + direction
-                w = weights[idx * 9 : (idx + 1) * 9]  # the 9 _SLOTS (TorchScript takes no global)
-                if use_fused:
-                    out, h, c = self._fused_layer(x, h0[idx], c0[idx], w, direction == 1, batch_sizes)
-                else:
-                    w_ih, w_hh = w[0], w[1]
-                    assert w_ih is not None and w_hh is not None
-                    out, h, c = peephole_lstm_layer(
-                        x, h0[idx], c0[idx], w_ih, w_hh, w[2], w[3], w[4], w[5], w[6], w[7], w[8],
-                        direction == 1, lengths,
-                    )
-                outs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            x = outs[0] if num_directions == 1 else torch.cat(outs, -1)  # (T, B, D*H_out)
+            x, h, c = self._layer(x, h0, c0, weights, layer, use_fused, lengths, batch_sizes)
+            h_n.append(h)
+            c_n.append(c)
             if self.dropout > 0.0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
-        return x, torch.stack(h_n, 0), torch.stack(c_n, 0)
+        return x, torch.cat(h_n, 0), torch.cat(c_n, 0)
 
     @torch.jit.unused
     def _forward_packed(

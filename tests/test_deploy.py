@@ -270,3 +270,82 @@ def test_from_tensorflow_refuses_cell_clip_and_bad_shapes():
         PeepholeLSTM.from_tensorflow(k, b, np.zeros(3), d, d)
     with pytest.raises(ValueError, match="kernel must be"):
         PeepholeLSTM.from_tensorflow(k, np.zeros(7), d, d, d)
+
+
+# ------------------------------------------------- torch.onnx.export of a whole model
+class _WordLM(torch.nn.Module):
+    """A model that contains a PeepholeLSTM, as in PyTorch's word_language_model example."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        D = 2 if kw.get("bidirectional") else 1
+        self.emb = torch.nn.Embedding(20, 6)
+        self.rnn = PeepholeLSTM(6, 8, 2, **kw)
+        self.dec = torch.nn.Linear(D * (kw.get("proj_size") or 8), 20)
+
+    def forward(self, x, h0, c0):
+        out, (h, c) = self.rnn(self.emb(x), (h0, c0))
+        return self.dec(out), h, c
+
+
+WHOLE_CONFIGS = [
+    dict(),  # ONNX LSTM nodes with P
+    dict(peephole="none", bidirectional=True),  # LSTM nodes without P
+    dict(proj_size=3),  # a loop over time
+    dict(peephole="full", candidate_peephole=True, bidirectional=True),
+]
+
+
+def _whole_model_export(m, args, dynamo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")
+            T, B = torch.export.Dim("T"), torch.export.Dim("B")
+            prog = torch.onnx.export(m, args, dynamo=True, dynamic_shapes=({0: T, 1: B}, {1: B}, {1: B}),
+                                     verbose=False)
+            return prog.model_proto
+        f = io.BytesIO()
+        torch.onnx.export(m, args, f, dynamo=False, input_names=["x", "h0", "c0"],
+                          dynamic_axes={"x": {0: "T", 1: "B"}, "h0": {1: "B"}, "c0": {1: "B"}})
+        return onnx.load_from_string(f.getvalue())
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("kw", WHOLE_CONFIGS, ids=[str(k) for k in WHOLE_CONFIGS])
+def test_torch_onnx_export_of_a_whole_model(kw, dynamo):
+    """Issue 12: torch.onnx.export(model) of any model containing PeepholeLSTM, unchanged: standard
+    LSTM nodes (with P for diagonal peepholes) where ONNX's LSTM expresses the configuration, a
+    Scan/Loop over time otherwise; dynamic length and batch; ONNX Runtime within 1e-5."""
+    torch.manual_seed(0)
+    m = _WordLM(**kw).eval()
+    with torch.no_grad():
+        for name, p in m.rnn.named_parameters():
+            if "weight_c" in name:
+                p.uniform_(-1, 1)  # peepholes that matter
+    D = 2 if kw.get("bidirectional") else 1
+    H_out = kw.get("proj_size") or 8
+
+    def inputs(T, B):
+        return torch.randint(0, 20, (T, B)), torch.randn(2 * D, B, H_out), torch.randn(2 * D, B, 8)
+
+    proto = _whole_model_export(m, inputs(7, 3), dynamo)
+    ops = [n.op_type for n in proto.graph.node]
+    maps = not kw.get("proj_size") and kw.get("peephole", "diagonal") != "full"
+    if maps:
+        lstm = [n for n in proto.graph.node if n.op_type == "LSTM"]
+        assert len(lstm) == 2, ops  # one node per layer, both directions in it
+        has_p = [len(n.input) > 7 and n.input[7] != "" for n in lstm]
+        assert has_p == [kw.get("peephole", "diagonal") == "diagonal"] * 2
+    else:
+        assert "LSTM" not in ops and ops.count("Scan" if dynamo else "Loop") == 2 * D, ops
+    assert "peephole_lstm" not in str([n.domain for n in proto.graph.node])
+    sess = _session(proto.SerializeToString())
+    names = [i.name for i in sess.get_inputs()]
+    for T, B in [(7, 3), (12, 2), (1, 1)]:
+        args = inputs(T, B)
+        got = sess.run(None, dict(zip(names, [a.numpy() for a in args])))
+        with torch.no_grad():
+            want = m(*args)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
