@@ -58,24 +58,28 @@ def recurrence(
     save: bool = True,
     w_cc: Optional[Tensor] = None,
     batch_sizes: Optional[Tensor] = None,
+    cell_clip: Optional[float] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer's recurrence over ``xw = x W_ih^T`` (T, B, 4H), or packed (N, 4H) with
     ``batch_sizes`` (T,) (int64, CPU, non-increasing, as in a ``PackedSequence``), with
     ``bias`` (4H,) = ``b_ih + b_hh`` added inside. Peepholes ``w_ci, w_cf, w_co`` (and the
-    candidate ``w_cc``) are all vectors (H,) or all matrices (H, H), or None. Returns
+    candidate ``w_cc``) are all vectors (H,) or all matrices (H, H), or None; ``cell_clip``
+    clips each ``c_t`` to ``[-cell_clip, cell_clip]`` (None: no clip). Returns
     ``(output, h_n, c_n, gates, cs)``; the last two are the activations saved for the
     backward, empty when ``save`` is false (inference)."""
+    clip = float(cell_clip) if cell_clip is not None else 0.0
     if _backend.use_cpp(xw):
         return torch.ops.peephole_lstm_cpp.forward(
-            xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save
+            xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save, clip
         )
     return _scripted(_py.forward)(
-        xw.contiguous(), h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save
+        xw.contiguous(), h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save, clip
     )
 
 
 @recurrence.register_fake
-def _(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save=True, w_cc=None, batch_sizes=None):
+def _(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save=True, w_cc=None, batch_sizes=None,
+      cell_clip=None):
     G = xw.shape[-1]
     H = G // 4
     B, P = h0.shape
@@ -108,19 +112,21 @@ def recurrence_backward(
     reverse: bool,
     w_cc: Optional[Tensor] = None,
     batch_sizes: Optional[Tensor] = None,
+    cell_clip: Optional[float] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`recurrence`: ``(d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci,
     d_w_cf, d_w_co, d_w_cc)``; an absent weight's gradient is an empty tensor."""
     args = (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
+    clip = float(cell_clip) if cell_clip is not None else 0.0
     if _backend.use_cpp(gates):
-        return torch.ops.peephole_lstm_cpp.backward(*args, batch_sizes, reverse)
+        return torch.ops.peephole_lstm_cpp.backward(*args, batch_sizes, reverse, clip)
     args = tuple(a.contiguous() if a is not None else None for a in args)
-    return _scripted(_py.backward)(*args, batch_sizes, reverse)
+    return _scripted(_py.backward)(*args, batch_sizes, reverse, clip)
 
 
 @recurrence_backward.register_fake
 def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, w_cc=None,
-      batch_sizes=None):
+      batch_sizes=None, cell_clip=None):
     def like(w: Optional[Tensor]) -> Tensor:
         return torch.empty_like(w) if w is not None else out.new_empty(0)
 
@@ -139,11 +145,12 @@ def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci
 
 
 def _setup_context(ctx, inputs, output):
-    xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes = inputs
+    xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes, cell_clip = inputs
     out, _, _, gates, cs = output
     ctx.saved = save
     ctx.save_for_backward(out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes)
     ctx.reverse = reverse
+    ctx.cell_clip = cell_clip
 
 
 def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
@@ -156,7 +163,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
     grad_cn = torch.zeros_like(c0) if grad_cn is None else grad_cn
     grads = recurrence_backward(
         grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, ctx.reverse,
-        w_cc, batch_sizes,
+        w_cc, batch_sizes, ctx.cell_clip,
     )
     d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci, d_w_cf, d_w_co, d_w_cc = grads
 
@@ -165,7 +172,7 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
 
     return (
         d_xw, d_h0, d_c0, d_w_hh, opt(d_bias, bias), opt(d_w_hr, w_hr), opt(d_w_ci, w_ci), opt(d_w_cf, w_cf),
-        opt(d_w_co, w_co), None, None, opt(d_w_cc, w_cc), None,
+        opt(d_w_co, w_co), None, None, opt(d_w_cc, w_cc), None, None,
     )
 
 

@@ -7,7 +7,8 @@ Both of torch's exporters, with no argument from the user:
   in its input ``P``, both directions in one node (``direction="bidirectional"``): through
   ``torch.onnx.ops.symbolic_multi_out`` under the dynamo exporter, through an
   ``autograd.Function`` with a ``symbolic`` under the TorchScript exporter;
-* any other configuration (``"full"`` peepholes, the candidate peephole, a projection) becomes
+* any other configuration (``"full"`` peepholes, the candidate peephole, a projection, a cell
+  clip, which ONNX's ``LSTM`` lacks: its ``clip`` bounds gate pre-activations) becomes
   a loop over time: an ONNX ``Scan`` from ``torch.scan`` (dynamo), an ONNX ``Loop`` from the
   scripted reference layer (TorchScript).
 
@@ -38,7 +39,7 @@ def exporting() -> bool:
 
 
 def maps_to_lstm_node(m) -> bool:
-    return m.proj_size == 0 and m.peephole in ("diagonal", "none") and not m.candidate_peephole
+    return m.proj_size == 0 and m.peephole in ("diagonal", "none") and not m.candidate_peephole and m.cell_clip is None
 
 
 def _gates(w: Tensor) -> Tensor:
@@ -129,7 +130,8 @@ def _lstm_node(x: Tensor, h0: Tensor, c0: Tensor, ws: list[list[Optional[Tensor]
     )
 
 
-def _scan_layer(x: Tensor, h0: Tensor, c0: Tensor, w: list[Optional[Tensor]], reverse: bool):
+def _scan_layer(x: Tensor, h0: Tensor, c0: Tensor, w: list[Optional[Tensor]], reverse: bool,
+                cell_clip: Optional[float]):
     """One direction of one layer as ``torch.scan`` over time (an ONNX Scan), the reference cell
     inside; the weights reach the body through its closure (lifted by torch.export)."""
     from torch._higher_order_ops.scan import scan
@@ -142,7 +144,7 @@ def _scan_layer(x: Tensor, h0: Tensor, c0: Tensor, w: list[Optional[Tensor]], re
 
     def step(carry, g_t):
         h, c = carry
-        h, c = peephole_lstm_cell(g_t, h, c, w_hh, w_hr, w_ci, w_cf, w_co, w_cc)
+        h, c = peephole_lstm_cell(g_t, h, c, w_hh, w_hr, w_ci, w_cf, w_co, w_cc, cell_clip)
         return (h, c), h.clone()
 
     (h, c), out = scan(step, (h0, c0), gates_x, reverse=reverse)
@@ -168,9 +170,9 @@ def run(m, x: Tensor, h0: Tensor, c0: Tensor, weights: list[Optional[Tensor]]):
         for d in range(D):
             idx = lo + d
             if torch.jit.is_tracing():  # the scripted loop becomes an ONNX Loop
-                out, h, c = _ts_loop(x, h0[idx], c0[idx], ws[d], d == 1)
+                out, h, c = _ts_loop(x, h0[idx], c0[idx], ws[d], d == 1, m.cell_clip)
             else:
-                out, h, c = _scan_layer(x, h0[idx], c0[idx], ws[d], d == 1)
+                out, h, c = _scan_layer(x, h0[idx], c0[idx], ws[d], d == 1, m.cell_clip)
             outs.append(out)
             # reshape, not unsqueeze: a TorchScript Loop's outputs have no rank the exporter knows
             h_n.append(h.reshape(1, x.size(1), -1))
@@ -181,21 +183,26 @@ def run(m, x: Tensor, h0: Tensor, c0: Tensor, weights: list[Optional[Tensor]]):
 
 def _loop_layer(
     gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor, w_ci: Tensor, w_cf: Tensor, w_co: Tensor,
-    w_cc: Tensor,
+    w_cc: Tensor, cell_clip: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The time loop for TorchScript's exporter (scripted, it becomes an ONNX Loop): every weight
     present (an absent projection is the identity, an absent candidate peephole zero), so no
-    Optional reaches the exporter. ``gates_x`` (T, B, 4H) includes both biases."""
+    Optional reaches the exporter (``cell_clip`` 0: none). ``gates_x`` (T, B, 4H) includes both
+    biases."""
     h = h0
     c = c0
     outs: list[Tensor] = []
+    clip: Optional[float] = None
+    if cell_clip > 0:
+        clip = cell_clip
     for t in range(gates_x.size(0)):
-        h, c = peephole_lstm_cell(gates_x[t], h, c, w_hh, w_hr, w_ci, w_cf, w_co, w_cc)
+        h, c = peephole_lstm_cell(gates_x[t], h, c, w_hh, w_hr, w_ci, w_cf, w_co, w_cc, clip)
         outs.append(h)
     return torch.stack(outs, 0), h, c
 
 
-def _ts_loop(x: Tensor, h0: Tensor, c0: Tensor, w: list[Optional[Tensor]], reverse: bool):
+def _ts_loop(x: Tensor, h0: Tensor, c0: Tensor, w: list[Optional[Tensor]], reverse: bool,
+             cell_clip: Optional[float]):
     w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, w_cc = w
     assert w_ih is not None and w_hh is not None
     gates_x = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, 4H)
@@ -216,7 +223,7 @@ def _ts_loop(x: Tensor, h0: Tensor, c0: Tensor, w: list[Optional[Tensor]], rever
             _SCRIPTED.append(torch.jit.script(_loop_layer))
     if reverse:
         gates_x = gates_x.flip(0)
-    out, h, c = _SCRIPTED[0](gates_x, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, w_cc)
+    out, h, c = _SCRIPTED[0](gates_x, h0, c0, w_hh, w_hr, w_ci, w_cf, w_co, w_cc, cell_clip or 0.0)
     return (out.flip(0) if reverse else out), h, c
 
 

@@ -2,7 +2,7 @@
 
 from typing import Optional
 
-__all__ = ["PEEPHOLE_MODES", "check_peephole_args", "peephole_shape"]
+__all__ = ["PEEPHOLE_MODES", "check_cell_clip", "check_peephole_args", "peephole_shape"]
 
 PEEPHOLE_MODES = ("diagonal", "full", "none")
 
@@ -16,6 +16,20 @@ def check_peephole_args(peephole: str, candidate_peephole: bool) -> None:
         )
     if candidate_peephole and peephole == "none":
         raise ValueError('candidate_peephole=True needs peephole="diagonal" or "full", got "none"')
+
+
+def check_cell_clip(cell_clip: Optional[float]) -> Optional[float]:
+    """``None`` or a positive, finite number (returned as a float)."""
+    import math
+    import numbers
+
+    if cell_clip is None:
+        return None
+    if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real):
+        raise TypeError(f"cell_clip should be None or a number, got: {type(cell_clip).__name__}")
+    if not (math.isfinite(cell_clip) and cell_clip > 0):
+        raise ValueError(f"cell_clip must be a positive, finite number or None, got {cell_clip}")
+    return float(cell_clip)
 
 
 def peephole_shape(peephole: str, hidden_size: int) -> Optional[tuple[int, ...]]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from ._params import check_peephole_args, peephole_shape
+from ._params import check_cell_clip, check_peephole_args, peephole_shape
 from .functional import peephole_lstm_cell
 
 __all__ = ["PeepholeLSTMCell"]
@@ -44,6 +44,9 @@ class PeepholeLSTMCell(nn.Module):
         candidate_peephole: add a peephole to the candidate,
             :math:`g = \tanh(\dots + w_{cc} \odot c)`, a variant some articles write; it is
             not part of the Gers/Graves cell. Keyword-only. Default: ``False``
+        cell_clip: clip :math:`c'` to ``[-cell_clip, cell_clip]`` before the output gate and
+            the output see it, as TensorFlow's ``LSTMCell(cell_clip=...)``. Keyword-only.
+            Default: ``None`` (no clip)
 
     Inputs: input, (h_0, c_0)
         - **input** of shape `(batch, input_size)` or `(input_size)`: tensor containing input features
@@ -85,13 +88,14 @@ class PeepholeLSTMCell(nn.Module):
         torch.Size([2, 3, 20])
     """
 
-    __constants__ = ["input_size", "hidden_size", "bias", "peephole", "candidate_peephole"]
+    __constants__ = ["input_size", "hidden_size", "bias", "peephole", "candidate_peephole", "cell_clip"]
 
     input_size: int
     hidden_size: int
     bias: bool
     peephole: str
     candidate_peephole: bool
+    cell_clip: Optional[float]
     weight_ih: Tensor
     weight_hh: Tensor
     bias_ih: Optional[Tensor]
@@ -111,10 +115,12 @@ class PeepholeLSTMCell(nn.Module):
         *,
         peephole: str = "diagonal",
         candidate_peephole: bool = False,
+        cell_clip: Optional[float] = None,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         check_peephole_args(peephole, candidate_peephole)
+        self.cell_clip = check_cell_clip(cell_clip)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -149,7 +155,13 @@ class PeepholeLSTMCell(nn.Module):
             s += ", peephole={peephole!r}"
         if self.candidate_peephole:
             s += ", candidate_peephole=True"
+        if self.cell_clip is not None:
+            s += ", cell_clip={cell_clip}"
         return s.format(**self.__dict__)
+
+    def __setstate__(self, d):
+        d.setdefault("cell_clip", None)  # pickled before cell_clip existed
+        super().__setstate__(d)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         if input.dim() not in (1, 2):
@@ -193,7 +205,8 @@ class PeepholeLSTMCell(nn.Module):
         if b_hh is not None:
             gates_x = gates_x + b_hh
         h1, c1 = peephole_lstm_cell(
-            gates_x, h, c, self.weight_hh, None, self.weight_ci, self.weight_cf, self.weight_co, self.weight_cc
+            gates_x, h, c, self.weight_hh, None, self.weight_ci, self.weight_cf, self.weight_co, self.weight_cc,
+            self.cell_clip,
         )
         if not is_batched:
             return h1.squeeze(0), c1.squeeze(0)

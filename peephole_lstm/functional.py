@@ -36,6 +36,7 @@ def peephole_lstm_cell(
     w_cf: Optional[Tensor] = None,
     w_co: Optional[Tensor] = None,
     w_cc: Optional[Tensor] = None,
+    cell_clip: Optional[float] = None,
 ) -> tuple[Tensor, Tensor]:
     """One time step.
 
@@ -47,6 +48,8 @@ def peephole_lstm_cell(
         w_hr: projection ``(H_out, H)`` or ``None``.
         w_ci, w_cf, w_co: peepholes of the input, forget and output gates.
         w_cc: the candidate peephole (``g_t = tanh(z_g + w_cc c_{t-1})``) or ``None``.
+        cell_clip: clip ``c_t`` to ``[-cell_clip, cell_clip]`` before the output gate and the
+            output see it (TensorFlow's ``LSTMCell(cell_clip=...)``); ``None``: no clip.
 
     Returns:
         ``(h_t, c_t)``.
@@ -63,6 +66,8 @@ def peephole_lstm_cell(
     f = torch.sigmoid(z_f)
     g = torch.tanh(z_g)
     c_new = f * c + i * g
+    if cell_clip is not None:
+        c_new = c_new.clamp(-cell_clip, cell_clip)
     if w_co is not None:
         z_o = z_o + _peep(w_co, c_new)  # the output gate sees the NEW cell state
     o = torch.sigmoid(z_o)
@@ -100,6 +105,7 @@ def peephole_lstm_layer(
     w_cc: Optional[Tensor] = None,
     reverse: bool = False,
     lengths: Optional[Tensor] = None,
+    cell_clip: Optional[float] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One layer, one direction, over a time-major sequence.
 
@@ -109,6 +115,7 @@ def peephole_lstm_layer(
         reverse: run from the last valid step to the first.
         lengths: ``(B,)`` valid lengths for a padded batch (packed input); the state of
             a sequence stops changing after its last step and its outputs past it are 0.
+        cell_clip: see :func:`peephole_lstm_cell`.
 
     Returns:
         ``(output (T, B, H_out), h_n (B, H_out), c_n (B, H))``.
@@ -123,7 +130,7 @@ def peephole_lstm_layer(
     outputs: list[Tensor] = []
     # unbind, not x[t]: indexing in a loop makes TorchScript's backward O(T^2).
     for t, g_t in enumerate(gates_x.unbind(0)):
-        h_new, c_new = peephole_lstm_cell(g_t, h, c, w_hh, w_hr, w_ci, w_cf, w_co, w_cc)
+        h_new, c_new = peephole_lstm_cell(g_t, h, c, w_hh, w_hr, w_ci, w_cf, w_co, w_cc, cell_clip)
         if lengths is not None:
             valid = (lengths.to(h.device) > t).unsqueeze(1)  # (B, 1)
             h = torch.where(valid, h_new, h)

@@ -44,6 +44,11 @@ def _check_exportable(model: PeepholeLSTM) -> None:
         reasons.append('peephole="full" (ONNX LSTM peepholes P are diagonal)')
     if model.candidate_peephole:
         reasons.append("candidate_peephole=True (ONNX LSTM has no candidate peephole)")
+    if model.cell_clip is not None:
+        reasons.append(
+            "cell_clip (ONNX LSTM's clip bounds the gate pre-activations, not the cell state; "
+            "torch.onnx.export of the model writes a Scan/Loop instead)"
+        )
     if reasons:
         raise ValueError("cannot export to ONNX's LSTM operator: " + "; ".join(reasons))
 
@@ -322,15 +327,10 @@ def from_tensorflow(
 
     TF computes ``[i, j, f, o] = concat([x, h]) @ kernel + bias`` (kernel ``(I + H, 4H)``),
     ``c = σ(f + forget_bias + w_f_diag c_prev) c_prev + σ(i + w_i_diag c_prev) tanh(j)``,
-    ``h = σ(o + w_o_diag c) tanh(c)``: our cell with ``g = j`` and ``forget_bias`` folded into
-    the forget gate's bias. ``cell_clip`` (clipping ``c``) has no equivalent here and is
-    refused; ``num_proj`` cells are not supported either.
+    ``c = clip(c, -cell_clip, cell_clip)`` when ``cell_clip`` is set,
+    ``h = σ(o + w_o_diag c) tanh(c)``: our cell with ``g = j``, ``forget_bias`` folded into
+    the forget gate's bias and the same ``cell_clip``. ``num_proj`` cells are not supported.
     """
-    if cell_clip is not None:
-        raise ValueError(
-            f"cell_clip={cell_clip} is not supported: PeepholeLSTM does not clip the cell state, so the "
-            "converted model would differ from TensorFlow's whenever |c| exceeds the clip"
-        )
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
     kernel, bias = as_t(kernel), as_t(bias)
     if kernel.dim() != 2 or kernel.shape[1] % 4 or bias.shape != (kernel.shape[1],):
@@ -345,7 +345,7 @@ def from_tensorflow(
     order = [0, 2, 1, 3]  # ours (i, f, g, o) from TF's (i, j, f, o)
     b = bias.clone()
     b[2 * H : 3 * H] += forget_bias  # TF's f block
-    model = PeepholeLSTM(I, H, batch_first=batch_first, dtype=dtype)
+    model = PeepholeLSTM(I, H, batch_first=batch_first, dtype=dtype, cell_clip=cell_clip)
     sd = {
         "weight_ih_l0": _blocks(kernel[:I].T, order),
         "weight_hh_l0": _blocks(kernel[I:].T, order),

@@ -12,7 +12,7 @@ from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _backend, _fused, _onnx
-from ._params import check_peephole_args, peephole_shape
+from ._params import check_cell_clip, check_peephole_args, peephole_shape
 from .functional import peephole_lstm_layer
 
 __all__ = ["PeepholeLSTM"]
@@ -86,6 +86,9 @@ class PeepholeLSTM(nn.Module):
         peephole: ``"diagonal"`` (default), ``"full"`` or ``"none"``. Keyword-only.
         candidate_peephole: add the candidate peephole :math:`w_{cc}`. Keyword-only.
             Default: ``False``
+        cell_clip: clip :math:`c_t` to ``[-cell_clip, cell_clip]`` before the output gate and
+            :math:`h_t` see it (TensorFlow's ``LSTMCell(cell_clip=...)``). Keyword-only.
+            Default: ``None`` (no clip). See the note on long stateful runs below.
 
     Inputs: input, (h_0, c_0)
         * **input**: tensor of shape :math:`(L, H_{in})` for unbatched input,
@@ -164,6 +167,7 @@ class PeepholeLSTM(nn.Module):
         "proj_size",
         "peephole",
         "candidate_peephole",
+        "cell_clip",
     ]
     __jit_unused_properties__ = ["all_weights"]
 
@@ -177,6 +181,7 @@ class PeepholeLSTM(nn.Module):
     proj_size: int
     peephole: str
     candidate_peephole: bool
+    cell_clip: Optional[float]
     _flat_weights: list[Optional[Tensor]]
     _flat_weights_names: list[str]
     _all_weights: list[list[str]]
@@ -196,6 +201,7 @@ class PeepholeLSTM(nn.Module):
         *,
         peephole: str = "diagonal",
         candidate_peephole: bool = False,
+        cell_clip: Optional[float] = None,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
@@ -238,6 +244,7 @@ class PeepholeLSTM(nn.Module):
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
         check_peephole_args(peephole, candidate_peephole)
+        cell_clip = check_cell_clip(cell_clip)
 
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -249,6 +256,7 @@ class PeepholeLSTM(nn.Module):
         self.proj_size = proj_size
         self.peephole = peephole
         self.candidate_peephole = candidate_peephole
+        self.cell_clip = cell_clip
 
         num_directions = 2 if bidirectional else 1
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
@@ -339,15 +347,23 @@ class PeepholeLSTM(nn.Module):
             s += ", peephole={peephole!r}"
         if self.candidate_peephole:
             s += ", candidate_peephole=True"
+        if self.cell_clip is not None:
+            s += ", cell_clip={cell_clip}"
         return s.format(**self.__dict__)
 
     def __setstate__(self, d):
+        d.setdefault("cell_clip", None)  # pickled before cell_clip existed
         super().__setstate__(d)
         self._init_flat_weights()
 
     @classmethod
     def from_lstm(
-        cls, lstm: nn.LSTM, *, peephole: str = "diagonal", candidate_peephole: bool = False
+        cls,
+        lstm: nn.LSTM,
+        *,
+        peephole: str = "diagonal",
+        candidate_peephole: bool = False,
+        cell_clip: Optional[float] = None,
     ) -> "PeepholeLSTM":
         """A ``PeepholeLSTM`` with ``lstm``'s configuration, device, dtype and weights, and
         zero peepholes: its outputs equal ``lstm``'s until the peepholes are trained."""
@@ -367,6 +383,7 @@ class PeepholeLSTM(nn.Module):
             dtype=w.dtype,
             peephole=peephole,
             candidate_peephole=candidate_peephole,
+            cell_clip=cell_clip,
         )
         missing, _ = model.load_state_dict(lstm.state_dict(), strict=False)  # all of nn.LSTM's names exist here
         with torch.no_grad():
@@ -463,7 +480,7 @@ class PeepholeLSTM(nn.Module):
             t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
         )
         out, h_n, c_n, _, _ = _fused.recurrence(
-            xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes
+            xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes, self.cell_clip
         )
         return out, h_n, c_n
 
@@ -494,7 +511,7 @@ class PeepholeLSTM(nn.Module):
                 assert w_ih is not None and w_hh is not None
                 out, h, c = peephole_lstm_layer(
                     x, h0[idx], c0[idx], w_ih, w_hh, w[2], w[3], w[4], w[5], w[6], w[7], w[8],
-                    direction == 1, lengths,
+                    direction == 1, lengths, self.cell_clip,
                 )
             outs.append(out)
             hs.append(h)

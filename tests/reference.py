@@ -4,7 +4,7 @@ equations (Gers & Schmidhuber 2000; Graves 2013), not from the implementation.
     i = σ(W_ii x + b_ii + W_hi h + b_hi + p_i(c_prev))
     f = σ(W_if x + b_if + W_hf h + b_hf + p_f(c_prev))
     g = tanh(W_ig x + b_ig + W_hg h + b_hg [+ p_c(c_prev)])
-    c = f c_prev + i g
+    c = f c_prev + i g       (clipped to [-clip, clip] with a cell clip, as TensorFlow's LSTMCell)
     o = σ(W_io x + b_io + W_ho h + b_ho + p_o(c))
     h = o tanh(c)            (h = W_hr h with a projection)
 
@@ -25,7 +25,7 @@ def peep(w, c):
     return w * c if w.ndim == 1 else c @ w.T
 
 
-def cell_step(x, h, c, p):
+def cell_step(x, h, c, p, clip=None):
     """One step for a batch: x (B, I), h (B, P), c (B, H); p a dict of float64 arrays."""
     H = c.shape[1]
     z = x @ p["weight_ih"].T + h @ p["weight_hh"].T
@@ -36,6 +36,8 @@ def cell_step(x, h, c, p):
     f = sigmoid(z_f + peep(p.get("weight_cf"), c))
     g = np.tanh(z_g + peep(p.get("weight_cc"), c))
     c_new = f * c + i * g
+    if clip is not None:
+        c_new = np.clip(c_new, -clip, clip)
     o = sigmoid(z_o + peep(p.get("weight_co"), c_new))
     h_new = o * np.tanh(c_new)
     if p.get("weight_hr") is not None:
@@ -43,7 +45,7 @@ def cell_step(x, h, c, p):
     return h_new, c_new
 
 
-def lstm(x, h0, c0, params, num_layers, bidirectional):
+def lstm(x, h0, c0, params, num_layers, bidirectional, clip=None):
     """x (T, B, I) time-major; h0/c0 (L*D, B, *); params: name -> array with nn.LSTM's
     names (weight_ih_l0, ..., weight_ci_l0_reverse). Returns (out, h_n, c_n)."""
     D = 2 if bidirectional else 1
@@ -59,7 +61,7 @@ def lstm(x, h0, c0, params, num_layers, bidirectional):
             T = layer_in.shape[0]
             out = [None] * T
             for t in range(T - 1, -1, -1) if d else range(T):
-                h, c = cell_step(layer_in[t], h, c, p)
+                h, c = cell_step(layer_in[t], h, c, p, clip)
                 out[t] = h
             outs.append(np.stack(out))
             h_n.append(h)

@@ -229,10 +229,11 @@ def test_from_onnx_of_a_foreign_single_node_model():
 
 
 # ------------------------------------------------------------------------ TensorFlow
-def _tf_reference(x, kernel, bias, wi, wf, wo, forget_bias):
+def _tf_reference(x, kernel, bias, wi, wf, wo, forget_bias, cell_clip=None):
     """TensorFlow v1 LSTMCell(use_peepholes=True) as its documentation and source state:
     lstm_matrix = [x, m] @ kernel + bias; i, j, f, o = split(lstm_matrix, 4, axis=1);
-    c = σ(f + forget_bias + w_f_diag c) c + σ(i + w_i_diag c) tanh(j); m = σ(o + w_o_diag c) tanh(c)."""
+    c = σ(f + forget_bias + w_f_diag c) c + σ(i + w_i_diag c) tanh(j);
+    c = clip_by_value(c, -cell_clip, cell_clip) if cell_clip is set; m = σ(o + w_o_diag c) tanh(c)."""
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     H = kernel.shape[1] // 4
     c = np.zeros((x.shape[1], H))
@@ -242,30 +243,35 @@ def _tf_reference(x, kernel, bias, wi, wf, wo, forget_bias):
         z = np.concatenate([x_t, m], 1) @ kernel + bias
         i, j, f, o = np.split(z, 4, axis=1)
         c = sig(f + forget_bias + wf * c) * c + sig(i + wi * c) * np.tanh(j)
+        if cell_clip is not None:
+            c = np.clip(c, -cell_clip, cell_clip)
         m = sig(o + wo * c) * np.tanh(c)
         outs.append(m)
     return np.stack(outs), m, c
 
 
-@pytest.mark.parametrize("forget_bias", [1.0, 0.0, 2.5])
-def test_from_tensorflow_matches_tf_equations(forget_bias):
+@pytest.mark.parametrize("forget_bias,cell_clip", [(1.0, None), (0.0, None), (2.5, None), (1.0, 0.3)])
+def test_from_tensorflow_matches_tf_equations(forget_bias, cell_clip):
     rng = np.random.default_rng(1)
     I, H = 3, 4
     kernel = rng.uniform(-0.7, 0.7, (I + H, 4 * H))
     bias = rng.uniform(-0.5, 0.5, 4 * H)
     wi, wf, wo = (rng.uniform(-1, 1, H) for _ in range(3))
     x = rng.normal(size=(9, 2, I))
-    m = PeepholeLSTM.from_tensorflow(kernel, bias, wi, wf, wo, forget_bias=forget_bias, dtype=torch.float64)
+    m = PeepholeLSTM.from_tensorflow(kernel, bias, wi, wf, wo, forget_bias=forget_bias, cell_clip=cell_clip,
+                                     dtype=torch.float64)
     out, (h, c) = m(torch.from_numpy(x))
-    r_out, r_h, r_c = _tf_reference(x, kernel, bias, wi, wf, wo, forget_bias)
+    r_out, r_h, r_c = _tf_reference(x, kernel, bias, wi, wf, wo, forget_bias, cell_clip)
+    if cell_clip is not None:
+        assert np.abs(r_c).max() == cell_clip  # the clip mattered
     np.testing.assert_allclose(out.detach().numpy(), r_out, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(c[0].detach().numpy(), r_c, rtol=1e-12, atol=1e-13)
 
 
-def test_from_tensorflow_refuses_cell_clip_and_bad_shapes():
+def test_from_tensorflow_refuses_bad_clip_and_bad_shapes():
     k, b, d = np.zeros((5, 8)), np.zeros(8), np.zeros(2)
-    with pytest.raises(ValueError, match="cell_clip=3.0 is not supported"):
-        PeepholeLSTM.from_tensorflow(k, b, d, d, d, cell_clip=3.0)
+    with pytest.raises(ValueError, match="cell_clip must be a positive"):
+        PeepholeLSTM.from_tensorflow(k, b, d, d, d, cell_clip=-3.0)
     with pytest.raises(ValueError, match=r"w_i_diag, w_f_diag, w_o_diag must have shape \(2,\)"):
         PeepholeLSTM.from_tensorflow(k, b, np.zeros(3), d, d)
     with pytest.raises(ValueError, match="kernel must be"):

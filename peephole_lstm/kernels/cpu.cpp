@@ -3,7 +3,8 @@
 // Algorithm. The caller computes xw = x W_ih^T for every step (one GEMM). Per step t:
 //   z   = xw_t + bias + h_{t-1} W_hh^T                     one GEMM (B x P x 4H)
 //   full peepholes: z_{i,f,g} += c_{t-1} [W_ci; W_cf; W_cc]^T  one GEMM (B x H x 3H)
-//   i, f, g, c_t = ... (fused element-wise kernel; diagonal peepholes w ⊙ c inside it)
+//   i, f, g, c_t = ... (fused element-wise kernel; diagonal peepholes w ⊙ c inside it;
+//                      c_t clipped to [-cell_clip, cell_clip] when a clip is set)
 //   full peepholes: z_o += c_t W_co^T                      one GEMM (B x H x H)
 //   o, h_t = o tanh(c_t) (W_hr^T when projected)           element-wise (+ one GEMM)
 // The backward walks the steps in reverse with the mirror-image GEMMs and element-wise
@@ -133,7 +134,7 @@ inline void store(const Vec<T>& v, T* p, int64_t n) {
 // peepholes load as 0, which adds exactly nothing.
 template <typename T>
 void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t kc, T* gates, const T* c_prev, T* c,
-                  T* r, const T* w_ci, const T* w_cf, const T* w_co, const T* w_cc, bool split_o, int64_t B,
+                  T* r, const T* w_ci, const T* w_cf, const T* w_co, const T* w_cc, bool split_o, T clip, int64_t B,
                   int64_t H) {
   const T* bi = bias;
   const T* bf = bias ? bias + H : nullptr;
@@ -173,7 +174,8 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
         const Vec<T> g = tanh(load(xg + j, n) + load_or(bg ? bg + j : nullptr, n, T(0)) + load(hg + j, n) +
                               load_or(w_cc ? w_cc + j : nullptr, n, T(0)) * cpj +
                               load_or(pg ? pg + j : nullptr, n, T(0)));
-        const Vec<T> cj = f * cpj + i * g;
+        Vec<T> cj = f * cpj + i * g;
+        if (clip > T(0)) cj = at::vec::clamp(cj, Vec<T>(-clip), Vec<T>(clip));  // cell_clip
         store(i, gi + j, n);
         store(f, gf + j, n);
         store(g, gg + j, n);
@@ -217,11 +219,12 @@ constexpr int64_t kAcc = 8;
 
 // dc: (B, H) gradient w.r.t. c_t in, w.r.t. c_{t-1} out. dgates: (B, 4H) pre-activation grads.
 // phase 0 does the whole step; a full W_co splits it: phase 1 computes d_o and leaves
-// dc = dL/dc_t without the W_co term (the caller adds d_o W_co), phase 2 the rest.
+// dc = dL/dc_t without the W_co term (the caller adds d_o W_co), phase 2 the rest. With a
+// cell clip, no gradient flows through a c_t at the bound (it was clipped).
 template <typename T>
 void backward_cell(const T* gates, const T* c, const T* c_prev, const T* dr, T* dc, T* dgates, const T* w_ci,
-                   const T* w_cf, const T* w_co, const T* w_cc, int phase, int64_t B, int64_t H, int64_t chunk_rows,
-                   T* acc) {
+                   const T* w_cf, const T* w_co, const T* w_cc, int phase, T clip, int64_t B, int64_t H,
+                   int64_t chunk_rows, T* acc) {
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> one(T(1));
   const int64_t chunks = (B + chunk_rows - 1) / chunk_rows;
@@ -259,6 +262,7 @@ void backward_cell(const T* gates, const T* c, const T* c_prev, const T* dr, T* 
               continue;
             }
           }
+          if (clip > T(0)) dcj = Vec<T>::blendv(Vec<T>(T(0)), dcj, cj.abs() < Vec<T>(clip));
           const Vec<T> i = load(gi + j, n), f = load(gf + j, n), g = load(gg + j, n);
           const Vec<T> cpj = load(cp + j, n);
           const Vec<T> d_i = dcj * g * i * (one - i);
@@ -807,7 +811,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const std::optional<Tensor>& bias_in, const std::optional<Tensor>& w_hr_in,
     const std::optional<Tensor>& w_ci_in, const std::optional<Tensor>& w_cf_in,
     const std::optional<Tensor>& w_co_in, const std::optional<Tensor>& w_cc_in,
-    const std::optional<Tensor>& batch_sizes, bool reverse, bool save) {
+    const std::optional<Tensor>& batch_sizes, bool reverse, bool save, double cell_clip) {
   const bool full =
       check_args(xw_in, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in, &w_cc_in}, batch_sizes);
   const Tensor xw = xw_in.contiguous();
@@ -855,7 +859,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
       const T_* hw = hh.view(h, n, g_t, hold);
       if (pc) pcg(c, n, false, pc);
       forward_cell<T_>(x + st.off[t] * G, p.b, hw, pc, w.kc, g_t, c, c_t, proj ? r : h_t, p.ci, p.cf, p.co, p.cc,
-                       po != nullptr, n, H);
+                       po != nullptr, T_(cell_clip), n, H);
       if (po) {
         pog(c_t, n, false, po);
         forward_out<T_>(g_t, po, c_t, proj ? r : h_t, n, H);
@@ -890,7 +894,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& cs, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
     const std::optional<Tensor>& bias_in, const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& w_ci_in,
     const std::optional<Tensor>& w_cf_in, const std::optional<Tensor>& w_co_in, const std::optional<Tensor>& w_cc_in,
-    const std::optional<Tensor>& batch_sizes, bool reverse) {
+    const std::optional<Tensor>& batch_sizes, bool reverse, double cell_clip) {
   const bool full = check_args(gates, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in, &w_cc_in},
                                batch_sizes);
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
@@ -961,7 +965,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
                                   std::make_tuple(n_from, n, c0p + n_from * H)}) {
           if (r1 <= r0) continue;
           backward_cell<T_>(g_t + r0 * G, c_t + r0 * H, cp, dr + r0 * H, dcp + r0 * H, dg_t + r0 * G, p.ci, p.cf,
-                            p.co, p.cc, phase, r1 - r0, H, chunk_rows, a);
+                            p.co, p.cc, phase, T_(cell_clip), r1 - r0, H, chunk_rows, a);
         }
       };
       if (p.wco) {
@@ -1028,13 +1032,13 @@ TORCH_LIBRARY(peephole_lstm_cpp, m) {
   m.def("blas_info() -> str", &blas_info);
   m.def(
       "forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
-      "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, bool save) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, bool save, "
+      "float cell_clip=0.) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor out, Tensor gates, "
       "Tensor cs, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
-      "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, float cell_clip=0.) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(peephole_lstm_cpp, CPU, m) {

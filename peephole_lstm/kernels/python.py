@@ -84,6 +84,7 @@ def forward(
     batch_sizes: Optional[Tensor],
     reverse: bool,
     save: bool,
+    cell_clip: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     G = xw.size(-1)
     H = G // 4
@@ -124,6 +125,8 @@ def forward(
         z_g.tanh_()
         c_t = z_f * cp
         c_t.addcmul_(z_i, z_g)
+        if cell_clip > 0:
+            c_t.clamp_(-cell_clip, cell_clip)
         if w_co is not None:
             z_o.add_(_peep(w_co, c_t))  # the output gate sees the new cell state
         z_o.sigmoid_()
@@ -161,6 +164,7 @@ def backward(
     w_cc: Optional[Tensor],
     batch_sizes: Optional[Tensor],
     reverse: bool,
+    cell_clip: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     G = gates.size(-1)
     H = G // 4
@@ -180,6 +184,8 @@ def backward(
     k_i = g_all * i_all * (1 - i_all)  # d_i = dc * k_i
     k_f = c_prev * f_all * (1 - f_all)  # d_f = dc * k_f
     k_g = i_all * (1 - g_all * g_all)  # d_g = dc * k_g
+    # cell_clip: no gradient flows through a clipped c_t (saved c at the bound)
+    unclipped: Optional[Tensor] = (cs2.abs() < cell_clip).to(cs2.dtype) if cell_clip > 0 else None
     full = (w_ci is not None and w_ci.dim() == 2) or (w_co is not None and w_co.dim() == 2)
     wc: Optional[Tensor] = None  # full: [W_ci; W_cf; (W_cc)] (kc H, H)
     if full:
@@ -213,6 +219,8 @@ def backward(
                 dcn.addcmul_(d_o, w_co)
             else:
                 dcn.addmm_(d_o, w_co)
+        if unclipped is not None:
+            dcn = dcn * unclipped[r0 : r0 + rows]
         torch.mul(dcn, k_i[r0 : r0 + rows], out=d_i)
         torch.mul(dcn, k_f[r0 : r0 + rows], out=d_f)
         torch.mul(dcn, k_g[r0 : r0 + rows], out=d_g)
