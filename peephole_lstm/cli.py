@@ -1,14 +1,19 @@
 """The ``peephole-lstm`` command (also ``python -m peephole_lstm``): LightningCLI over
 :class:`PeepholeLSTMRegressor` and :class:`SeriesDataModule`.
 
-    peephole-lstm fit --config configs/default.yaml        # train, then test the best checkpoint
-    peephole-lstm predict --config configs/default.yaml --ckpt_path runs/default/checkpoints/best.ckpt
+    peephole-lstm fit --config configs/default.yaml        # train, test, forecast the future
+    peephole-lstm predict --config configs/default.yaml --ckpt_path runs/co2/version_1/checkpoints/best.ckpt
+
+Every ``fit`` writes to a directory of its own, ``<default_root_dir>/<data>/version_<k>``
+(``--run_dir`` names one), and prints it: checkpoints, the metrics CSV, the per-series test
+metrics and the forecast. ``fit --ckpt_path last`` resumes in the latest one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Optional
 
@@ -17,93 +22,224 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
 from .data import SeriesDataError, SeriesDataModule
-from .model import PeepholeLSTMRegressor
+from .model import LEVELS, PeepholeLSTMRegressor
 
 __all__ = ["ForecastWriter", "PeepholeLSTMCLI", "main"]
 
 
 class ForecastWriter(BasePredictionWriter):
-    """Writes ``predict``'s forecasts (original units) to ``forecast.csv`` and a plot of
-    forecast vs actual (and the naive forecast) to ``forecast.png``.
+    """Writes ``predict``'s forecasts (original units) to ``forecast.csv`` and a plot to
+    ``forecast.png``: per series, the recent history, the backtest on the test split and the
+    forecast of the steps after the last row, each with its 80% and 95% intervals.
+
+    ``forecast.csv`` has one row per series, forecast origin and step: ``kind`` is
+    ``backtest`` (``actual`` known) or ``future`` (``actual`` empty); ``lo_80``/``hi_80`` and
+    ``lo_95``/``hi_95`` bound the intervals; ``naive`` and ``snaive`` are the last value and
+    the seasonal naive forecast.
 
     Args:
-        output_dir: where to write; ``None``: the trainer's log directory.
+        output_dir: where to write; ``None``: the run directory (``fit``) or the directory of
+            the checkpoint's run (``predict``).
+        history: rows of history to plot before the test split and the future (per series).
+        max_plots: series plotted in ``forecast.png`` (the CSV has every series).
     """
 
-    def __init__(self, output_dir: Optional[str] = None) -> None:
+    def __init__(self, output_dir: Optional[str] = None, history: int = 200, max_plots: int = 6) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
+        self.history = history
+        self.max_plots = max_plots
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         if not trainer.is_global_zero or not predictions:
             return
         import pandas as pd
 
-        out_dir = self.output_dir or trainer.log_dir or "."
+        out_dir = self.output_dir or trainer.default_root_dir or "."
         os.makedirs(out_dir, exist_ok=True)
         cat = {k: torch.cat([p[k] for p in predictions]).cpu() for k in predictions[0]}
         dm = trainer.datamodule
-        labels = dm.index if dm is not None else None
         rows = []
-        for i, end in enumerate(cat["end"].tolist()):
+        for i, (end, s) in enumerate(zip(cat["end"].tolist(), cat["series"].tolist())):
+            stop = int(dm.starts[s + 1])
+            future = end >= stop
+            labels = dm.future_labels(s) if future else None
             for step in range(cat["forecast"].shape[1]):
                 row = end + step
-                rows.append(
-                    {
-                        "time": labels[row] if labels is not None else row,
-                        "origin": labels[end - 1] if labels is not None else end - 1,
-                        "step": step + 1,
-                        "forecast": float(cat["forecast"][i, step]),
-                        "actual": float(cat["actual"][i, step]),
-                        "naive": float(cat["naive"][i, step]),
-                    }
-                )
+                if not future and row >= stop:
+                    continue  # a backtest target past the data
+                rec = {
+                    "series": dm.series_names[s],
+                    "kind": "future" if future else "backtest",
+                    "time": labels[step] if future else dm.index[row],
+                    "origin": dm.index[end - 1],
+                    "step": step + 1,
+                    "forecast": float(cat["forecast"][i, step]),
+                }
+                for level in LEVELS:
+                    pct = round(level * 100)
+                    rec[f"lo_{pct}"] = float(cat[f"lo_{pct}"][i, step])
+                    rec[f"hi_{pct}"] = float(cat[f"hi_{pct}"][i, step])
+                rec["actual"] = float(cat["actual"][i, step])
+                rec["naive"] = float(cat["naive"][i, step])
+                rec["snaive"] = float(cat["snaive"][i, step])
+                rows.append(rec)
         frame = pd.DataFrame(rows)
         csv_path = os.path.join(out_dir, "forecast.csv")
         frame.to_csv(csv_path, index=False)
         png_path = os.path.join(out_dir, "forecast.png")
-        plot_forecast(frame[frame["step"] == 1], png_path)
+        plot_forecast(frame, dm, png_path, self.history, self.max_plots)
         print(f"wrote {csv_path} and {png_path}")
 
 
-def plot_forecast(frame, path: str, title: str = "One-step forecast on the test split") -> None:
-    """Actual vs forecast vs naive, in original units."""
+def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6) -> None:
+    """Per series: recent actuals, the one-step backtest and the future forecast, with bands."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4))
-    x = range(len(frame))
-    ax.plot(x, frame["actual"], label="actual", color="black", linewidth=1.2)
-    ax.plot(x, frame["forecast"], label="PeepholeLSTM", color="tab:blue", linewidth=1.0)
-    ax.plot(x, frame["naive"], label="naive (last value)", color="tab:orange", linewidth=0.8, alpha=0.7)
-    ticks = list(range(0, len(frame), max(1, len(frame) // 8)))
-    ax.set_xticks(ticks, [str(frame["time"].iloc[i]) for i in ticks], rotation=20, fontsize=8)
-    ax.set_title(title)
-    ax.legend()
+    names = list(dict.fromkeys(frame["series"]))[:max_plots]
+    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        s = dm.series_names.index(name)
+        start, stop = int(dm.starts[s]), int(dm.starts[s + 1])
+        part = frame[frame["series"] == name]
+        back = part[(part["kind"] == "backtest") & (part["step"] == 1)]
+        fut = part[part["kind"] == "future"]
+        first = stop - len(back) if len(back) else stop
+        lo = max(start, first - history)
+        x_hist = range(lo - start, stop - start)
+        ax.plot(x_hist, dm.series[lo:stop], color="black", linewidth=1.1, label="actual")
+        if len(back):
+            xb = range(first - start, first - start + len(back))
+            ax.plot(xb, back["forecast"], color="tab:blue", linewidth=1.0, label="backtest (one step)")
+            ax.fill_between(xb, back["lo_95"], back["hi_95"], color="tab:blue", alpha=0.12, linewidth=0)
+        if len(fut):
+            xf = range(stop - start, stop - start + len(fut))
+            ax.plot(xf, fut["forecast"], color="tab:red", linewidth=1.4, marker=".", label="future")
+            ax.fill_between(xf, fut["lo_95"], fut["hi_95"], color="tab:red", alpha=0.12, linewidth=0,
+                            label="95% interval")
+            ax.fill_between(xf, fut["lo_80"], fut["hi_80"], color="tab:red", alpha=0.22, linewidth=0,
+                            label="80% interval")
+        labels = dm.index[lo:stop] + (list(fut["time"]) if len(fut) else [])
+        n = len(labels)
+        ticks = list(range(0, n, max(1, n // 7)))
+        ax.set_xticks([lo - start + t for t in ticks], [str(labels[t]) for t in ticks], rotation=15, fontsize=8)
+        ax.set_title(f"{name}: history, backtest on the test split and the next {len(fut)} step(s)", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def _next_version(root: str) -> str:
+    taken = [int(m.group(1)) for d in (os.listdir(root) if os.path.isdir(root) else [])
+             if (m := re.fullmatch(r"version_(\d+)", d))]
+    return os.path.join(root, f"version_{max(taken, default=0) + 1}")
+
+
+def _latest_version(root: str) -> Optional[str]:
+    taken = [int(m.group(1)) for d in (os.listdir(root) if os.path.isdir(root) else [])
+             if (m := re.fullmatch(r"version_(\d+)", d))]
+    return os.path.join(root, f"version_{max(taken)}") if taken else None
+
+
 class PeepholeLSTMCLI(LightningCLI):
-    """LightningCLI with the data linked to the model and ``fit`` followed by ``test``."""
+    """LightningCLI with the data linked to the model, a directory per run, and ``fit``
+    followed by ``test`` and the forecast."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_size", "model.input_size", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon")
         parser.add_lightning_class_args(ForecastWriter, "forecast")
         parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="after fit, run test on the best (or last) weights"
+            "--test_after_fit", type=bool, default=True,
+            help="after fit, test the best (or last) weights and write the forecast",
+        )
+        parser.add_argument(
+            "--run_dir", type=Optional[str], default=None,
+            help="where this run writes (checkpoints, logs, forecast); default: "
+                 "<trainer.default_root_dir>/<csv name or dataset>/version_<k>, the next free k "
+                 "(fit --ckpt_path last: the latest)",
         )
 
+    # -------------------------------------------------------------- run directory
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        trainer = cfg.trainer
+        if not sys.stdout.isatty():
+            trainer.enable_progress_bar = False  # no carriage-return bars in logs and files
+        run_dir = cfg.get("run_dir")
+        ckpt = cfg.get("ckpt_path")
+        if run_dir is None:
+            data = cfg.data
+            name = os.path.splitext(os.path.basename(data.csv_path))[0] if data.csv_path else data.dataset
+            root = os.path.join(trainer.default_root_dir or "runs", name)
+            if self.subcommand == "fit":
+                resume = ckpt == "last" and _latest_version(root)
+                run_dir = resume or _next_version(root)
+            elif ckpt and os.path.basename(os.path.dirname(os.path.abspath(ckpt))) == "checkpoints":
+                run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))  # the checkpoint's run
+            else:
+                run_dir = _latest_version(root) or _next_version(root)
+        self.run_dir = run_dir
+        trainer.default_root_dir = run_dir
+        # "{run_dir}" in a logger's or callback's string argument (configs/default.yaml) is this run's
+        for obj in [*(trainer.callbacks or []), *(trainer.logger if isinstance(trainer.logger, list) else
+                                                  [trainer.logger])]:
+            args = getattr(obj, "init_args", None)
+            for key, value in (vars(args).items() if args is not None else []):
+                if isinstance(value, str) and "{run_dir}" in value:
+                    setattr(args, key, value.replace("{run_dir}", run_dir))
+            if getattr(obj, "class_path", "").endswith("ModelCheckpoint") and args.get("dirpath") is None:
+                args.dirpath = os.path.join(run_dir, "checkpoints")
+        if cfg.forecast.output_dir is None:
+            cfg.forecast.output_dir = run_dir
+        elif "{run_dir}" in cfg.forecast.output_dir:
+            cfg.forecast.output_dir = cfg.forecast.output_dir.replace("{run_dir}", run_dir)
+        if self.subcommand in ("fit", "predict", "test", "validate"):
+            print(f"run directory: {run_dir}")
+
     def after_fit(self) -> None:
+        self._warn_if_budget_ran_out()
         if not self.config[self.subcommand].get("test_after_fit", True):
             return
         ckpt = self.trainer.checkpoint_callback
         ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self._write_per_series()
+        self.trainer.predict(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, return_predictions=False)
+
+    def after_test(self) -> None:
+        self._write_per_series()
+
+    def _write_per_series(self) -> None:
+        frame = getattr(self.model, "test_per_series", None)
+        if frame is None or not self.trainer.is_global_zero:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        path = os.path.join(self.run_dir, "metrics_per_series.csv")
+        frame.to_csv(path, index=False)
+        print(f"per-series test metrics: {path}")
+
+    def _warn_if_budget_ran_out(self) -> None:
+        """Say so when the step/epoch budget, not early stopping, ended training."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        t = self.trainer
+        stoppers = [cb for cb in t.callbacks if isinstance(cb, EarlyStopping)]
+        if t.interrupted or any(cb.stopped_epoch > 0 for cb in stoppers):
+            return
+        limit = (f"max_steps={t.max_steps}" if t.max_steps and t.max_steps > 0 and t.global_step >= t.max_steps
+                 else f"max_epochs={t.max_epochs}")
+        waited = f" (early stopping's patience: {stoppers[0].patience} validations)" if stoppers else ""
+        print(
+            f"peephole-lstm: warning: training stopped at {limit} after {t.global_step} optimizer steps, before "
+            f"early stopping{waited} ended it; the model may be undertrained: raise --trainer.max_steps "
+            "(or max_epochs)",
+            file=sys.stderr,
+        )
 
 
 def main(args: Optional[list[str]] = None) -> None:

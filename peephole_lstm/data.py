@@ -1,4 +1,5 @@
-"""SeriesDataModule: windows of a real (CSV) or embedded series, split in time, scaled without leakage."""
+"""SeriesDataModule: windows of one or many real (CSV) or embedded series, split in time within
+each series, scaled per series without leakage; the future windows past the last row."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ __all__ = ["SCALINGS", "SeriesDataError", "SeriesDataModule", "load_builtin"]
 
 SCALINGS = ("last", "zscore", "none")
 MISSING = ("error", "interpolate")
+PREDICT = ("both", "future", "test")
+TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
 _DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 BUILTIN = {
     # name: its default target column
@@ -50,35 +53,49 @@ def load_builtin(name: str) -> pd.DataFrame:
 
 
 class WindowDataset(Dataset):
-    """Windows ending just before each row in ``ends``: inputs ``x[e - window : e]`` and
-    targets ``y[e : e + horizon]``, scaled as the data module says.
+    """Windows ending just before each row in ``ends`` (global rows of the concatenated series;
+    ``sids`` says which series each belongs to): inputs ``x[e - window : e]`` and targets
+    ``y[e : e + horizon]``, scaled with that series' statistics.
 
-    Each item is a dict: ``x`` (window, C), ``y`` (horizon,) scaled; ``offset`` and
-    ``scale`` (1,) such that original units = scaled * scale + offset; ``naive`` (1,), the
-    last observed target (the persistence forecast); ``end`` the row of the first target.
+    Each item is a dict: ``x`` (window, C), ``y`` (horizon,) scaled (NaN past the end of the
+    data: a future window); ``offset`` and ``scale`` (1,) such that original units = scaled *
+    scale + offset; ``naive`` (1,), the last observed target (the persistence forecast);
+    ``snaive`` (horizon,), the seasonal naive forecast (the value one season before each
+    target); ``mase_scale`` (1,), the series' in-sample seasonal naive MAE (MASE's
+    denominator); ``end`` the row of the first target; ``series`` the series' number.
     """
 
-    def __init__(self, dm: SeriesDataModule, ends: np.ndarray) -> None:
+    def __init__(self, dm: SeriesDataModule, ends: np.ndarray, sids: np.ndarray) -> None:
         self.dm = dm
         self.ends = ends
+        self.sids = sids
 
     def __len__(self) -> int:
         return len(self.ends)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         dm = self.dm
-        e = int(self.ends[k])
+        e, s = int(self.ends[k]), int(self.sids[k])
         w, h = dm.hparams.window, dm.hparams.horizon
+        start, stop = int(dm.starts[s]), int(dm.starts[s + 1])
         x = dm.inputs[e - w : e].copy()  # (window, C), original units
-        y = dm.series[e : e + h]  # (horizon,)
+        y = np.full(h, np.nan)
+        have = max(0, min(h, stop - e))
+        y[:have] = dm.series[e : e + have]  # (horizon,), NaN past the data
         last = dm.series[e - 1]
+        m = dm.season
+        snaive = np.empty(h)
+        for step in range(h):  # the value one (or more) seasons before the target, never after e - 1
+            row = e + step - m * (step // m + 1)
+            snaive[step] = dm.series[row] if row >= start else last
+        mean, std = dm.series_mean[s], dm.series_std[s]
         if dm.hparams.scaling == "last":
-            offset, scale = last, dm.diff_scale
+            offset, scale = last, dm.series_diff_scale[s]
             x[:, 0] = (x[:, 0] - last) / scale
-            x[:, 1:] = (x[:, 1:] - dm.mean[1:]) / dm.std[1:]
+            x[:, 1:] = (x[:, 1:] - mean[1:]) / std[1:]
         elif dm.hparams.scaling == "zscore":
-            offset, scale = dm.mean[0], dm.std[0]
-            x = (x - dm.mean) / dm.std
+            offset, scale = mean[0], std[0]
+            x = (x - mean) / std
         else:
             offset, scale = 0.0, 1.0
         return {
@@ -87,7 +104,10 @@ class WindowDataset(Dataset):
             "offset": torch.tensor([offset], dtype=torch.float32),
             "scale": torch.tensor([scale], dtype=torch.float32),
             "naive": torch.tensor([last], dtype=torch.float32),
+            "snaive": torch.as_tensor(snaive, dtype=torch.float32),
+            "mase_scale": torch.tensor([dm.series_mase_scale[s]], dtype=torch.float32),
             "end": torch.tensor(e),
+            "series": torch.tensor(s),
         }
 
 
@@ -113,32 +133,47 @@ class EpochSeededSampler(Sampler[int]):
 
 
 class SeriesDataModule(L.LightningDataModule):
-    """Sliding windows over one series (plus optional feature columns) for forecasting.
+    """Sliding windows over one series, or many in long format, for forecasting.
 
-    The rows are split in time order into train / val / test; every target of a split lies
-    inside it (inputs may look back into earlier splits, as a forecaster would). The scaler
-    is fitted on the training rows only.
+    Each series' rows are split in time order into train / val / test; every target of a split
+    lies inside it (inputs may look back into earlier splits, as a forecaster would). Scalers
+    are fitted on each series' training rows only. With ``id_column`` one global model trains
+    on the windows of every series (different lengths and start dates are fine); without it the
+    whole file is one series.
 
     Args:
         csv_path: a CSV file with a header row; ``None`` uses the embedded ``dataset``.
         target: the column to forecast; ``None``: the dataset's default target, or the last
-            numeric column of a CSV.
+            numeric column of a CSV (the id, time and feature columns excluded).
         features: extra input columns (the target is always input channel 0).
         window: input length (time steps).
         horizon: number of future steps forecast at once.
         batch_size: windows per batch.
-        val_fraction: share of the rows whose targets form the validation split (0 disables it).
-        test_fraction: share of the rows whose targets form the test split.
+        val_fraction: share of each series' rows whose targets form the validation split (0
+            disables it; the prediction intervals are calibrated on it).
+        test_fraction: share of each series' rows whose targets form the test split.
         scaling: ``"last"`` (default): each window relative to its last observed value,
-            divided by the standard deviation of the one-step changes in the training rows,
-            so trends beyond the training range stay in range; ``"zscore"``: the level minus
-            the training mean over the training std (the article's recipe; fails on trends);
-            ``"none"``. Features are z-scored with training statistics in both modes.
-        missing: ``"error"``: refuse NaNs / empty cells; ``"interpolate"``: fill them linearly.
+            divided by the standard deviation of the one-step changes in the series' training
+            rows, so trends beyond the training range stay in range; ``"zscore"``: the level
+            minus the training mean over the training std (the article's recipe; fails on
+            trends); ``"none"``. Features are z-scored with training statistics in both modes.
+        missing: ``"error"``: refuse NaNs / empty cells; ``"interpolate"``: fill them linearly
+            (within each series).
         num_workers: DataLoader worker processes.
         dataset: the embedded series used when ``csv_path`` is None: ``"co2"`` (Mauna Loa
             weekly CO2, real, public domain) or ``"synthetic"`` (generated).
         seed: the seed of the training shuffle (per epoch; see ``EpochSeededSampler``).
+        id_column: the column naming the series of each row (long format, e.g. columns
+            ``id,date,value``); ``None``: one series.
+        time_column: the time stamps; ``None``: the first of ``date``, ``time``, ``timestamp``,
+            ``datetime``, ``ds`` present (rows are sorted by it within each series; duplicates
+            are an error), else row numbers.
+        season: the seasonal period in steps, for the seasonal naive forecast and MASE;
+            ``None``: inferred from the time step (7 for daily, 52 weekly, 12 monthly, 4
+            quarterly, 24 hourly, 48 half-hourly; 1, i.e. none, for yearly or unknown).
+        predict: what ``predict`` forecasts: ``"both"`` (default) the test split (a backtest)
+            and the ``horizon`` steps after the last row of every series; ``"future"`` or
+            ``"test"`` only one of them.
     """
 
     def __init__(
@@ -156,22 +191,33 @@ class SeriesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         dataset: str = "co2",
         seed: int = 0,
+        id_column: Optional[str] = None,
+        time_column: Optional[str] = None,
+        season: Optional[int] = None,
+        predict: str = "both",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
         frame = self._read()
+        self.time_name = self._time_column(frame)
         self.target_name, self.feature_names = self._columns(frame)
-        self.index = self._index_labels(frame)
+        groups = self._groups(frame)
+        self.series_names: list[str] = [name for name, _ in groups]
         columns = [self.target_name, *self.feature_names]
-        values = self._numeric(frame[columns])
-        self.inputs = values  # (N, C) original units, target first
-        self.series = values[:, 0]  # (N,)
-        self._split(len(values))
-        train = values[: self.n_train]
-        self.mean = train.mean(axis=0)
-        self.std = _safe_std(train)
-        self.diff_scale = float(_safe_std(np.diff(train[:, 0])[:, None])[0])
+        values, labels, times = [], [], []
+        for name, g in groups:
+            values.append(self._numeric(g[columns], name))
+            labels += self._labels(g)
+            times.append(g[self.time_name] if self.time_name else None)
+        self.starts = np.cumsum([0] + [len(v) for v in values])  # series s: rows starts[s] .. starts[s+1]
+        self.inputs = np.concatenate(values)  # (N, C) original units, target first
+        self.series = self.inputs[:, 0]  # (N,)
+        self.index = labels  # (N,) time labels as in the file
+        self._times = times
+        self.season = int(season) if season is not None else _infer_season(times[0])
+        self._split()
+        self._fit_scalers()
 
     # ---------------------------------------------------------------- validation
     def _check_options(self) -> None:
@@ -180,9 +226,13 @@ class SeriesDataModule(L.LightningDataModule):
             raise SeriesDataError(f"scaling must be one of {', '.join(SCALINGS)}, got {hp.scaling!r}")
         if hp.missing not in MISSING:
             raise SeriesDataError(f"missing must be one of {', '.join(MISSING)}, got {hp.missing!r}")
+        if hp.predict not in PREDICT:
+            raise SeriesDataError(f"predict must be one of {', '.join(PREDICT)}, got {hp.predict!r}")
         for name in ("window", "horizon", "batch_size"):
             if int(getattr(hp, name)) < 1:
                 raise SeriesDataError(f"{name} must be at least 1, got {getattr(hp, name)}")
+        if hp.season is not None and int(hp.season) < 1:
+            raise SeriesDataError(f"season must be at least 1 (or null: inferred), got {hp.season}")
         if not (0 <= hp.val_fraction < 1 and 0 < hp.test_fraction < 1 and hp.val_fraction + hp.test_fraction < 1):
             raise SeriesDataError(
                 "need 0 <= val_fraction < 1, 0 < test_fraction < 1 and val_fraction + test_fraction < 1, "
@@ -204,29 +254,78 @@ class SeriesDataModule(L.LightningDataModule):
             raise SeriesDataError(f"{path} has no data rows")
         return frame
 
+    @property
+    def _where(self) -> str:
+        return self.hparams.csv_path or f"the {self.hparams.dataset!r} dataset"
+
+    def _time_column(self, frame: pd.DataFrame) -> Optional[str]:
+        col = self.hparams.time_column
+        if col is not None:
+            if col not in frame.columns:
+                raise SeriesDataError(
+                    f"unknown time column {col!r} in {self._where} (columns: {', '.join(map(str, frame.columns))})"
+                )
+            return col
+        return next((c for c in TIME_COLUMNS if c in frame.columns), None)
+
     def _columns(self, frame: pd.DataFrame) -> tuple[str, list[str]]:
         hp = self.hparams
         available = ", ".join(map(str, frame.columns))
-        where = hp.csv_path or f"the {hp.dataset!r} dataset"
+        if hp.id_column is not None and hp.id_column not in frame.columns:
+            raise SeriesDataError(f"unknown id column {hp.id_column!r} in {self._where} (columns: {available})")
         target = hp.target
         if target is None:
             if hp.csv_path is None:
                 target = BUILTIN[hp.dataset]
             else:
                 # "Mostly numeric", so that one bad cell is reported as such, not as "no column".
-                numeric = [c for c in frame.columns if pd.to_numeric(frame[c], errors="coerce").notna().mean() >= 0.5]
+                skip = {hp.id_column, self.time_name, *(hp.features or [])}
+                numeric = [
+                    c for c in frame.columns
+                    if c not in skip and pd.to_numeric(frame[c], errors="coerce").notna().mean() >= 0.5
+                ]
                 if not numeric:
-                    raise SeriesDataError(f"{where} has no numeric column to forecast (columns: {available})")
+                    raise SeriesDataError(f"{self._where} has no numeric column to forecast (columns: {available})")
                 target = numeric[-1]
         features = list(hp.features or [])
         for col in [target, *features]:
             if col not in frame.columns:
-                raise SeriesDataError(f"unknown column {col!r} in {where} (columns: {available})")
+                raise SeriesDataError(f"unknown column {col!r} in {self._where} (columns: {available})")
         if target in features:
             raise SeriesDataError(f"the target {target!r} is always input 0; do not list it in features")
+        if hp.id_column in (target, *features):
+            raise SeriesDataError(f"the id column {hp.id_column!r} cannot also be the target or a feature")
         return target, features
 
-    def _numeric(self, frame: pd.DataFrame) -> np.ndarray:
+    def _groups(self, frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+        """The series, in order of first appearance, each sorted by time (stable)."""
+        hp = self.hparams
+        if hp.id_column is None:
+            groups = [(str(self.target_name), frame)]
+        else:
+            ids = frame[hp.id_column]
+            if ids.isna().any():
+                row = int(np.flatnonzero(ids.isna().to_numpy())[0])
+                raise SeriesDataError(f"id column {hp.id_column!r} is empty at data row {row + 1}")
+            groups = [(str(k), g) for k, g in frame.groupby(hp.id_column, sort=False)]
+        out = []
+        for name, g in groups:
+            if self.time_name is not None:
+                key = _sortable(g[self.time_name])
+                dup = key.duplicated(keep="first")
+                if dup.any():
+                    what = f"series {name!r}" if hp.id_column is not None else self._where
+                    first = g[self.time_name].iloc[int(np.flatnonzero(dup.to_numpy())[0])]
+                    raise SeriesDataError(
+                        f"{what} has {int(dup.sum())} duplicate time stamp(s) in column {self.time_name!r}, "
+                        f"first {first!r}"
+                    )
+                g = g.iloc[np.argsort(key.to_numpy(), kind="stable")]
+            out.append((name, g.reset_index(drop=True)))
+        return out
+
+    def _numeric(self, frame: pd.DataFrame, name: str) -> np.ndarray:
+        which = f" of series {name!r}" if self.hparams.id_column is not None else ""
         out = {}
         for col in frame.columns:
             raw = frame[col]
@@ -235,7 +334,7 @@ class SeriesDataModule(L.LightningDataModule):
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 raise SeriesDataError(
-                    f"column {col!r} has {int(bad.sum())} non-numeric value(s), first {raw.iloc[row]!r} "
+                    f"column {col!r}{which} has {int(bad.sum())} non-numeric value(s), first {raw.iloc[row]!r} "
                     f"at data row {row + 1}"
                 )
             missing = num.isna() | ~np.isfinite(num.to_numpy(dtype=np.float64, na_value=np.nan))
@@ -243,46 +342,84 @@ class SeriesDataModule(L.LightningDataModule):
                 if self.hparams.missing == "error":
                     row = int(np.flatnonzero(missing.to_numpy())[0])
                     raise SeriesDataError(
-                        f"column {col!r} has {int(missing.sum())} missing value(s), first at data row {row + 1}; "
-                        'pass missing="interpolate" (--data.missing=interpolate) to fill them'
+                        f"column {col!r}{which} has {int(missing.sum())} missing value(s), first at data row "
+                        f'{row + 1}; pass missing="interpolate" (--data.missing=interpolate) to fill them'
                     )
                 num = num.where(~missing).interpolate(limit_direction="both")
                 if num.isna().any():
-                    raise SeriesDataError(f"column {col!r} has no values to interpolate from")
+                    raise SeriesDataError(f"column {col!r}{which} has no values to interpolate from")
             out[col] = num.to_numpy(dtype=np.float64)
         return np.stack([out[c] for c in frame.columns], axis=1)
 
-    @staticmethod
-    def _index_labels(frame: pd.DataFrame) -> list[str]:
-        for col in ("date", "time", "timestamp", "datetime", "ds"):
-            if col in frame.columns:
-                return frame[col].astype(str).tolist()
-        return [str(i) for i in range(len(frame))]
+    def _labels(self, g: pd.DataFrame) -> list[str]:
+        if self.time_name is not None:
+            return g[self.time_name].astype(str).tolist()
+        return [str(i) for i in range(len(g))]
 
-    def _split(self, n: int) -> None:
+    def _split(self) -> None:
         hp = self.hparams
-        self.n_test = int(round(n * hp.test_fraction))
-        self.n_val = int(round(n * hp.val_fraction))
-        self.n_train = n - self.n_val - self.n_test
         w, h = hp.window, hp.horizon
-        need = {
-            "train": (self.n_train, w + h),
-            "val": (self.n_val, h if hp.val_fraction > 0 else 0),
-            "test": (self.n_test, h),
-        }
-        for split, (have, want) in need.items():
-            if have < want:
-                raise SeriesDataError(
-                    f"series too short: {n} rows give the {split} split {have} rows, but it needs at least {want} "
-                    f"(window={w}, horizon={h}, val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction})"
-                )
-        # Window ends e (first target row): every target e .. e+h-1 inside the split.
-        a, b = self.n_train, self.n_train + self.n_val
-        self.ends = {
-            "train": np.arange(w, a - h + 1),
-            "val": np.arange(max(a, w), b - h + 1),
-            "test": np.arange(max(b, w), n - h + 1),
-        }
+        ends: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        sids: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        self.split_rows = []  # per series: (n_train, n_val, n_test)
+        for s, name in enumerate(self.series_names):
+            start, n = int(self.starts[s]), int(self.starts[s + 1] - self.starts[s])
+            n_test = int(round(n * hp.test_fraction))
+            n_val = int(round(n * hp.val_fraction))
+            n_train = n - n_val - n_test
+            need = {"train": (n_train, w + h), "val": (n_val, h if hp.val_fraction > 0 else 0), "test": (n_test, h)}
+            for split, (have, want) in need.items():
+                if have < want:
+                    what = f"series {name!r} too short" if hp.id_column is not None else "series too short"
+                    raise SeriesDataError(
+                        f"{what}: {n} rows give the {split} split {have} rows, but it needs at least {want} "
+                        f"(window={w}, horizon={h}, val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction})"
+                    )
+            self.split_rows.append((n_train, n_val, n_test))
+            # Window ends e (first target row): every target e .. e+h-1 inside the split.
+            a, b = n_train, n_train + n_val
+            for split, (lo, hi) in {"train": (w, a - h + 1), "val": (max(a, w), b - h + 1),
+                                    "test": (max(b, w), n - h + 1)}.items():
+                e = np.arange(lo, hi) + start
+                ends[split].append(e)
+                sids[split].append(np.full(len(e), s))
+        self.ends = {k: np.concatenate(v) for k, v in ends.items()}
+        self.sids = {k: np.concatenate(v) for k, v in sids.items()}
+        # The future: one window per series, ending at its last row.
+        self.ends["future"] = self.starts[1:].copy()
+        self.sids["future"] = np.arange(len(self.series_names))
+        self.n_train, self.n_val, self.n_test = (int(sum(r[i] for r in self.split_rows)) for i in range(3))
+
+    def _fit_scalers(self) -> None:
+        """Per series, on its training rows: mean and std of every channel, the std of the
+        target's one-step changes (``scaling="last"``) and its in-sample seasonal naive MAE."""
+        means, stds, diffs, mases = [], [], [], []
+        for s in range(len(self.series_names)):
+            start, n_train = int(self.starts[s]), self.split_rows[s][0]
+            train = self.inputs[start : start + n_train]
+            means.append(train.mean(axis=0))
+            stds.append(_safe_std(train))
+            diffs.append(float(_safe_std(np.diff(train[:, 0])[:, None])[0]))
+            m = self.season if n_train > self.season else 1
+            mae = float(np.abs(train[m:, 0] - train[:-m, 0]).mean())
+            mases.append(mae if mae > 0 else 1.0)
+        self.series_mean = np.stack(means)  # (S, C)
+        self.series_std = np.stack(stds)  # (S, C)
+        self.series_diff_scale = np.array(diffs)  # (S,)
+        self.series_mase_scale = np.array(mases)  # (S,)
+        # The first series' statistics (the only ones for one series).
+        self.mean, self.std, self.diff_scale = self.series_mean[0], self.series_std[0], diffs[0]
+
+    # ------------------------------------------------------------------ the future
+    def future_labels(self, s: int) -> list[str]:
+        """Time labels of the ``horizon`` steps after series ``s``'s last row: the time column
+        continued by its step (dates by their inferred frequency), else row numbers."""
+        h = self.hparams.horizon
+        n = int(self.starts[s + 1] - self.starts[s])
+        times = self._times[s]
+        if times is None:
+            return [str(n + k) for k in range(h)]
+        return _continue(times, h)
 
     # ----------------------------------------------------------------- Lightning
     @property
@@ -291,13 +428,12 @@ class SeriesDataModule(L.LightningDataModule):
         return 1 + len(self.feature_names)
 
     def dataset(self, split: str) -> WindowDataset:
-        return WindowDataset(self, self.ends[split])
+        return WindowDataset(self, self.ends[split], self.sids[split])
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        ds = self.dataset(split)
-        sampler = EpochSeededSampler(len(ds), self.hparams.seed) if shuffle else None
+    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        sampler = EpochSeededSampler(len(dataset), self.hparams.seed) if shuffle else None
         return DataLoader(
-            ds,
+            dataset,
             batch_size=self.hparams.batch_size,
             sampler=sampler,
             num_workers=self.hparams.num_workers,
@@ -305,16 +441,68 @@ class SeriesDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader(self.dataset("train"), shuffle=True)
 
     def val_dataloader(self):
-        return self._loader("val") if len(self.ends["val"]) else []
+        return self._loader(self.dataset("val")) if len(self.ends["val"]) else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader(self.dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        """The backtest (test split) and/or the future windows, as ``predict`` says."""
+        splits = {"both": ("test", "future"), "test": ("test",), "future": ("future",)}[self.hparams.predict]
+        ends = np.concatenate([self.ends[k] for k in splits])
+        sids = np.concatenate([self.sids[k] for k in splits])
+        return self._loader(WindowDataset(self, ends, sids))
+
+
+# Seasonal period from the median time step (in days): daily 7, weekly 52, monthly 12, ...
+_SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 4)]
+
+
+def _sortable(col: pd.Series) -> pd.Series:
+    """A time column as something that sorts in time: numbers, else dates, else the strings."""
+    num = pd.to_numeric(col, errors="coerce")
+    if num.notna().all():
+        return num
+    dates = pd.to_datetime(col, errors="coerce", format="mixed")
+    return dates if dates.notna().all() else col.astype(str)
+
+
+def _infer_season(times: Optional[pd.Series]) -> int:
+    if times is None or len(times) < 3:
+        return 1
+    key = _sortable(times)
+    if not pd.api.types.is_datetime64_any_dtype(key):
+        return 1
+    days = float(np.median(np.diff(key.to_numpy()).astype("timedelta64[s]").astype(np.float64))) / 86400.0
+    for step, season in _SEASONS:
+        if abs(days - step) <= 0.1 * step:
+            return season
+    return 1
+
+
+def _continue(times: pd.Series, h: int) -> list[str]:
+    """The next ``h`` time labels after a series' last one, in its own format."""
+    key = _sortable(times)
+    if pd.api.types.is_datetime64_any_dtype(key):
+        idx = pd.DatetimeIndex(key)
+        freq = pd.infer_freq(idx[-min(len(idx), 50) :]) if len(idx) >= 3 else None
+        if freq is not None:
+            future = pd.date_range(idx[-1], periods=h + 1, freq=freq)[1:]
+        else:
+            step = pd.Timedelta(np.median(np.diff(idx.asi8))) if len(idx) > 1 else pd.Timedelta(days=1)
+            future = pd.DatetimeIndex([idx[-1] + step * (k + 1) for k in range(h)])
+        dated = (idx.normalize() == idx).all()
+        return [t.strftime("%Y-%m-%d") if dated else str(t) for t in future]
+    if pd.api.types.is_numeric_dtype(key):
+        vals = key.to_numpy()
+        step = np.median(np.diff(vals)) if len(vals) > 1 else 1
+        if float(step).is_integer() and np.all(np.mod(vals, 1) == 0):
+            return [str(int(vals[-1] + step * (k + 1))) for k in range(h)]
+        return [str(vals[-1] + step * (k + 1)) for k in range(h)]
+    return [f"{times.iloc[-1]}+{k + 1}" for k in range(h)]
 
 
 def _safe_std(a: np.ndarray) -> np.ndarray:

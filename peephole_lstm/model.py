@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError, MetricCollection
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanAbsolutePercentageError,
+    MeanMetric,
+    MeanSquaredError,
+    MetricCollection,
+)
 
 from .lstm import PeepholeLSTM
 
@@ -30,6 +38,7 @@ class PeepholeLSTMNet(nn.Module):
         horizon: int = 1,
         peephole: str = "diagonal",
         bidirectional: bool = False,
+        cell_clip: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.lstm = PeepholeLSTM(
@@ -40,6 +49,7 @@ class PeepholeLSTMNet(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,  # between layers
             bidirectional=bidirectional,
             peephole=peephole,
+            cell_clip=cell_clip,
         )
         self.dropout = nn.Dropout(dropout)  # after the last layer
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), horizon)
@@ -63,12 +73,38 @@ def _metrics(prefix: str) -> MetricCollection:
     )
 
 
-class PeepholeLSTMRegressor(L.LightningModule):
-    """Forecast the next ``horizon`` values of a series with a peephole LSTM.
+LEVELS = (0.8, 0.95)  # the central prediction intervals every forecast carries
 
-    Trains on MSE of the scaled targets with Adam; reports ``{val,test}_{mse,mae,rmse,mape}``
-    in the series' original units, and ``{val,test}_naive_mse``: the persistence forecast
-    (the last observed value) on the same targets, so every run shows whether it beats it.
+
+def conformal_quantiles(residuals: Tensor, levels=LEVELS) -> Tensor:
+    """Split-conformal half-widths: per horizon step, the ``ceil((n + 1) level) / n`` empirical
+    quantile of ``n`` absolute (scaled) residuals; ``(len(levels), horizon)``."""
+    n = residuals.size(0)
+    qs = [min(1.0, math.ceil((n + 1) * lv) / n) for lv in levels]
+    return torch.quantile(residuals.double(), torch.tensor(qs, dtype=torch.float64), dim=0).float()
+
+
+class PeepholeLSTMRegressor(L.LightningModule):
+    """Forecast the next ``horizon`` values of one or many series with a peephole LSTM, with
+    prediction intervals.
+
+    Trains on MSE of the scaled targets with Adam. Reports ``{val,test}_{mse,mae,rmse,mape}``
+    in the series' original units; the classical baselines on the same targets:
+    ``{val,test}_naive_mse`` (the last observed value) and ``{val,test}_snaive_mse`` (the
+    value one season earlier); ``{val,test}_mase``, the MAE over the in-sample seasonal naive
+    MAE of each target's series (the M4 convention, comparable across series); and the
+    central 80% and 95% prediction intervals' empirical coverage and mean width
+    (``{val,test}_coverage_80``, ``..._width_80``, ...). After ``test``, ``test_per_series``
+    holds the metrics of every series (a DataFrame; the CLI writes it to
+    ``metrics_per_series.csv``).
+
+    Intervals are split-conformal: after each validation epoch the model keeps, per horizon
+    step, the quantiles of its absolute validation residuals in scaled units (each window's
+    scale is its own series', so one set serves every series); a forecast's interval is
+    ``forecast ± quantile × scale``. This is calibrated by construction on exchangeable
+    data, needs no change to the loss or the point forecast, and holds for any network. Its
+    validation coverage is in-sample (by construction near the level); the test coverage is
+    the honest check. Without a validation split there are no intervals.
 
     Args:
         input_size: input channels (the CLI links it to the data: target + features).
@@ -80,6 +116,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         weight_decay: Adam weight decay (L2).
         peephole: ``"diagonal"``, ``"full"`` or ``"none"`` (a plain LSTM, for ablations).
         bidirectional: run each layer both ways over the input window.
+        cell_clip: clip the cell state to ``[-cell_clip, cell_clip]`` (``None``: no clip).
     """
 
     def __init__(
@@ -93,17 +130,35 @@ class PeepholeLSTMRegressor(L.LightningModule):
         weight_decay: float = 0.0,
         peephole: str = "diagonal",
         bidirectional: bool = False,
+        cell_clip: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = PeepholeLSTMNet(input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional)
+        self.net = PeepholeLSTMNet(
+            input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip
+        )
         self.val_metrics = _metrics("val_")
         self.test_metrics = _metrics("test_")
-        self.val_naive_mse = MeanSquaredError()
-        self.test_naive_mse = MeanSquaredError()
+        self.baselines = nn.ModuleDict(
+            {
+                f"{stage}_{name}": metric()
+                for stage in ("val", "test")
+                for name, metric in (("naive_mse", MeanSquaredError), ("snaive_mse", MeanSquaredError),
+                                     ("mase", MeanMetric))
+            }
+        )
+        # (levels, horizon): the conformal half-widths in scaled units; NaN until validated.
+        self.register_buffer("interval_q", torch.full((len(LEVELS), horizon), float("nan")))
+        self._val_residuals: list[Tensor] = []
+        self._test_sums: dict[str, Tensor] = {}
+        self.test_per_series = None  # pandas.DataFrame after test
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before the intervals existed: no intervals, not an error
+        checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Dropout draws from the global RNG, which other code (a DataLoader iterator's base
@@ -117,33 +172,139 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
         return loss
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self(batch["x"])
         n = len(batch["x"])
         self.log(f"{stage}_loss", F.mse_loss(pred, batch["y"]), prog_bar=True, sync_dist=True, batch_size=n)
         pred_o, y_o = self.to_original(pred, batch), self.to_original(batch["y"], batch)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        naive = self.val_naive_mse if stage == "val" else self.test_naive_mse
         metrics.update(pred_o, y_o)
-        naive.update(batch["naive"].expand_as(y_o).contiguous(), y_o)
+        self.baselines[f"{stage}_naive_mse"].update(batch["naive"].expand_as(y_o).contiguous(), y_o)
+        self.baselines[f"{stage}_snaive_mse"].update(batch["snaive"], y_o)
+        self.baselines[f"{stage}_mase"].update((pred_o - y_o).abs() / batch["mase_scale"])
         self.log_dict(metrics, batch_size=n)
-        self.log(f"{stage}_naive_mse", naive, batch_size=n)
+        for name in ("naive_mse", "snaive_mse", "mase"):
+            self.log(f"{stage}_{name}", self.baselines[f"{stage}_{name}"], batch_size=n)
+        return pred
+
+    def _log_intervals(self, stage: str, residual: Tensor, scale: Tensor, n: int) -> Optional[list[Tensor]]:
+        """Coverage (share of targets inside) and mean width (original units) per level."""
+        if torch.isnan(self.interval_q).any():
+            return None
+        inside = []
+        for k, level in enumerate(LEVELS):
+            pct = round(level * 100)
+            ok = (residual <= self.interval_q[k]).float()  # (B, horizon)
+            inside.append(ok)
+            self.log(f"{stage}_coverage_{pct}", ok.mean(), batch_size=n * ok.size(1))
+            self.log(f"{stage}_width_{pct}", (2 * self.interval_q[k] * scale).mean(), batch_size=n * ok.size(1))
+        return inside
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        pred = self._evaluate(batch, "val")
+        self._val_residuals.append((pred - batch["y"]).abs().detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_residuals:
+            return
+        residuals = torch.cat(self._val_residuals)  # (n, horizon), scaled units
+        self._val_residuals = []
+        if self.trainer.world_size > 1:
+            residuals = self.all_gather(residuals).flatten(0, 1)
+        self.interval_q.copy_(conformal_quantiles(residuals).to(self.interval_q))
+        for k, level in enumerate(LEVELS):  # in-sample: near the level by construction
+            self.log(f"val_coverage_{round(level * 100)}", (residuals <= self.interval_q[k]).float().mean())
+
+    def on_test_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
+        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "in_80", "in_95", "first", "last")
+        self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
+        self._test_sums["first"].fill_(float("inf"))
+        self._test_sums["last"].fill_(-float("inf"))
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        pred = self._evaluate(batch, "test")
+        n = len(batch["x"])
+        residual = (pred - batch["y"]).abs()
+        inside = self._log_intervals("test", residual, batch["scale"], n)
+        pred_o, y_o = self.to_original(pred, batch), self.to_original(batch["y"], batch)
+        sid = batch["series"].cpu()
+        sums = self._test_sums
+        if not sums:
+            return
+        per_row = {
+            "n": torch.full((n,), float(y_o.size(1))),
+            "se": ((pred_o - y_o) ** 2).sum(1),
+            "ae": (pred_o - y_o).abs().sum(1),
+            "naive_se": ((batch["naive"] - y_o) ** 2).sum(1),
+            "snaive_se": ((batch["snaive"] - y_o) ** 2).sum(1),
+            "scaled_ae": ((pred_o - y_o).abs() / batch["mase_scale"]).sum(1),
+        }
+        if inside is not None:
+            per_row["in_80"], per_row["in_95"] = inside[0].sum(1), inside[1].sum(1)
+        for k, v in per_row.items():
+            sums[k].index_add_(0, sid, v.detach().cpu().double())
+        end = batch["end"].cpu().double()
+        sums["first"].scatter_reduce_(0, sid, end, "amin")
+        sums["last"].scatter_reduce_(0, sid, end + y_o.size(1) - 1, "amax")
+
+    def on_test_epoch_end(self) -> None:
+        """One line saying what was scored; the per-series metrics in ``test_per_series``."""
+        sums, self._test_sums = self._test_sums, {}
+        dm = getattr(self.trainer, "datamodule", None)
+        if not sums or dm is None or not hasattr(dm, "series_names") or not self.trainer.is_global_zero:
+            return
+        import pandas as pd
+
+        n = sums["n"].clamp(min=1)
+        labels = dm.index
+        rows = []
+        for s, name in enumerate(dm.series_names):
+            if sums["n"][s] == 0:
+                continue
+            row = {
+                "series": name,
+                "targets": int(sums["n"][s]),
+                "first": labels[int(sums["first"][s])],
+                "last": labels[int(sums["last"][s])],
+                "mse": float(sums["se"][s] / n[s]),
+                "mae": float(sums["ae"][s] / n[s]),
+                "naive_mse": float(sums["naive_se"][s] / n[s]),
+                "snaive_mse": float(sums["snaive_se"][s] / n[s]),
+                "mase": float(sums["scaled_ae"][s] / n[s]),
+            }
+            if not torch.isnan(self.interval_q).any():
+                row["coverage_80"] = float(sums["in_80"][s] / n[s])
+                row["coverage_95"] = float(sums["in_95"][s] / n[s])
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        self.test_per_series = frame
+        total = int(frame["targets"].sum())
+        span = f"{frame['first'].min()} .. {frame['last'].max()}" if len(frame) == 1 else (
+            f"{len(frame)} series, first target {frame['first'].min()}, last {frame['last'].max()}")
+        h = self.hparams.horizon
+        print(f"test: scored {total} targets ({h}-step forecasts: {total // max(h, 1)} windows), {span}")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Forecasts in original units, with the actual values, the naive forecast and the
-        row of the first forecast step."""
-        return {
-            "forecast": self.to_original(self(batch["x"]), batch),
+        """Forecasts in original units with their 80%/95% intervals (NaN without), the actual
+        values (NaN for the future), the naive and seasonal naive forecasts, the row of the
+        first forecast step and the series."""
+        pred = self(batch["x"])
+        out = {
+            "forecast": self.to_original(pred, batch),
             "actual": self.to_original(batch["y"], batch),
             "naive": batch["naive"].expand_as(batch["y"]).contiguous(),
+            "snaive": batch["snaive"],
             "end": batch["end"],
+            "series": batch["series"],
         }
+        for k, level in enumerate(LEVELS):
+            half = self.interval_q[k] * batch["scale"]  # (B, horizon), original units
+            pct = round(level * 100)
+            out[f"lo_{pct}"] = out["forecast"] - half
+            out[f"hi_{pct}"] = out["forecast"] + half
+        return out
 
     @staticmethod
     def to_original(scaled: Tensor, batch: dict[str, Tensor]) -> Tensor:

@@ -74,16 +74,52 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
     path = _write(cfg, tmp_path / "c.yaml")
     fit = _run(["fit", "--config", path], tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "test_naive_mse" in fit.stdout and "test_mape" in fit.stdout
+    for key in ("test_naive_mse", "test_snaive_mse", "test_mase", "test_mape", "test_coverage_80", "test_width_95"):
+        assert key in fit.stdout, key
+    # the test table says what it scored: 300 one-step targets, rows 1700 .. 1999
+    assert "test: scored 300 targets (1-step forecasts: 300 windows), 1700 .. 1999" in fit.stdout
+    assert "run directory: " in fit.stdout
+    # fit ends with the forecast written (no second command), and says where
+    assert (tmp_path / "pred" / "forecast.csv").exists() and "wrote " in fit.stdout
+    (tmp_path / "pred" / "forecast.csv").unlink()
     pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path)
     assert pred.returncode == 0, pred.stderr[-3000:]
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "pred" / "forecast.csv")
-    assert list(frame.columns) == ["time", "origin", "step", "forecast", "actual", "naive"]
-    assert len(frame) == 300  # 2000 rows * 15% test = 300 target rows, horizon 1: one forecast each
-    assert frame["time"].iloc[0] == 1700 and frame["origin"].iloc[0] == 1699
+    assert list(frame.columns) == ["series", "kind", "time", "origin", "step", "forecast", "lo_80", "hi_80",
+                                   "lo_95", "hi_95", "actual", "naive", "snaive"]
+    back, fut = frame[frame["kind"] == "backtest"], frame[frame["kind"] == "future"]
+    assert len(back) == 300  # 2000 rows * 15% test = 300 target rows, horizon 1: one forecast each
+    assert back["time"].iloc[0] == 1700 and back["origin"].iloc[0] == 1699
+    assert len(fut) == 1 and fut["time"].iloc[0] == 2000 and fut["origin"].iloc[0] == 1999  # after the last row
+    assert fut["actual"].isna().all() and back["actual"].notna().all()
+    assert (frame["lo_95"] <= frame["lo_80"]).all() and (frame["lo_80"] < frame["forecast"]).all()
+    assert (frame["forecast"] < frame["hi_80"]).all() and (frame["hi_80"] <= frame["hi_95"]).all()
     assert (tmp_path / "pred" / "forecast.png").stat().st_size > 10_000
+
+
+def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path):
+    """Issue 11: a second fit no longer overwrites the first's checkpoints."""
+    cfg = _small(tmp_path)
+    cfg["trainer"]["max_epochs"] = 1
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": "{run_dir}", "name": "", "version": ""}}
+    cfg["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"save_last": True, "enable_version_counter": False}}]
+    path = _write(cfg, tmp_path / "c.yaml")
+    for k in (1, 2):
+        res = _run(["fit", "--config", path], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        run = tmp_path / "synthetic" / f"version_{k}"
+        assert f"run directory: {run}" in res.stdout
+        assert (run / "checkpoints" / "last.ckpt").exists() and (run / "metrics.csv").exists()
+    res = _run(["fit", "--config", path, "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"run directory: {tmp_path / 'synthetic' / 'version_2'}" in res.stdout
+    assert not (tmp_path / "synthetic" / "version_3").exists()
+    # not a terminal: no progress bar output (carriage returns)
+    assert "\r" not in res.stdout + res.stderr
 
 
 @pytest.mark.parametrize(
@@ -144,3 +180,34 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in res.stdout + res.stderr or "distributed_backend=gloo" in res.stdout + res.stderr
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
+    """Issue 11: --data.id_column trains one global model; the forecast and the per-series metrics
+    cover every series."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for name, n in (("north", 150), ("south", 110)):
+        t = np.arange(n)
+        frames.append(pd.DataFrame({"id": name, "date": pd.date_range("2021-01-01", periods=n, freq="D"),
+                                    "load": 5 + np.sin(2 * np.pi * t / 7) + rng.normal(scale=0.1, size=n)}))
+    csv = tmp_path / "panel.csv"
+    pd.concat(frames).to_csv(csv, index=False)
+    cfg = _small(tmp_path)
+    cfg["data"] = {"csv_path": str(csv), "id_column": "id", "window": 14, "horizon": 3, "batch_size": 16}
+    cfg["trainer"]["max_epochs"] = 2
+    cfg["trainer"]["callbacks"] = []
+    cfg["test_after_fit"] = True
+    res = _run(["fit", "--config", _write(cfg, tmp_path / "p.yaml")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "panel" / "version_1"
+    per = pd.read_csv(run / "metrics_per_series.csv")
+    assert sorted(per["series"]) == ["north", "south"] and (per["targets"] > 0).all()
+    frame = pd.read_csv(run / "forecast.csv")
+    fut = frame[frame["kind"] == "future"]
+    assert sorted(set(fut["series"])) == ["north", "south"] and len(fut) == 6  # 3 steps each
+    assert fut[fut["series"] == "south"]["time"].tolist() == ["2021-04-21", "2021-04-22", "2021-04-23"]
+    assert "2 series" in res.stdout

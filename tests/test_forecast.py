@@ -1,0 +1,170 @@
+"""Forecasting as forecasters use it (issue 11): many series in long format, the future past the
+last row, conformal prediction intervals, the seasonal naive baseline and MASE."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+import lightning as L  # noqa: E402
+
+from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
+from peephole_lstm.data import SeriesDataError, _continue, _infer_season  # noqa: E402
+from peephole_lstm.model import conformal_quantiles  # noqa: E402
+
+
+def _panel(tmp_path, shuffle=True):
+    """Three daily series of different lengths and start dates, rows interleaved out of order."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for name, n, start, level in (("a", 120, "2020-01-01", 10.0), ("b", 90, "2020-02-15", -5.0),
+                                  ("c", 150, "2019-11-01", 100.0)):
+        t = np.arange(n)
+        value = level + 0.05 * t + np.sin(2 * np.pi * t / 7) + rng.normal(scale=0.2, size=n)
+        frames.append(pd.DataFrame({"id": name, "date": pd.date_range(start, periods=n, freq="D").strftime("%Y-%m-%d"),
+                                    "value": value, "temp": rng.normal(size=n)}))
+    frame = pd.concat(frames, ignore_index=True)
+    if shuffle:
+        frame = frame.sample(frac=1.0, random_state=1)
+    path = tmp_path / "panel.csv"
+    frame.to_csv(path, index=False)
+    return str(path), frames
+
+
+def test_long_format_splits_scales_and_windows_per_series(tmp_path):
+    path, frames = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=10, horizon=3, features=["temp"], val_fraction=0.2,
+                          test_fraction=0.2)
+    assert dm.series_names == ["c", "a", "b"] or sorted(dm.series_names) == ["a", "b", "c"]
+    assert dm.season == 7  # daily
+    for s, name in enumerate(dm.series_names):
+        want = next(f for f in frames if f["id"].iloc[0] == name)  # rows sorted back into time order
+        rows = slice(dm.starts[s], dm.starts[s + 1])
+        np.testing.assert_allclose(dm.series[rows], want["value"].to_numpy())
+        n = len(want)
+        n_test, n_val = round(n * 0.2), round(n * 0.2)
+        n_train = n - n_val - n_test
+        assert dm.split_rows[s] == (n_train, n_val, n_test)
+        train = want["value"].to_numpy()[:n_train]
+        assert dm.series_diff_scale[s] == pytest.approx(np.diff(train).std())  # per-series scaler, train rows only
+        assert dm.series_mase_scale[s] == pytest.approx(np.abs(train[7:] - train[:-7]).mean())
+    for split in ("train", "val", "test"):
+        ds = dm.dataset(split)
+        for k in range(len(ds)):
+            e, s = int(ds.ends[k]), int(ds.sids[k])
+            n_train, n_val, _ = dm.split_rows[s]
+            lo = dm.starts[s] + {"train": 0, "val": n_train, "test": n_train + n_val}[split]
+            hi = {"train": dm.starts[s] + n_train, "val": dm.starts[s] + n_train + n_val,
+                  "test": dm.starts[s + 1]}[split]
+            assert lo <= e and e + 3 <= hi and e - 10 >= dm.starts[s]  # inside its split and its series
+    item = dm.dataset("test")[0]
+    s = int(item["series"])
+    e = int(item["end"])
+    assert item["naive"].item() == pytest.approx(dm.series[e - 1])
+    assert item["snaive"].tolist() == pytest.approx(dm.series[e - 7 : e - 4].tolist())  # one week before each target
+    y = item["y"] * item["scale"] + item["offset"]
+    assert y.tolist() == pytest.approx(dm.series[e : e + 3].tolist(), abs=1e-4)
+    assert item["scale"].item() == pytest.approx(dm.series_diff_scale[s])
+
+
+def test_future_windows_and_time_labels(tmp_path):
+    path, frames = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=10, horizon=3)
+    fut = dm.dataset("future")
+    assert len(fut) == 3
+    for k in range(3):
+        item = fut[k]
+        s = int(item["series"])
+        assert int(item["end"]) == dm.starts[s + 1]  # right after the last row
+        assert torch.isnan(item["y"]).all()
+        last = next(f for f in frames if f["id"].iloc[0] == dm.series_names[s])["date"].iloc[-1]
+        labels = dm.future_labels(s)
+        assert labels[0] == (pd.Timestamp(last) + pd.Timedelta(days=1)).strftime("%Y-%m-%d") and len(labels) == 3
+
+
+@pytest.mark.parametrize(
+    "times,want",
+    [
+        (pd.Series(pd.date_range("2000-01-31", periods=5, freq="ME").strftime("%Y-%m-%d")), ["2000-06-30", "2000-07-31"]),
+        (pd.Series(["2021-03-01 00:00", "2021-03-01 00:30", "2021-03-01 01:00"]),
+         ["2021-03-01 01:30:00", "2021-03-01 02:00:00"]),
+        (pd.Series([1990, 1991, 1992]), ["1993", "1994"]),
+        (pd.Series([0, 5, 10]), ["15", "20"]),
+    ],
+)
+def test_time_continued_by_its_step(times, want):
+    assert _continue(times, 2) == want
+
+
+@pytest.mark.parametrize(
+    "freq,season", [("D", 7), ("W-SAT", 52), ("MS", 12), ("QS", 4), ("h", 24), ("30min", 48), ("YS", 1)]
+)
+def test_season_inferred_from_the_time_step(freq, season):
+    assert _infer_season(pd.Series(pd.date_range("2000-01-01", periods=30, freq=freq).astype(str))) == season
+    assert _infer_season(pd.Series(range(30))) == 1  # integers: no known season
+
+
+@pytest.mark.parametrize(
+    "kwargs,edit,message",
+    [
+        (dict(id_column="nope"), None, "unknown id column 'nope'"),
+        (dict(id_column="id", window=70), None, "series 'b' too short: 90 rows give the train split 62 rows"),
+        (dict(id_column="id"), "dup", "series 'a' has 1 duplicate time stamp\\(s\\) in column 'date', first '2020-01-03'"),
+        (dict(id_column="id"), "noid", "id column 'id' is empty at data row"),
+        (dict(id_column="id", time_column="when"), None, "unknown time column 'when'"),
+        (dict(id_column="id", season=0), None, "season must be at least 1"),
+        (dict(id_column="id", predict="later"), None, "predict must be one of both, future, test"),
+        (dict(id_column="id"), "nan", "column 'value' of series 'c' has 1 missing value"),
+    ],
+)
+def test_bad_panels_are_one_clear_error(tmp_path, kwargs, edit, message):
+    path, _ = _panel(tmp_path, shuffle=False)
+    frame = pd.read_csv(path)
+    if edit == "dup":
+        frame.loc[frame.index[3], "date"] = frame.loc[frame.index[2], "date"]
+    elif edit == "noid":
+        frame.loc[5, "id"] = np.nan
+    elif edit == "nan":
+        frame.loc[frame.index[frame["id"] == "c"][4], "value"] = np.nan
+    frame.to_csv(path, index=False)
+    kwargs.setdefault("window", 10)
+    kwargs.setdefault("target", "value")
+    with pytest.raises(SeriesDataError, match=message) as err:
+        SeriesDataModule(path, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_conformal_quantile_is_the_finite_sample_one():
+    r = torch.arange(1.0, 11.0).unsqueeze(1)  # 10 residuals 1..10
+    q = conformal_quantiles(r)  # levels 0.8, 0.95: ceil(11 * 0.8) / 10 = 0.9, ceil(11 * 0.95) / 10 = 1.1 -> 1
+    assert q[:, 0].tolist() == pytest.approx([torch.quantile(r[:, 0], 0.9).item(), 10.0])
+
+
+def test_global_model_on_a_panel_logs_intervals_mase_and_per_series_metrics(tmp_path):
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=8, num_layers=1, horizon=2, lr=0.01)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    assert not torch.isnan(model.interval_q).any() and (model.interval_q[1] >= model.interval_q[0]).all()
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    for key in ("test_mse", "test_naive_mse", "test_snaive_mse", "test_mase", "test_coverage_80",
+                "test_coverage_95", "test_width_80", "test_width_95"):
+        assert key in res, key
+    assert 0 <= res["test_coverage_80"] <= res["test_coverage_95"] <= 1
+    per = model.test_per_series
+    assert sorted(per["series"]) == ["a", "b", "c"]
+    # the per-series table adds up to the overall metrics (weights: targets per series)
+    w = per["targets"] / per["targets"].sum()
+    assert (w * per["mse"]).sum() == pytest.approx(res["test_mse"], rel=1e-4)
+    assert (w * per["mase"]).sum() == pytest.approx(res["test_mase"], rel=1e-4)
+    assert (w * per["coverage_80"]).sum() == pytest.approx(res["test_coverage_80"], rel=1e-4)
+    preds = trainer.predict(model, datamodule=dm)
+    cat = {k: torch.cat([p[k] for p in preds]) for k in preds[0]}
+    future = torch.isnan(cat["actual"]).all(1)
+    assert int(future.sum()) == 3  # one future window per series
+    assert (cat["lo_95"] <= cat["lo_80"]).all() and (cat["hi_80"] <= cat["hi_95"]).all()
