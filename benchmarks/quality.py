@@ -1,57 +1,183 @@
-"""Forecast quality on the embedded Mauna Loa CO2 series (test split, original units, ppm²).
+"""Forecast quality against classical peers, on real series that installed packages bundle.
 
-Trains the default recipe (configs/default.yaml: scaling "last") and the article's recipe
-(the same network, z-score on the raw level) with the same seed and budget, and prints
-their test MSE next to the naive forecast's (tomorrow = today).
+For each series the default config (configs/default.yaml: one config, no per-series tuning)
+is trained through the ``peephole-lstm`` command exactly as a user runs it, and its one-step
+test metrics (original units) are set beside, on the same test targets:
 
-    python benchmarks/quality.py            # about a minute on 2 CPU cores
+* naive (the last value) and seasonal naive (the value one season earlier);
+* ETS and ARIMA (statsforecast's AutoETS / AutoARIMA, seasonal with the series' season),
+  fitted on the train + validation rows, then with their parameters fixed, one-step
+  forecasts over the test targets (each from the actual history up to its origin).
+
+Then one global model on a long-format panel of the same series (``--data.id_column``), its
+per-series test MSE next to each series trained alone.
+
+Series (nothing is downloaded): Mauna Loa CO2 (weekly, embedded here), and from
+``statsmodels.datasets``: yearly sunspots (1700-2008), monthly El Niño sea surface
+temperature (1950-2010), quarterly US unemployment (macrodata, 1959-2009), the yearly Nile
+flow (1871-1970); from statsforecast: monthly air passengers (1949-1960).
+
+    pip install -e ".[benchmarks]"   # statsforecast, statsmodels
+    python benchmarks/quality.py                  # ~15 minutes on 2 CPU cores
+    python benchmarks/quality.py --series co2 sunspots --no-panel
 """
 
-import argparse
-import os
-import sys
+from __future__ import annotations
 
-import lightning as L
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
+from peephole_lstm import SeriesDataModule  # noqa: E402
+from peephole_lstm.data import load_builtin  # noqa: E402
 
 
-def run(scaling: str, cfg: dict, seed: int, max_epochs: int) -> dict:
-    L.seed_everything(seed, verbose=False)
-    data = dict(cfg["data"], scaling=scaling)
-    dm = SeriesDataModule(**data)
-    model = PeepholeLSTMRegressor(input_size=dm.input_size, horizon=dm.hparams.horizon, **cfg["model"])
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(monitor="val_loss", save_top_k=1, dirpath=None)
-    trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[ckpt], default_root_dir=os.path.join("runs", "quality", scaling),
-    )
-    trainer.fit(model, datamodule=dm)
-    return trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)[0]
+def _statsmodels(name: str) -> pd.DataFrame:
+    import statsmodels.api as sm
+
+    data = getattr(sm.datasets, name).load_pandas().data
+    if name == "sunspots":
+        return pd.DataFrame({"date": data["YEAR"].astype(int), "value": data["SUNACTIVITY"]})
+    if name == "nile":
+        return pd.DataFrame({"date": data["year"].astype(int), "value": data["volume"]})
+    if name == "elnino":
+        months = data.drop(columns="YEAR").to_numpy().ravel()
+        dates = pd.date_range(f"{int(data['YEAR'].iloc[0])}-01-01", periods=len(months), freq="MS")
+        return pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "value": months})
+    if name == "macrodata":
+        dates = pd.PeriodIndex.from_fields(year=data["year"].astype(int), quarter=data["quarter"].astype(int),
+                                           freq="Q").to_timestamp()
+        return pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "value": data["unemp"]})
+    raise KeyError(name)
+
+
+def _air() -> pd.DataFrame:
+    from statsforecast.utils import AirPassengersDF
+
+    d = AirPassengersDF
+    return pd.DataFrame({"date": pd.to_datetime(d["ds"]).dt.to_period("M").dt.to_timestamp().dt.strftime("%Y-%m-%d"),
+                         "value": d["y"].to_numpy()})
+
+
+SERIES = {
+    # name: (loader, description)
+    "co2": (lambda: load_builtin("co2").rename(columns={"co2": "value"}), "weekly, trend + yearly season"),
+    "sunspots": (lambda: _statsmodels("sunspots"), "yearly, ~11-year cycle, noisy"),
+    "elnino": (lambda: _statsmodels("elnino"), "monthly SST, season + ENSO"),
+    "unemployment": (lambda: _statsmodels("macrodata"), "quarterly, business cycle"),
+    "air": (_air, "monthly, trend + multiplicative season, short"),
+    "nile": (lambda: _statsmodels("nile"), "yearly, level shift, short"),
+}
+
+
+def run_cli(config: str, csv: str, run_dir: str, extra: list[str]) -> pd.DataFrame:
+    """``peephole-lstm fit`` on ``csv``; its per-series test metrics."""
+    cmd = [sys.executable, "-m", "peephole_lstm", "fit", "--config", config, "--data.csv_path", csv,
+           "--run_dir", run_dir, *extra]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    return pd.read_csv(os.path.join(run_dir, "metrics_per_series.csv"))
+
+
+def classical(y: np.ndarray, n_fit: int, season: int) -> dict:
+    """AutoETS and AutoARIMA fitted on ``y[:n_fit]``, parameters then fixed: one-step forecasts
+    of every later row from the actual history (statsforecast's ``forward(fitted=True)``)."""
+    from statsforecast.models import AutoARIMA, AutoETS
+
+    out = {}
+    for name, model in (("ets", AutoETS(season_length=season)), ("arima", AutoARIMA(season_length=season))):
+        fit = model.fit(y[:n_fit].astype(np.float64))
+        fitted = fit.forward(y=y.astype(np.float64), h=1, fitted=True)["fitted"]
+        out[name] = fitted
+        m = fit.model_
+        if name == "ets":
+            out["ets_desc"] = m.get("method", "ETS")
+        else:
+            p, q, P, Q, s, d, D = m["arma"]
+            out["arima_desc"] = f"({p},{d},{q})" + (f"({P},{D},{Q})[{s}]" if s > 1 and (P or D or Q) else "")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--max_epochs", type=int, default=None, help="default: the config's")
+    parser.add_argument("--series", nargs="+", default=list(SERIES), choices=list(SERIES))
+    parser.add_argument("--no-panel", action="store_true", help="skip the global model on the panel")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI arguments for every fit")
     args = parser.parse_args()
     cfg = yaml.safe_load(open(args.config))
-    epochs = args.max_epochs or cfg["trainer"]["max_epochs"]
-    rows = []
-    for seed in args.seeds:
-        ours = run("last", cfg, seed, epochs)
-        article = run("zscore", cfg, seed, epochs)
-        rows.append((seed, ours["test_mse"], article["test_mse"], ours["test_naive_mse"], ours["test_mae"]))
-    print(f"\nMauna Loa CO2, weekly, test split (last 15%), {epochs} epochs, config {os.path.basename(args.config)}")
-    print("| seed | default recipe (scaling=last) MSE | article recipe (z-score) MSE | naive (last value) MSE |")
-    print("|---:|---:|---:|---:|")
-    for seed, mse, art, naive, _ in rows:
-        print(f"| {seed} | {mse:.4f} | {art:.4f} | {naive:.4f} |")
+    work = tempfile.mkdtemp(prefix="peephole-quality-")
+    rows, frames = [], []
+    for name in args.series:
+        frame = SERIES[name][0]()
+        csv = os.path.join(work, f"{name}.csv")
+        frame.to_csv(csv, index=False)
+        frames.append(frame.assign(id=name))
+        dm = SeriesDataModule(csv, **{k: v for k, v in cfg["data"].items() if k != "dataset"})
+        n_train, n_val, n_test = dm.split_rows[0]
+        y = dm.series
+        test_rows = np.arange(len(y) - n_test, len(y))  # horizon 1: the test targets
+        ours = run_cli(args.config, csv, os.path.join(work, name), args.extra).iloc[0]
+        assert ours["targets"] == len(test_rows), (name, ours["targets"], len(test_rows))
+        cl = classical(y, n_train + n_val, dm.season)
+        target = y[test_rows]
+        mse = lambda f, target=target: float(np.mean((f - target) ** 2))  # noqa: E731
+        rows.append({
+            "series": name, "kind": SERIES[name][1], "rows": len(y), "season": dm.season, "test": len(test_rows),
+            "ours": ours["mse"], "mase": ours["mase"], "naive": mse(y[test_rows - 1]),
+            "snaive": ours["snaive_mse"], "ets": mse(cl["ets"][test_rows]), "ets_desc": cl["ets_desc"],
+            "arima": mse(cl["arima"][test_rows]), "arima_desc": cl["arima_desc"],
+            "cov80": ours.get("coverage_80", math.nan), "cov95": ours.get("coverage_95", math.nan),
+        })
+        print(f"{name}: ours {ours['mse']:.4g}, ETS {rows[-1]['ets']:.4g}, ARIMA {rows[-1]['arima']:.4g}", flush=True)
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"\n# {os.path.basename(args.config)}, one config for every series; one-step test MSE in the "
+          f"series' units; {cpu}")
+    print("| series | kind | rows | season | test targets | ours MSE | ours MASE | naive | seasonal naive "
+          "| ETS | ARIMA | ours / best classical | 80% / 95% coverage |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = {"naive": [], "ets": [], "arima": [], "best": []}
+    for r in rows:
+        best = min(r["ets"], r["arima"])
+        for k, v in (("naive", r["naive"]), ("ets", r["ets"]), ("arima", r["arima"]), ("best", best)):
+            ratios[k].append(r["ours"] / v)
+        mark = "**" if r["ours"] < best else ""
+        print(f"| {r['series']} | {r['kind']} | {r['rows']} | {r['season']} | {r['test']} | {mark}{r['ours']:.4g}{mark} "
+              f"| {r['mase']:.3f} | {r['naive']:.4g} | {r['snaive']:.4g} | {r['ets']:.4g} {r['ets_desc']} "
+              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x | {r['cov80']:.0%} / {r['cov95']:.0%} |")
+    gm = {k: math.exp(np.mean(np.log(v))) for k, v in ratios.items()}
+    wins = {k: sum(x < 1 for x in v) for k, v in ratios.items()}
+    n = len(rows)
+    print(f"\nours beats naive on {wins['naive']}/{n}, ETS on {wins['ets']}/{n}, ARIMA on {wins['arima']}/{n}, the "
+          f"better of the two on {wins['best']}/{n}; geometric mean of MSE ratios: vs naive {gm['naive']:.2f}x, "
+          f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x")
+
+    if args.no_panel or len(rows) < 2:
+        return
+    panel = pd.concat(frames, ignore_index=True)[["id", "date", "value"]]
+    csv = os.path.join(work, "panel.csv")
+    panel.to_csv(csv, index=False)
+    glob = run_cli(args.config, csv, os.path.join(work, "panel"), ["--data.id_column", "id", *args.extra])
+    print("\n# one global model on the long-format panel of the series above (--data.id_column id)")
+    print("| series | alone MSE | global MSE | global / alone | global 80% coverage |")
+    print("|---|---:|---:|---:|---:|")
+    alone = {r["series"]: r["ours"] for r in rows}
+    for _, g in glob.iterrows():
+        a = alone[g["series"]]
+        print(f"| {g['series']} | {a:.4g} | {g['mse']:.4g} | {g['mse'] / a:.2f}x | {g.get('coverage_80', math.nan):.0%} |")
 
 
 if __name__ == "__main__":

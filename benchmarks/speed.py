@@ -11,6 +11,7 @@
 Variants: ``nn.LSTM``; ``naive loop`` (PeepholeLSTMCell called in a Python loop, the way
 people write custom LSTMs); ``reference`` (our autograd time loop); ``fused/python`` (the
 fused op, pure-PyTorch kernel); ``fused/cpp`` (the fused op, C++ kernel; the CPU default);
+``fused/triton`` (the fused op, Triton kernel; the CUDA default, ``--device cuda`` only);
 ``scripted`` (``torch.jit.script`` of the module). Times are the median of ``--runs``
 interleaved repetitions (each variant once per round), in ms; the ratio is to ``nn.LSTM``
 measured in the same rounds. Training = forward + backward of ``out.square().mean()``.
@@ -46,7 +47,7 @@ SIZES = {
     "S3": (500, 16, 32, 128, 1),
     "S4": (50, 256, 64, 512, 1),
 }
-VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "scripted"]
+VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "fused/triton", "scripted"]
 # name: (PeepholeLSTM keyword arguments, layers override, packed input)
 CONFIGS = {
     "default": ({}, None, False),
@@ -99,7 +100,8 @@ def build(variant: str, size: str, device: str, config: str = "default"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = torch.jit.script(model)
-    backend = {"reference": "reference", "fused/python": "python", "fused/cpp": "cpp", "scripted": "reference"}
+    backend = {"reference": "reference", "fused/python": "python", "fused/cpp": "cpp", "fused/triton": "triton",
+               "scripted": "reference"}
     if packed:  # random lengths in [T/4, T], the longest T, in no order
         g = torch.Generator().manual_seed(0)
         lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=g)
@@ -188,6 +190,8 @@ def main() -> None:
     variants = list(dict.fromkeys(["nn.LSTM", *chosen]))
     if args.device != "cpu":
         variants = [v for v in variants if v != "fused/cpp"]  # the C++ kernel is CPU-only
+    else:
+        variants = [v for v in variants if v != "fused/triton"]  # GPU (CPU only under the interpreter)
     if "fused/cpp" in variants:
         peephole_lstm.set_backend("cpp")
         peephole_lstm.build_extension()

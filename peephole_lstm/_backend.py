@@ -6,6 +6,9 @@ Backend selection (environment variable ``PEEPHOLE_LSTM_BACKEND`` or :func:`set_
   kernel (with a one-line warning when no compiler is found);
 * ``"cpp"``: the fused op with the C++ kernel on CPU; raises if it cannot be built;
 * ``"python"``: the fused op with the Python kernel (no compiler needed);
+* ``"triton"``: the fused op with the Triton kernel (``kernels/triton.py``), which ``"auto"``
+  takes for CUDA tensors when Triton is installed; forced, it also runs CPU tensors under
+  Triton's interpreter (``TRITON_INTERPRET=1``: tests);
 * ``"reference"``: no fused op; the autograd time loop of :mod:`peephole_lstm.functional`.
 
 The C++ kernel (``kernels/cpu.cpp``) is compiled on first use with
@@ -23,9 +26,9 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "build_extension", "get_backend", "set_backend", "use_cpp"]
+__all__ = ["BACKENDS", "build_extension", "get_backend", "set_backend", "use_cpp", "use_triton"]
 
-BACKENDS = ("auto", "cpp", "python", "reference")
+BACKENDS = ("auto", "cpp", "python", "triton", "reference")
 _ENV = "PEEPHOLE_LSTM_BACKEND"
 
 
@@ -189,11 +192,35 @@ def use_cpp(t: Tensor) -> bool:
         if _BACKEND == "cpp" and t.device.type == "cpu":
             raise RuntimeError(f"{_ENV}=cpp supports float32/float64, got {t.dtype}")
         return False
-    if _BACKEND == "python":
+    if _BACKEND in ("python", "triton"):
         return False
     if _ext_state["tried"]:  # every call after the first: no lock on the hot path
         return bool(_ext_state["ok"])
     return build_extension()
+
+
+_TRITON: dict[str, bool] = {}
+
+
+def _triton_available() -> bool:
+    if "ok" not in _TRITON:
+        import importlib.util
+
+        _TRITON["ok"] = importlib.util.find_spec("triton") is not None
+    return _TRITON["ok"]
+
+
+def use_triton(t: Tensor) -> bool:
+    """Whether the Triton kernel runs the op for a tensor like ``t``: CUDA tensors under
+    ``"auto"`` when Triton is installed; every tensor under ``"triton"`` (CPU ones need
+    ``TRITON_INTERPRET=1``)."""
+    if _BACKEND == "triton":
+        if not _triton_available():
+            raise RuntimeError(f"{_ENV}=triton but triton is not installed (pip install triton)")
+        if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
+            raise RuntimeError(f"{_ENV}=triton on CPU tensors needs Triton's interpreter: TRITON_INTERPRET=1")
+        return True
+    return _BACKEND == "auto" and t.device.type == "cuda" and _triton_available()
 
 
 # ------------------------------------------------------------- input projection

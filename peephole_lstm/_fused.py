@@ -9,7 +9,8 @@ with a fake (meta) kernel and an autograd formula (``peephole_lstm::recurrence_b
 so ``torch.compile`` and ``torch.export`` see one opaque node instead of an unrolled loop.
 
 The kernels live in :mod:`peephole_lstm.kernels` (``cpu.cpp``: C++, CPU float32/float64;
-``python.py``: vectorised PyTorch, every device); :mod:`peephole_lstm._backend` picks one.
+``triton.py``: Triton element-wise kernels around cuBLAS GEMMs, CUDA; ``python.py``:
+vectorised PyTorch, every device); :mod:`peephole_lstm._backend` picks one.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def recurrence(
         return torch.ops.peephole_lstm_cpp.forward(
             xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save, clip
         )
+    if _backend.use_triton(xw):
+        from .kernels import triton as _tr  # imports triton: only here
+
+        return _tr.forward(xw, h0.contiguous(), c0.contiguous(), w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc,
+                           batch_sizes, reverse, save, clip)
     return _scripted(_py.forward)(
         xw.contiguous(), h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save, clip
     )
@@ -121,6 +127,10 @@ def recurrence_backward(
     if _backend.use_cpp(gates):
         return torch.ops.peephole_lstm_cpp.backward(*args, batch_sizes, reverse, clip)
     args = tuple(a.contiguous() if a is not None else None for a in args)
+    if _backend.use_triton(gates):
+        from .kernels import triton as _tr
+
+        return _tr.backward(*args, batch_sizes, reverse, clip)
     return _scripted(_py.backward)(*args, batch_sizes, reverse, clip)
 
 

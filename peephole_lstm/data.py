@@ -83,7 +83,7 @@ class WindowDataset(Dataset):
         have = max(0, min(h, stop - e))
         y[:have] = dm.series[e : e + have]  # (horizon,), NaN past the data
         last = dm.series[e - 1]
-        m = dm.season
+        m = dm.series_season[s]
         snaive = np.empty(h)
         for step in range(h):  # the value one (or more) seasons before the target, never after e - 1
             row = e + step - m * (step // m + 1)
@@ -169,8 +169,9 @@ class SeriesDataModule(L.LightningDataModule):
             ``datetime``, ``ds`` present (rows are sorted by it within each series; duplicates
             are an error), else row numbers.
         season: the seasonal period in steps, for the seasonal naive forecast and MASE;
-            ``None``: inferred from the time step (7 for daily, 52 weekly, 12 monthly, 4
-            quarterly, 24 hourly, 48 half-hourly; 1, i.e. none, for yearly or unknown).
+            ``None``: inferred from each series' time step (7 for daily, 52 weekly, 12
+            monthly, 4 quarterly, 24 hourly, 48 half-hourly; 1, i.e. none, for yearly or
+            unknown).
         predict: what ``predict`` forecasts: ``"both"`` (default) the test split (a backtest)
             and the ``horizon`` steps after the last row of every series; ``"future"`` or
             ``"test"`` only one of them.
@@ -215,7 +216,9 @@ class SeriesDataModule(L.LightningDataModule):
         self.series = self.inputs[:, 0]  # (N,)
         self.index = labels  # (N,) time labels as in the file
         self._times = times
-        self.season = int(season) if season is not None else _infer_season(times[0])
+        # per series: a panel may mix frequencies
+        self.series_season = [int(season) if season is not None else _infer_season(t) for t in times]
+        self.season = self.series_season[0]
         self._split()
         self._fit_scalers()
 
@@ -400,7 +403,7 @@ class SeriesDataModule(L.LightningDataModule):
             means.append(train.mean(axis=0))
             stds.append(_safe_std(train))
             diffs.append(float(_safe_std(np.diff(train[:, 0])[:, None])[0]))
-            m = self.season if n_train > self.season else 1
+            m = self.series_season[s] if n_train > self.series_season[s] else 1
             mae = float(np.abs(train[m:, 0] - train[:-m, 0]).mean())
             mases.append(mae if mae > 0 else 1.0)
         self.series_mean = np.stack(means)  # (S, C)

@@ -36,3 +36,29 @@ def test_cuda_gradcheck_with_peepholes(backend):
         return torch.func.functional_call(m, dict(zip(names, ps)), (x,))[0]
 
     assert gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(peephole="full", candidate_peephole=True, cell_clip=2.0),
+                                dict(bidirectional=True, proj_size=3)])
+def test_cuda_auto_runs_the_triton_kernel_and_matches_the_reference(kw):
+    """backend "auto" on CUDA tensors: the Triton kernel (kernels/triton.py), float64 exact."""
+    pytest.importorskip("triton")
+    import peephole_lstm
+    from peephole_lstm import _backend
+
+    m = PeepholeLSTM(4, 8, 2, device="cuda", dtype=torch.float64, **kw)
+    x = torch.randn(9, 5, 4, device="cuda", dtype=torch.float64, requires_grad=True)
+    peephole_lstm.set_backend("auto")
+    try:
+        assert _backend.use_triton(x)
+        out, (h, c) = m(x)
+        grads = torch.autograd.grad(out.square().sum() + c.sum(), [x, *m.parameters()])
+        peephole_lstm.set_backend("reference")
+        out_r, (h_r, c_r) = m(x)
+        want = torch.autograd.grad(out_r.square().sum() + c_r.sum(), [x, *m.parameters()])
+    finally:
+        peephole_lstm.set_backend("auto")
+    torch.testing.assert_close(out, out_r)
+    torch.testing.assert_close(c, c_r)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w)

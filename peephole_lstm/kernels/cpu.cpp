@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -64,6 +65,40 @@ const T* ptr_or_null(const std::optional<Tensor>& w) {
 inline int64_t grain_rows(int64_t H) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, 4 * H));
 }
+
+// Threads for the time loop. A step whose work is small runs on one thread: the per-step
+// GEMM and element-wise kernels are then microseconds long, so splitting them saves little
+// on an idle machine, and on a busy one every parallel region waits for a descheduled
+// thread (a scheduler quantum, milliseconds, per region and step: 100x slower). One
+// omp_set_num_threads(1) for the calling thread covers at::parallel_for, MKL and oneDNN,
+// which all take their thread count from it; the one-off GEMMs over all steps stay parallel.
+// PEEPHOLE_LSTM_SERIAL_FLOPS sets the threshold (per-step FLOPs; 0: never serial).
+inline double serial_step_flops() {
+  static const double v = [] {
+    const char* env = std::getenv("PEEPHOLE_LSTM_SERIAL_FLOPS");
+    return env != nullptr ? std::atof(env) : double(1 << 22);
+  }();
+  return v;
+}
+
+class SerialScope {
+ public:
+  explicit SerialScope(double step_flops) : on_(step_flops < serial_step_flops() && omp_get_max_threads() > 1) {
+    if (on_) {
+      saved_ = omp_get_max_threads();
+      omp_set_num_threads(1);
+    }
+  }
+  ~SerialScope() {
+    if (on_) omp_set_num_threads(saved_);
+  }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  bool on_;
+  int saved_ = 1;
+};
 
 // at::vec::Vectorized is AVX2 (SLEEF exp/tanh, the kernels ATen itself uses) when the
 // build passes -DCPU_CAPABILITY_AVX2 (done when the CPU has it), else portable scalar code.
@@ -506,7 +541,9 @@ std::optional<Path> forced_path() {
     if (v == "blas") return Path::kBlas;
     if (v == "onednn") return Path::kOneDnn;
     if (v == "vec") return Path::kVec;
-    return std::nullopt;  // "auto" or anything else: measure
+    TORCH_CHECK(v.empty() || v == "auto", "PEEPHOLE_LSTM_GEMM must be one of auto, packed, blas, onednn, vec; got '",
+                v, "'");
+    return std::nullopt;  // "auto": measure
   }();
   return forced;
 }
@@ -832,6 +869,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
   Tensor h_state = st.packed ? h0.clone() : Tensor();
   Tensor c_state = st.packed ? c0.clone() : Tensor();
   Tensor c_n = at::empty({B, H}, opt);
+  // per-step FLOPs: h W_hh^T, the full peephole and projection GEMMs, the element-wise work
+  const SerialScope serial(2.0 * B * (P * G + w.kc * H * H + (w.w_co && full ? H * H : 0) + (proj ? H * P : 0)) +
+                           20.0 * B * H);
 
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "peephole_lstm_forward", [&] {
     using T_ = scalar_t;
@@ -921,6 +961,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const int64_t chunks = std::max<int64_t>(1, (B + chunk_rows - 1) / chunk_rows);
   Tensor acc = at::zeros({chunks, kAcc * H}, opt);  // see backward_cell
 
+  // The step loop, and the GEMMs over all steps after it when they too are small (under ~1 ms).
+  const double step_flops =
+      2.0 * B * (P * G + w.kc * H * H + (w.w_co ? H * H : 0) + (proj ? H * P : 0)) + 30.0 * B * H;
+  std::optional<SerialScope> tail_serial;
+  if (2.0 * N * G * (P + (full ? H : 0)) < 16.0 * serial_step_flops()) tail_serial.emplace(step_flops);
+  {
+  const SerialScope serial(step_flops);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "peephole_lstm_backward", [&] {
     using T_ = scalar_t;
     const T_* g = g2.data_ptr<T_>();
@@ -981,6 +1028,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       if (n > n_from) dhh(dg_t + n_from * G, n - n_from, false, dh0p + n_from * P);
     }
   });
+  }
 
   // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps.
   const Tensor h_prev = previous_states(out2, h0, st, reverse);  // (N, P)

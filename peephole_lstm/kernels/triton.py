@@ -1,0 +1,318 @@
+"""The fused recurrence for GPUs: per step one GEMM and one fused Triton element-wise kernel.
+
+Algorithm ("alternating", haste's layout): the caller computes ``xw = x W_ih^T`` for every
+step (one GEMM). Per step ``t`` (on its ``n_t`` rows):
+
+    z    = xw_t + h_{t-1} W_hh^T                  torch.addmm (cuBLAS)
+    full peepholes: pc = c_{t-1} [W_ci; W_cf; W_cc]^T   torch.mm
+    _fwd_cell: bias, diagonal peepholes (or pc), σ/tanh, c_t (clipped with cell_clip),
+               o and r = o tanh(c_t) unless a full W_co needs c_t first:
+    full W_co: po = c_t W_co^T (torch.mm), then _fwd_out: o, r
+    projection: h_t = r W_hr^T                    torch.mm
+
+The backward walks the steps in reverse with the mirror image (``_bwd_cell``: d_o, the
+cell gradient through tanh, the clip mask and the diagonal peepholes, d_i, d_f, d_g and
+dc_{t-1}; a full W_co splits it in two phases around ``dc += d_o W_co``), one GEMM for
+``dh_{t-1} = dG W_hh`` per step, and forms every weight gradient after the loop with one
+GEMM or sum over all steps. The element-wise math runs in float32 (float64 for float64
+tensors) whatever the storage dtype (bf16/fp16 tensors are read and written in their own
+dtype).
+
+Memory layout: the same flat rows as ``python.py``: step ``t`` owns rows
+``off[t] .. off[t] + n[t]`` of ``xw (N, 4H)``, ``out (N, P)``, ``gates (N, 4H)`` (activated
+``[i, f, g, o]``) and ``cs (N, H)``; packed input runs step ``t`` on its first ``n[t]``
+sequences only. Each kernel program handles ``BLOCK_B`` rows x ``BLOCK_H`` units.
+
+Tested without a GPU through Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .python import carried, previous_states, steps
+
+__all__ = ["backward", "forward"]
+
+BLOCK_B = 16
+BLOCK_H = 32
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def _fwd_cell(z_ptr, bias_ptr, cprev_ptr, pc_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr, c_ptr, r_ptr,
+              n, H, kc, clip,
+              HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
+              HAS_PC: tl.constexpr, SPLIT_O: tl.constexpr, CLIP: tl.constexpr, CT: tl.constexpr,
+              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rm = rows < n
+    cm = cols < H
+    m = rm[:, None] & cm[None, :]
+    g4 = rows[:, None] * 4 * H + cols[None, :]
+    z_i = tl.load(z_ptr + g4, mask=m, other=0.0).to(CT)
+    z_f = tl.load(z_ptr + g4 + H, mask=m, other=0.0).to(CT)
+    z_g = tl.load(z_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT)
+    z_o = tl.load(z_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
+    if HAS_BIAS:
+        z_i += tl.load(bias_ptr + cols, mask=cm, other=0.0).to(CT)[None, :]
+        z_f += tl.load(bias_ptr + H + cols, mask=cm, other=0.0).to(CT)[None, :]
+        z_g += tl.load(bias_ptr + 2 * H + cols, mask=cm, other=0.0).to(CT)[None, :]
+        z_o += tl.load(bias_ptr + 3 * H + cols, mask=cm, other=0.0).to(CT)[None, :]
+    h1 = rows[:, None] * H + cols[None, :]
+    cp = tl.load(cprev_ptr + h1, mask=m, other=0.0).to(CT)
+    if DIAG:
+        z_i += tl.load(wci_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * cp
+        z_f += tl.load(wcf_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * cp
+        if HAS_CC:
+            z_g += tl.load(wcc_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * cp
+    if HAS_PC:  # full peepholes: pc = c_{t-1} [W_ci; W_cf; (W_cc)]^T, (n, kc H)
+        pk = rows[:, None] * kc * H + cols[None, :]
+        z_i += tl.load(pc_ptr + pk, mask=m, other=0.0).to(CT)
+        z_f += tl.load(pc_ptr + pk + H, mask=m, other=0.0).to(CT)
+        if HAS_CC:
+            z_g += tl.load(pc_ptr + pk + 2 * H, mask=m, other=0.0).to(CT)
+    i = _sigmoid(z_i)
+    f = _sigmoid(z_f)
+    g = _tanh(z_g)
+    c = f * cp + i * g
+    if CLIP:
+        c = tl.minimum(tl.maximum(c, -clip), clip)
+    tl.store(gates_ptr + g4, i.to(gates_ptr.dtype.element_ty), mask=m)
+    tl.store(gates_ptr + g4 + H, f.to(gates_ptr.dtype.element_ty), mask=m)
+    tl.store(gates_ptr + g4 + 2 * H, g.to(gates_ptr.dtype.element_ty), mask=m)
+    tl.store(c_ptr + h1, c.to(c_ptr.dtype.element_ty), mask=m)
+    if SPLIT_O:
+        tl.store(gates_ptr + g4 + 3 * H, z_o.to(gates_ptr.dtype.element_ty), mask=m)  # finished by _fwd_out
+    else:
+        if HAS_CO:  # the output gate sees the new cell state
+            z_o += tl.load(wco_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * c
+        o = _sigmoid(z_o)
+        tl.store(gates_ptr + g4 + 3 * H, o.to(gates_ptr.dtype.element_ty), mask=m)
+        tl.store(r_ptr + h1, (o * _tanh(c)).to(r_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _fwd_out(gates_ptr, po_ptr, c_ptr, r_ptr, n, H, CT: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_H: tl.constexpr):
+    """o = σ(z_o + po), po = c_t W_co^T; r = o tanh(c_t)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    m = (rows < n)[:, None] & (cols < H)[None, :]
+    go = rows[:, None] * 4 * H + 3 * H + cols[None, :]
+    h1 = rows[:, None] * H + cols[None, :]
+    c = tl.load(c_ptr + h1, mask=m, other=0.0).to(CT)
+    o = _sigmoid(tl.load(gates_ptr + go, mask=m, other=0.0).to(CT)
+                 + tl.load(po_ptr + h1, mask=m, other=0.0).to(CT))
+    tl.store(gates_ptr + go, o.to(gates_ptr.dtype.element_ty), mask=m)
+    tl.store(r_ptr + h1, (o * _tanh(c)).to(r_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_cell(gates_ptr, c_ptr, cprev_ptr, dr_ptr, dc_ptr, dgates_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr,
+              n, H, clip,
+              DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr, PHASE: tl.constexpr,
+              CLIP: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """dc (n, H): dL/dc_t in, dL/dc_{t-1} out (without full-peephole terms). PHASE 0: the
+    whole step; 1: d_o and dc = dL/dc_t without the W_co term; 2: the rest."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cm = cols < H
+    m = (rows < n)[:, None] & cm[None, :]
+    g4 = rows[:, None] * 4 * H + cols[None, :]
+    h1 = rows[:, None] * H + cols[None, :]
+    c = tl.load(c_ptr + h1, mask=m, other=0.0).to(CT)
+    dc = tl.load(dc_ptr + h1, mask=m, other=0.0).to(CT)
+    if PHASE != 2:
+        o = tl.load(gates_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
+        tc = _tanh(c)
+        dr = tl.load(dr_ptr + h1, mask=m, other=0.0).to(CT)
+        d_o = dr * tc * o * (1.0 - o)
+        dc += dr * o * (1.0 - tc * tc)
+        if HAS_CO:
+            dc += d_o * tl.load(wco_ptr + cols, mask=cm, other=0.0).to(CT)[None, :]
+        tl.store(dgates_ptr + g4 + 3 * H, d_o.to(dgates_ptr.dtype.element_ty), mask=m)
+    if PHASE == 1:
+        tl.store(dc_ptr + h1, dc.to(dc_ptr.dtype.element_ty), mask=m)
+    else:
+        if CLIP:  # no gradient through a clipped cell (saved c at the bound)
+            dc = tl.where(tl.abs(c) < clip, dc, 0.0)
+        i = tl.load(gates_ptr + g4, mask=m, other=0.0).to(CT)
+        f = tl.load(gates_ptr + g4 + H, mask=m, other=0.0).to(CT)
+        g = tl.load(gates_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT)
+        cp = tl.load(cprev_ptr + h1, mask=m, other=0.0).to(CT)
+        d_i = dc * g * i * (1.0 - i)
+        d_f = dc * cp * f * (1.0 - f)
+        d_g = dc * i * (1.0 - g * g)
+        dcp = dc * f
+        if DIAG:
+            dcp += d_i * tl.load(wci_ptr + cols, mask=cm, other=0.0).to(CT)[None, :]
+            dcp += d_f * tl.load(wcf_ptr + cols, mask=cm, other=0.0).to(CT)[None, :]
+            if HAS_CC:
+                dcp += d_g * tl.load(wcc_ptr + cols, mask=cm, other=0.0).to(CT)[None, :]
+        tl.store(dgates_ptr + g4, d_i.to(dgates_ptr.dtype.element_ty), mask=m)
+        tl.store(dgates_ptr + g4 + H, d_f.to(dgates_ptr.dtype.element_ty), mask=m)
+        tl.store(dgates_ptr + g4 + 2 * H, d_g.to(dgates_ptr.dtype.element_ty), mask=m)
+        tl.store(dc_ptr + h1, dcp.to(dc_ptr.dtype.element_ty), mask=m)
+
+
+def _compute(t: Tensor):
+    """The element-wise math's dtype: float64 for float64 tensors, else float32."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _grid(n: int, H: int) -> tuple[int, int]:
+    return (triton.cdiv(n, BLOCK_B), triton.cdiv(H, BLOCK_H))
+
+
+def _full_wc(w_ci, w_cf, w_cc, H, like):
+    parts = [w if w is not None else like.new_zeros(H, H) for w in (w_ci, w_cf)]
+    if w_cc is not None:
+        parts.append(w_cc)
+    return torch.cat(parts, 0)  # (kc H, H)
+
+
+def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
+            w_ci: Optional[Tensor], w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor],
+            batch_sizes: Optional[Tensor], reverse: bool, save: bool, cell_clip: float = 0.0):
+    """Same contract as :func:`peephole_lstm.kernels.python.forward`."""
+    G = xw.size(-1)
+    H = G // 4
+    B, P = h0.shape
+    T = xw.size(0) if batch_sizes is None else batch_sizes.size(0)
+    n, off = steps(T, B, batch_sizes)
+    x = xw.reshape(-1, G).contiguous()  # (N, 4H)
+    N = x.size(0)
+    full = any(w is not None and w.dim() == 2 for w in (w_ci, w_cf, w_co, w_cc))
+    diag = not full and w_ci is not None
+    gates = x.new_empty(N if save else B, G)
+    cs = x.new_empty(N if save else 2 * B, H)
+    out = x.new_empty(N, P)
+    r_buf = x.new_empty(B, H) if w_hr is not None else None
+    wc = _full_wc(w_ci, w_cf, w_cc, H, x) if full else None
+    kc = wc.size(0) // H if wc is not None else 0
+    split_o = full and w_co is not None
+    w_hh_t = w_hh.t()
+    h_state = h0.clone()
+    c_state = c0.clone()
+    dummy = x.new_empty(1)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        rows, r0 = n[t], off[t]
+        hp, cp = h_state[:rows], c_state[:rows]
+        z = torch.addmm(x[r0 : r0 + rows], hp, w_hh_t)  # (n, 4H)
+        pc = cp @ wc.t() if wc is not None else None  # (n, kc H)
+        g_t = gates[r0 : r0 + rows] if save else gates[:rows]
+        c_t = cs[r0 : r0 + rows] if save else cs[(s % 2) * B : (s % 2) * B + rows]
+        r = r_buf[:rows] if r_buf is not None else out[r0 : r0 + rows]
+        _fwd_cell[_grid(rows, H)](
+            z, bias if bias is not None else dummy, cp, pc if pc is not None else dummy,
+            w_ci if diag else dummy, w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
+            w_co if (w_co is not None and not full) else dummy, g_t, c_t, r, rows, H, kc, float(cell_clip),
+            HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full,
+            HAS_PC=pc is not None, SPLIT_O=split_o, CLIP=cell_clip > 0, CT=_compute(x), BLOCK_B=BLOCK_B,
+            BLOCK_H=BLOCK_H,
+        )
+        if split_o:
+            po = c_t @ w_co.t()  # (n, H)
+            _fwd_out[_grid(rows, H)](g_t, po, c_t, r, rows, H, CT=_compute(x), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H)
+        if w_hr is not None:
+            torch.mm(r, w_hr.t(), out=out[r0 : r0 + rows])  # (n, P)
+        h_state[:rows] = out[r0 : r0 + rows]
+        c_state[:rows] = c_t
+    if not save:
+        gates, cs = x.new_empty(0), x.new_empty(0)
+    if batch_sizes is None:
+        out = out.view(T, B, P)
+        if save:
+            gates, cs = gates.view(T, B, G), cs.view(T, B, H)
+    return out, h_state, c_state, gates, cs
+
+
+def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, gates: Tensor, cs: Tensor, h0: Tensor,
+             c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor], w_ci: Optional[Tensor],
+             w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor], batch_sizes: Optional[Tensor],
+             reverse: bool, cell_clip: float = 0.0):
+    """Same contract as :func:`peephole_lstm.kernels.python.backward`."""
+    G = gates.size(-1)
+    H = G // 4
+    B, P = h0.shape
+    T = gates.size(0) if batch_sizes is None else batch_sizes.size(0)
+    n, off = steps(T, B, batch_sizes)
+    g2 = gates.reshape(-1, G).contiguous()
+    cs2 = cs.reshape(-1, H).contiguous()
+    out2 = out.reshape(-1, P)
+    full = any(w is not None and w.dim() == 2 for w in (w_ci, w_cf, w_co, w_cc))
+    diag = not full and w_ci is not None
+    wc = _full_wc(w_ci, w_cf, w_cc, H, g2) if full else None
+    c_prev = previous_states(cs2, c0, n, off, reverse)  # (N, H)
+    dgates = torch.empty_like(g2)
+    dH = grad_out.reshape(-1, P).clone()
+    dc = torch.zeros_like(c0)
+    dh0 = torch.zeros_like(h0)
+    dummy = g2.new_empty(1)
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if reverse else s
+        t_prev = t + 1 if reverse else t - 1
+        t_next = t - 1 if reverse else t + 1
+        rows, r0 = n[t], off[t]
+        n_enter = carried(n, t, t_next)
+        if n_enter < rows:
+            dH[r0 + n_enter : r0 + rows] += grad_hn[n_enter:rows]
+            dc[n_enter:rows] = grad_cn[n_enter:rows]
+        dh_t = dH[r0 : r0 + rows]
+        dr = (dh_t @ w_hr).contiguous() if w_hr is not None else dh_t  # (n, H)
+        dg_t = dgates[r0 : r0 + rows]
+        args = (g2[r0 : r0 + rows], cs2[r0 : r0 + rows], c_prev[r0 : r0 + rows], dr, dc, dg_t,
+                w_ci if diag else dummy, w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
+                w_co if (w_co is not None and not full) else dummy, rows, H, float(cell_clip))
+        flags = dict(DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full, CLIP=cell_clip > 0,
+                     CT=_compute(g2), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H)
+        if full and w_co is not None:
+            _bwd_cell[_grid(rows, H)](*args, PHASE=1, **flags)
+            dc[:rows].addmm_(dg_t[:, 3 * H :], w_co)  # dc += d_o W_co
+            _bwd_cell[_grid(rows, H)](*args, PHASE=2, **flags)
+        else:
+            _bwd_cell[_grid(rows, H)](*args, PHASE=0, **flags)
+        if wc is not None:
+            dc[:rows].addmm_(dg_t[:, : wc.size(0)], wc)  # dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
+        dh = dg_t @ w_hh  # (n, P)
+        n_from = carried(n, t, t_prev)
+        if n_from > 0:
+            dH[off[t_prev] : off[t_prev] + n_from] += dh[:n_from]
+        if rows > n_from:
+            dh0[n_from:rows] = dh[n_from:]
+    h_prev = previous_states(out2, h0, n, off, reverse)
+    dw_hh = dgates.t() @ h_prev
+    empty = out.new_empty(0)
+    d_bias = dgates.sum(0) if bias is not None else empty
+    i_all, f_all, g_all, o_all = g2.chunk(4, 1)
+    dw_hr = dH.t() @ (o_all * torch.tanh(cs2)) if w_hr is not None else out.new_empty(0)
+    d_i, d_f, d_g, d_o = dgates.chunk(4, 1)
+    dws = []
+    for w, d, c in ((w_ci, d_i, c_prev), (w_cf, d_f, c_prev), (w_co, d_o, cs2), (w_cc, d_g, c_prev)):
+        if w is None:
+            dws.append(out.new_empty(0))
+        elif w.dim() == 1:
+            dws.append((d * c).sum(0))
+        else:
+            dws.append(d.t() @ c)
+    d_xw = dgates if batch_sizes is not None else dgates.view(T, B, G)
+    return d_xw, dh0, dc, dw_hh, d_bias, dw_hr, dws[0], dws[1], dws[2], dws[3]

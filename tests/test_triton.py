@@ -1,0 +1,111 @@
+"""The Triton kernel (kernels/triton.py) through Triton's interpreter on CPU tensors: every
+peephole form, projections, both directions, packed input and the cell clip; outputs, states
+and every gradient against the float64 numpy reference and the reference autograd loop.
+Without a GPU these run the kernels' own code, element by element (small shapes: the
+interpreter is slow); tests/test_cuda.py covers the GPU."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+pytest.importorskip("triton")
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
+
+import peephole_lstm  # noqa: E402
+from peephole_lstm import PeepholeLSTM  # noqa: E402
+
+from . import reference as ref  # noqa: E402
+
+CONFIGS = [
+    dict(peephole="diagonal"),
+    dict(peephole="none", proj_size=2),
+    dict(peephole="diagonal", candidate_peephole=True, proj_size=2, cell_clip=0.5),
+    dict(peephole="full", candidate_peephole=True),
+    dict(peephole="full", cell_clip=0.5),
+]
+
+
+@pytest.fixture
+def triton_backend():
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 (set before triton was imported) or a GPU")
+    old = peephole_lstm.get_backend()
+    peephole_lstm.set_backend("triton")
+    yield
+    peephole_lstm.set_backend(old)
+
+
+def _model(kw):
+    m = PeepholeLSTM(3, 5, 2, bidirectional=True, dtype=torch.float64, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.8, 0.8)
+    return m
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=[str(k) for k in CONFIGS])
+def test_forward_and_gradients_match_the_references(triton_backend, kw):
+    m = _model(kw)
+    x = (1.5 * torch.randn(6, 3, 3, dtype=torch.float64)).requires_grad_()
+    H_out = kw.get("proj_size") or 5
+    h0 = torch.randn(4, 3, H_out, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    out, (h, c) = m(x, (h0, c0))
+    r_out, r_h, r_c = ref.lstm(x.detach().numpy(), h0.detach().numpy(), c0.detach().numpy(), ref.numpy_params(m),
+                               2, True, clip=kw.get("cell_clip"))
+    for got, want in ((out, r_out), (h, r_h), (c, r_c)):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
+    loss = out.square().sum() + h.sum() + (c * torch.linspace(-1, 1, 5, dtype=torch.float64)).sum()
+    grads = torch.autograd.grad(loss, [x, h0, c0, *m.parameters()])
+    peephole_lstm.set_backend("reference")
+    out, (h, c) = m(x, (h0, c0))
+    loss = out.square().sum() + h.sum() + (c * torch.linspace(-1, 1, 5, dtype=torch.float64)).sum()
+    want = torch.autograd.grad(loss, [x, h0, c0, *m.parameters()])
+    names = ["x", "h0", "c0", *(n for n, _ in m.named_parameters())]
+    for name, g, w in zip(names, grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("kw", CONFIGS[:3], ids=[str(k) for k in CONFIGS[:3]])
+def test_packed_input(triton_backend, kw):
+    m = _model(kw)
+    seqs = [torch.randn(k, 3, dtype=torch.float64, requires_grad=True) for k in (3, 5, 1, 4)]
+    out, (h, c) = m(pack_sequence(seqs, enforce_sorted=False))
+    loss = out.data.square().sum() + h.sum() + c.sum()
+    grads = torch.autograd.grad(loss, [*seqs, *m.parameters()])
+    peephole_lstm.set_backend("reference")
+    out_r, (h_r, c_r) = m(pack_sequence(seqs, enforce_sorted=False))
+    torch.testing.assert_close(out.data, out_r.data, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c, c_r, rtol=1e-10, atol=1e-12)
+    want = torch.autograd.grad(out_r.data.square().sum() + h_r.sum() + c_r.sum(), [*seqs, *m.parameters()])
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+
+
+def test_float32_inference_and_bfloat16_storage(triton_backend):
+    """float32 within float32 rounding; bfloat16 tensors computed in float32 inside the kernel."""
+    m = PeepholeLSTM(3, 5)
+    x = torch.randn(7, 2, 3)
+    with torch.no_grad():
+        got = m(x)[0]
+        peephole_lstm.set_backend("reference")
+        want = m(x)[0]
+        peephole_lstm.set_backend("triton")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        mb = m.to(torch.bfloat16)
+        got_b = mb(x.to(torch.bfloat16))[0]
+    torch.testing.assert_close(got_b.float(), want, rtol=0.05, atol=0.05)
+
+
+def test_forcing_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    old = peephole_lstm.get_backend()
+    peephole_lstm.set_backend("triton")
+    try:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            PeepholeLSTM(3, 5)(torch.randn(4, 2, 3))
+    finally:
+        peephole_lstm.set_backend(old)
