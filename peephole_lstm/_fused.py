@@ -44,8 +44,34 @@ def _scripted(fn):
 
 
 # ------------------------------------------------------------------- custom ops
-@torch.library.custom_op("peephole_lstm::recurrence", mutates_args=())
-def recurrence(
+# Defined with torch.library.Library, not @custom_op: a custom_op's kernel is wrapped in
+# torch._disable_dynamo, whose first call imports torch._dynamo (~1.4 s in every new process,
+# on the first forward). The schema, fake kernel and autograd formula are the same.
+_LIB = torch.library.Library("peephole_lstm", "FRAGMENT")
+_LIB.define(
+    "recurrence(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
+    "Tensor? w_cf, Tensor? w_co, bool reverse, bool save=True, Tensor? w_cc=None, Tensor? batch_sizes=None, "
+    "float? cell_clip=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_LIB.define(
+    "recurrence_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor out, Tensor gates, Tensor cs, "
+    "Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, Tensor? w_cf, Tensor? w_co, "
+    "bool reverse, Tensor? w_cc=None, Tensor? batch_sizes=None, float? cell_clip=None) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def recurrence(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``torch.ops.peephole_lstm.recurrence`` (see :func:`_recurrence_impl`)."""
+    return torch.ops.peephole_lstm.recurrence.default(*args, **kwargs)
+
+
+def recurrence_backward(*args, **kwargs) -> tuple[Tensor, ...]:
+    """``torch.ops.peephole_lstm.recurrence_backward`` (see :func:`_recurrence_backward_impl`)."""
+    return torch.ops.peephole_lstm.recurrence_backward.default(*args, **kwargs)
+
+
+def _recurrence_impl(
     xw: Tensor,
     h0: Tensor,
     c0: Tensor,
@@ -83,7 +109,10 @@ def recurrence(
     )
 
 
-@recurrence.register_fake
+_LIB.impl("recurrence", _recurrence_impl, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("peephole_lstm::recurrence", lib=_LIB)
 def _(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save=True, w_cc=None, batch_sizes=None,
       cell_clip=None):
     G = xw.shape[-1]
@@ -99,8 +128,7 @@ def _(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save=True, w_cc=N
     )
 
 
-@torch.library.custom_op("peephole_lstm::recurrence_backward", mutates_args=())
-def recurrence_backward(
+def _recurrence_backward_impl(
     grad_out: Tensor,
     grad_hn: Tensor,
     grad_cn: Tensor,
@@ -134,7 +162,10 @@ def recurrence_backward(
     return _scripted(_py.backward)(*args, batch_sizes, reverse, clip)
 
 
-@recurrence_backward.register_fake
+_LIB.impl("recurrence_backward", _recurrence_backward_impl, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("peephole_lstm::recurrence_backward", lib=_LIB)
 def _(grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, w_cc=None,
       batch_sizes=None, cell_clip=None):
     def like(w: Optional[Tensor]) -> Tensor:
@@ -186,4 +217,4 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
     )
 
 
-recurrence.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("peephole_lstm::recurrence", _backward, setup_context=_setup_context, lib=_LIB)

@@ -17,6 +17,9 @@ from .functional import peephole_lstm_layer
 
 __all__ = ["PeepholeLSTM"]
 
+# |c| above this in a peephole model: its gates are saturated for good (see _check_cell_growth)
+_CELL_GROWTH_WARN = 1000.0
+
 # The per-(layer, direction) weight slots, in the order of _flat_weights. Absent ones
 # (no bias, no projection, no peepholes) are None.
 _SLOTS = (
@@ -542,6 +545,38 @@ class PeepholeLSTM(nn.Module):
         return x, torch.cat(h_n, 0), torch.cat(c_n, 0)
 
     @torch.jit.unused
+    def _check_cell_growth(self, c_n: Tensor) -> None:
+        """Warn once when the cell state of a peephole model has grown past 1000 in magnitude.
+
+        With peepholes, a large cell state holds the input and forget gates open (w ⊙ c
+        saturates them), so in a model whose state is carried across batches the cell can keep
+        growing by up to 1 per step: measured in a stateful word LM (benchmarks/stateful_lm.py),
+        |c| reached 10^4 and validation perplexity was 1.39x nn.LSTM's; ``cell_clip=10`` brought
+        it to 1.07x. Checked on CPU only (elsewhere reading the value would synchronise)."""
+        if (
+            self.__dict__.get("_growth_warned", False)
+            or self.peephole == "none"
+            or self.cell_clip is not None
+            or c_n.device.type != "cpu"
+            or c_n.numel() == 0
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or _onnx.exporting()
+        ):
+            return
+        peak = float(c_n.detach().abs().max())
+        if peak > _CELL_GROWTH_WARN:
+            self.__dict__["_growth_warned"] = True
+            warnings.warn(
+                f"PeepholeLSTM: the cell state reached |c| = {peak:.0f}. With peepholes a large cell state "
+                "holds the input and forget gates open, so in a model that carries its state across batches "
+                "the cell can grow without bound and training suffers; PeepholeLSTM(..., cell_clip=10) bounds "
+                "it (see the README, 'Long stateful runs').",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    @torch.jit.unused
     def _forward_packed(
         self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]]
     ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
@@ -608,6 +643,8 @@ class PeepholeLSTM(nn.Module):
         if x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         out, h_n, c_n = self._run(x, hx[0], hx[1], None)  # (T, B, D*H_out)
+        if not torch.jit.is_scripting():
+            self._check_cell_growth(c_n)
         if self.batch_first:
             out = out.transpose(0, 1)  # (B, T, D*H_out)
         if not is_batched:

@@ -174,3 +174,34 @@ def test_export_onnx_refuses_and_whole_model_export_loops():
             want = m(x)
         for g, w in zip(got, [want[0], *want[1]]):
             np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _runaway(clip=None):
+    """One unit whose gates a growing cell holds open: i, f -> 1 and g = 1, so c grows by ~1 per step."""
+    m = PeepholeLSTM(1, 1, cell_clip=clip)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.bias_ih_l0.copy_(torch.tensor([3.0, 6.0, 3.0, 0.0]))  # i, f, g, o
+        m.weight_ci_l0.fill_(0.5)
+        m.weight_cf_l0.fill_(0.5)
+    return m
+
+
+def test_a_runaway_cell_state_warns_once_and_the_clip_bounds_it():
+    m = _runaway()
+    x = torch.zeros(600, 1, 1)
+    state = None
+    with pytest.warns(RuntimeWarning, match="cell_clip=10"):
+        for _ in range(3):  # state carried across batches, as in a stateful LM
+            _, state = m(x, state)
+    assert state[1].abs().item() > 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x, state)  # once only
+        clipped = _runaway(10.0)
+        state = None
+        for _ in range(3):
+            _, state = clipped(x, state)
+        assert state[1].abs().item() == pytest.approx(10.0)
+        PeepholeLSTM(1, 1, peephole="none")(x)  # no peepholes: never
