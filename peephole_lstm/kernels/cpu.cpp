@@ -38,6 +38,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -66,13 +67,16 @@ inline int64_t grain_rows(int64_t H) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, 4 * H));
 }
 
-// Threads for the time loop. A step whose work is small runs on one thread: the per-step
-// GEMM and element-wise kernels are then microseconds long, so splitting them saves little
-// on an idle machine, and on a busy one every parallel region waits for a descheduled
-// thread (a scheduler quantum, milliseconds, per region and step: 100x slower). One
+// Threads for the time loop. A step whose work is small (under ~4 MFLOP) is microseconds
+// long; on an idle machine splitting it over the threads still pays (S1: 1.5x faster), but on
+// a busy one every parallel region waits for a descheduled thread: a scheduler quantum,
+// milliseconds, per region and step (measured: 55x slower training beside another PyTorch
+// job). So the kernel watches itself: when a small-step loop averages over 0.2 ms per step
+// (more than its arithmetic needs on one thread), the next calls run on one thread (the window doubles,
+// up to 16384 calls, while the stall persists; one parallel call then probes again).
 // omp_set_num_threads(1) for the calling thread covers at::parallel_for, MKL and oneDNN,
-// which all take their thread count from it; the one-off GEMMs over all steps stay parallel.
-// PEEPHOLE_LSTM_SERIAL_FLOPS sets the threshold (per-step FLOPs; 0: never serial).
+// which all take their thread count from it. PEEPHOLE_LSTM_SERIAL_FLOPS sets the size
+// threshold (per-step FLOPs; 0: never serial); PEEPHOLE_LSTM_THREADS=serial forces one thread.
 inline double serial_step_flops() {
   static const double v = [] {
     const char* env = std::getenv("PEEPHOLE_LSTM_SERIAL_FLOPS");
@@ -81,23 +85,58 @@ inline double serial_step_flops() {
   return v;
 }
 
-class SerialScope {
+inline bool forced_serial() {
+  static const bool v = [] {
+    const char* env = std::getenv("PEEPHOLE_LSTM_THREADS");
+    return env != nullptr && std::string(env) == "serial";
+  }();
+  return v;
+}
+
+std::atomic<int64_t> g_serial_left{0};   // calls left to run on one thread
+std::atomic<int64_t> g_serial_window{0};  // the last window granted (doubles while stalls persist)
+constexpr double kStalledStep = 2e-4;     // seconds per small step that mean waiting, not work
+
+class LoopThreads {
  public:
-  explicit SerialScope(double step_flops) : on_(step_flops < serial_step_flops() && omp_get_max_threads() > 1) {
-    if (on_) {
+  explicit LoopThreads(double step_flops)
+      : small_(step_flops < serial_step_flops() && omp_get_max_threads() > 1) {
+    if (!small_) return;
+    serial_ = forced_serial();
+    if (!serial_ && g_serial_left.load(std::memory_order_relaxed) > 0) {
+      serial_ = g_serial_left.fetch_sub(1, std::memory_order_relaxed) > 0;
+    }
+    if (serial_) {
       saved_ = omp_get_max_threads();
       omp_set_num_threads(1);
     }
+    start_ = std::chrono::steady_clock::now();
   }
-  ~SerialScope() {
-    if (on_) omp_set_num_threads(saved_);
+  // After the loop of a parallel call: was it stalled?
+  void done(int64_t steps) {
+    if (!small_ || serial_ || steps <= 0) return;
+    const double per_step =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() / double(steps);
+    if (per_step > kStalledStep) {
+      const int64_t w = std::min<int64_t>(16384, std::max<int64_t>(256, 2 * g_serial_window.load()));
+      g_serial_window.store(w);
+      g_serial_left.store(w);
+    } else {
+      g_serial_window.store(0);
+    }
   }
-  SerialScope(const SerialScope&) = delete;
-  SerialScope& operator=(const SerialScope&) = delete;
+  bool serial() const { return serial_; }
+  ~LoopThreads() {
+    if (serial_) omp_set_num_threads(saved_);
+  }
+  LoopThreads(const LoopThreads&) = delete;
+  LoopThreads& operator=(const LoopThreads&) = delete;
 
  private:
-  bool on_;
+  bool small_;
+  bool serial_ = false;
   int saved_ = 1;
+  std::chrono::steady_clock::time_point start_;
 };
 
 // at::vec::Vectorized is AVX2 (SLEEF exp/tanh, the kernels ATen itself uses) when the
@@ -870,8 +909,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
   Tensor c_state = st.packed ? c0.clone() : Tensor();
   Tensor c_n = at::empty({B, H}, opt);
   // per-step FLOPs: h W_hh^T, the full peephole and projection GEMMs, the element-wise work
-  const SerialScope serial(2.0 * B * (P * G + w.kc * H * H + (w.w_co && full ? H * H : 0) + (proj ? H * P : 0)) +
-                           20.0 * B * H);
+  LoopThreads threads(2.0 * B * (P * G + w.kc * H * H + (w.w_co && full ? H * H : 0) + (proj ? H * P : 0)) +
+                      20.0 * B * H);
 
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "peephole_lstm_forward", [&] {
     using T_ = scalar_t;
@@ -913,6 +952,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
         c = c_t;
       }
     }
+    threads.done(T);
     if (T > 0 && !st.packed) std::copy(c, c + B * H, c_n.data_ptr<T_>());
   });
   if (!save) {
@@ -961,13 +1001,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const int64_t chunks = std::max<int64_t>(1, (B + chunk_rows - 1) / chunk_rows);
   Tensor acc = at::zeros({chunks, kAcc * H}, opt);  // see backward_cell
 
-  // The step loop, and the GEMMs over all steps after it when they too are small (under ~1 ms).
-  const double step_flops =
-      2.0 * B * (P * G + w.kc * H * H + (w.w_co ? H * H : 0) + (proj ? H * P : 0)) + 30.0 * B * H;
-  std::optional<SerialScope> tail_serial;
-  if (2.0 * N * G * (P + (full ? H : 0)) < 16.0 * serial_step_flops()) tail_serial.emplace(step_flops);
+  // The step loop (see LoopThreads); a one-thread call keeps one thread for the GEMMs over all
+  // steps after it too.
+  LoopThreads threads(2.0 * B * (P * G + w.kc * H * H + (w.w_co ? H * H : 0) + (proj ? H * P : 0)) +
+                      30.0 * B * H);
   {
-  const SerialScope serial(step_flops);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "peephole_lstm_backward", [&] {
     using T_ = scalar_t;
     const T_* g = g2.data_ptr<T_>();
@@ -1027,6 +1065,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       if (n_from > 0) dhh(dg_t, n_from, true, dh_all + st.off[t_prev] * P);
       if (n > n_from) dhh(dg_t + n_from * G, n - n_from, false, dh0p + n_from * P);
     }
+    threads.done(T);
   });
   }
 
