@@ -143,7 +143,9 @@ def main() -> None:
         })
         print(f"{name}: ours {ours['mse']:.4g}, ETS {rows[-1]['ets']:.4g}, ARIMA {rows[-1]['arima']:.4g}", flush=True)
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    from speed import cpu_model
+
+    cpu = cpu_model()
     print(f"\n# {os.path.basename(args.config)}, one config for every series; one-step test MSE in the "
           f"series' units; {cpu}")
     print("| series | kind | rows | season | test targets | ours MSE | ours MASE | naive | seasonal naive "

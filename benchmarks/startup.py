@@ -49,7 +49,9 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", CODE.format(imp=imp, ctor=ctor)], env=env, check=True,
                                  capture_output=True, text=True).stdout
             times[name].append(float(out.strip().splitlines()[-1]))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    from speed import cpu_model
+
+    cpu = cpu_model()
     print(f"# {cpu}; import + first training step (35x20x64 -> 256, 2 layers) in a new process, "
           f"median of {args.repeat}")
     print("| layer | seconds | minus nn.LSTM |")

@@ -32,6 +32,8 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from speed import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from peephole_lstm import PeepholeLSTM  # noqa: E402
 
 # name: (description, constructor kwargs of PeepholeLSTM or None for nn.LSTM, zero peepholes)
@@ -43,17 +45,6 @@ CELLS = {
     "clip10": ("PeepholeLSTM(cell_clip=10)", dict(cell_clip=10.0), False),
     "clip50": ("PeepholeLSTM(cell_clip=50)", dict(cell_clip=50.0), False),
 }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def corpus(tokens: int, vocab: int) -> tuple[torch.Tensor, int]:
