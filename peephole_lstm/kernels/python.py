@@ -22,7 +22,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["backward", "carried", "forward", "previous_states", "steps"]
+__all__ = ["backward", "carried", "forward", "previous_states", "steps", "weight_grads"]
 
 
 def steps(T: int, B: int, batch_sizes: Optional[Tensor]) -> tuple[List[int], List[int]]:
@@ -241,19 +241,48 @@ def backward(
             dH[off[t_prev] : off[t_prev] + n_from] += dh[:n_from]
         if rows > n_from:
             dh0[n_from:rows] = dh[n_from:]
+    dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc = weight_grads(
+        dgates, dH, out2, cs2, c_prev, o_all * tanh_c, h0, n, off, reverse, bias, w_hr, w_ci, w_cf, w_co, w_cc
+    )
+    d_xw = dgates if batch_sizes is not None else dgates.view(T, B, G)
+    return d_xw, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc
+
+
+def weight_grads(
+    dgates: Tensor,
+    dH: Tensor,
+    out2: Tensor,
+    cs2: Tensor,
+    c_prev: Tensor,
+    r_all: Tensor,
+    h0: Tensor,
+    n: List[int],
+    off: List[int],
+    reverse: bool,
+    bias: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    w_ci: Optional[Tensor],
+    w_cf: Optional[Tensor],
+    w_co: Optional[Tensor],
+    w_cc: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The weight gradients after the step loop, one GEMM or sum over all steps each:
+    ``(dW_hh, d_bias, dW_hr, dw_ci, dw_cf, dw_co, dw_cc)`` from the pre-activation gradients
+    ``dgates (N, 4H)``, the output gradients ``dH (N, P)``, the outputs ``out2 (N, P)``, the
+    cell states ``cs2`` and their predecessors ``c_prev (N, H)``, and ``r_all = o tanh(c)``
+    (what the projection saw). An absent weight's gradient is an empty tensor. Shared by
+    the Triton kernel."""
     h_prev = previous_states(out2, h0, n, off, reverse)  # (N, P)
     dw_hh = dgates.t() @ h_prev  # (4H, P)
-    empty = out.new_empty(0)  # an absent weight's grad; outputs may not alias each other
-    d_bias = dgates.sum(0) if bias is not None else empty
-    dw_hr = dH.t() @ (o_all * tanh_c) if w_hr is not None else out.new_empty(0)  # (P, H)
+    d_bias = dgates.sum(0) if bias is not None else out2.new_empty(0)  # outputs may not alias
+    dw_hr = dH.t() @ r_all if w_hr is not None else out2.new_empty(0)  # (P, H)
     d_i_all, d_f_all, d_g_all, d_o_all = dgates.chunk(4, 1)
     dws: List[Tensor] = []
     for w, d, c in ((w_ci, d_i_all, c_prev), (w_cf, d_f_all, c_prev), (w_co, d_o_all, cs2), (w_cc, d_g_all, c_prev)):
         if w is None:
-            dws.append(out.new_empty(0))
+            dws.append(out2.new_empty(0))
         elif w.dim() == 1:
             dws.append((d * c).sum(0))
         else:
             dws.append(d.t() @ c)  # (H, H)
-    d_xw = dgates if batch_sizes is not None else dgates.view(T, B, G)
-    return d_xw, dh0, dc, dw_hh, d_bias, dw_hr, dws[0], dws[1], dws[2], dws[3]
+    return dw_hh, d_bias, dw_hr, dws[0], dws[1], dws[2], dws[3]

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .python import carried, previous_states, steps
+from .python import carried, previous_states, steps, weight_grads
 
 __all__ = ["backward", "forward"]
 
@@ -299,20 +299,10 @@ def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, ga
             dH[off[t_prev] : off[t_prev] + n_from] += dh[:n_from]
         if rows > n_from:
             dh0[n_from:rows] = dh[n_from:]
-    h_prev = previous_states(out2, h0, n, off, reverse)
-    dw_hh = dgates.t() @ h_prev
-    empty = out.new_empty(0)
-    d_bias = dgates.sum(0) if bias is not None else empty
-    i_all, f_all, g_all, o_all = g2.chunk(4, 1)
-    dw_hr = dH.t() @ (o_all * torch.tanh(cs2)) if w_hr is not None else out.new_empty(0)
-    d_i, d_f, d_g, d_o = dgates.chunk(4, 1)
-    dws = []
-    for w, d, c in ((w_ci, d_i, c_prev), (w_cf, d_f, c_prev), (w_co, d_o, cs2), (w_cc, d_g, c_prev)):
-        if w is None:
-            dws.append(out.new_empty(0))
-        elif w.dim() == 1:
-            dws.append((d * c).sum(0))
-        else:
-            dws.append(d.t() @ c)
+    o_all = g2[:, 3 * H :]
+    dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc = weight_grads(
+        dgates, dH, out2, cs2, c_prev, o_all * torch.tanh(cs2), h0, n, off, reverse, bias, w_hr, w_ci, w_cf, w_co,
+        w_cc,
+    )
     d_xw = dgates if batch_sizes is not None else dgates.view(T, B, G)
-    return d_xw, dh0, dc, dw_hh, d_bias, dw_hr, dws[0], dws[1], dws[2], dws[3]
+    return d_xw, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc
