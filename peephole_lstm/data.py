@@ -116,10 +116,11 @@ class EpochSeededSampler(Sampler[int]):
     calls ``set_epoch``), so a run resumed from a checkpoint sees the same batches as an
     uninterrupted one, whatever the global RNG did in between."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, weights: Optional[torch.Tensor] = None) -> None:
         self.n = n
         self.seed = seed
         self.epoch = 0
+        self.weights = weights  # draw with replacement by these (balanced panels), else a permutation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,6 +130,8 @@ class EpochSeededSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        if self.weights is not None:
+            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
@@ -175,6 +178,8 @@ class SeriesDataModule(L.LightningDataModule):
         predict: what ``predict`` forecasts: ``"both"`` (default) the test split (a backtest)
             and the ``horizon`` steps after the last row of every series; ``"future"`` or
             ``"test"`` only one of them.
+        balance: draw training windows so that every series weighs the same per epoch (with
+            replacement), instead of in proportion to its length.
     """
 
     def __init__(
@@ -196,6 +201,7 @@ class SeriesDataModule(L.LightningDataModule):
         time_column: Optional[str] = None,
         season: Optional[int] = None,
         predict: str = "both",
+        balance: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -433,8 +439,9 @@ class SeriesDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> WindowDataset:
         return WindowDataset(self, self.ends[split], self.sids[split])
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        sampler = EpochSeededSampler(len(dataset), self.hparams.seed) if shuffle else None
+    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler: Optional[Sampler] = None) -> DataLoader:
+        if shuffle:
+            sampler = EpochSeededSampler(len(dataset), self.hparams.seed)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
@@ -444,7 +451,12 @@ class SeriesDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
+        ds = self.dataset("train")
+        if self.hparams.balance and len(self.series_names) > 1:
+            counts = np.bincount(ds.sids, minlength=len(self.series_names)).astype(np.float64)
+            weights = torch.as_tensor(1.0 / counts[ds.sids])  # each series: total weight 1
+            return self._loader(ds, sampler=EpochSeededSampler(len(ds), self.hparams.seed, weights))
+        return self._loader(ds, shuffle=True)
 
     def val_dataloader(self):
         return self._loader(self.dataset("val")) if len(self.ends["val"]) else []

@@ -168,3 +168,16 @@ def test_global_model_on_a_panel_logs_intervals_mase_and_per_series_metrics(tmp_
     future = torch.isnan(cat["actual"]).all(1)
     assert int(future.sum()) == 3  # one future window per series
     assert (cat["lo_95"] <= cat["lo_80"]).all() and (cat["hi_80"] <= cat["hi_95"]).all()
+
+
+def test_balanced_sampling_weighs_every_series_the_same(tmp_path):
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", target="value", window=10, balance=True)
+    loader = dm.train_dataloader()
+    idx = list(loader.sampler)
+    sids = dm.dataset("train").sids[idx]
+    share = np.bincount(sids, minlength=3) / len(sids)
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.06)  # series of 90-150 rows, drawn alike
+    plain = np.bincount(dm.dataset("train").sids, minlength=3) / len(dm.dataset("train"))
+    assert plain.max() - plain.min() > 0.1  # without balance: in proportion to length
+    assert list(loader.sampler) == idx  # same epoch, same draw
