@@ -218,3 +218,9 @@ def _backward(ctx, grad_out, grad_hn, grad_cn, _grad_gates, _grad_cs):
 
 
 torch.library.register_autograd("peephole_lstm::recurrence", _backward, setup_context=_setup_context, lib=_LIB)
+
+# Under torch.autocast the input projection arrives in bfloat16/float16 while the states and
+# weights are float32: the recurrence runs in float32 (cell state and gate math in float32, the
+# kernels' dtype), its inputs cast up; the GEMM around it (x W_ih^T) keeps autocast's dtype.
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("peephole_lstm::recurrence", _device, torch.float32, lib=_LIB)

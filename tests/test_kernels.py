@@ -238,3 +238,18 @@ def test_a_built_kernel_loads_directly_in_a_new_process(tmp_path):
     stamp.write_text("another source")
     assert _start(env)[0] == "cpp_extension"
     assert _start(env)[0] == "direct"
+
+
+def test_autocast_bfloat16_runs_and_stays_close_to_float32(backend):
+    """Under torch.autocast the input projection is bfloat16; the recurrence's op runs in float32
+    (registered autocast behaviour), so nothing fails on mixed dtypes and the cell stays float32."""
+    m = peephole_lstm.PeepholeLSTM(3, 5, 2, bidirectional=True)
+    x = torch.randn(7, 2, 3, requires_grad=True)
+    want = m(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = m(x)
+    if backend != "reference":
+        assert out.dtype == c.dtype == torch.float32
+    torch.testing.assert_close(out.float(), want, rtol=0.05, atol=0.02)  # bfloat16 input projection
+    out.float().square().sum().backward()
+    assert x.grad is not None and torch.isfinite(m.weight_co_l0_reverse.grad).all()
