@@ -42,9 +42,15 @@ def maps_to_lstm_node(m) -> bool:
     return m.proj_size == 0 and m.peephole in ("diagonal", "none") and not m.candidate_peephole and m.cell_clip is None
 
 
+def reorder_gates(w: Tensor, order: list[int]) -> Tensor:
+    """The 4 gate blocks along dim 0 in ``order`` (block k of the result is block ``order[k]``).
+    Slices, not chunk: the exporters fold single-output Slices into constants."""
+    H = w.size(0) // 4
+    return torch.cat([w[k * H : (k + 1) * H] for k in order], 0)
+
+
 def _gates(w: Tensor) -> Tensor:
-    H = w.size(0) // 4  # slices, not chunk: the exporters fold single-output Slices into constants
-    return torch.cat([w[k * H : (k + 1) * H] for k in _TO_ONNX], 0)
+    return reorder_gates(w, _TO_ONNX)
 
 
 def _node_tensors(ws: list[list[Optional[Tensor]]], hidden: int):
@@ -64,8 +70,7 @@ def _node_tensors(ws: list[list[Optional[Tensor]]], hidden: int):
 
 
 def _ungates(w: Tensor) -> Tensor:
-    H = w.size(0) // 4
-    return torch.cat([w[k * H : (k + 1) * H] for k in _FROM_ONNX], 0)
+    return reorder_gates(w, _FROM_ONNX)
 
 
 def _onnx_lstm(x: Tensor, W: Tensor, R: Tensor, B: Tensor, h0: Tensor, c0: Tensor, P: Optional[Tensor]):

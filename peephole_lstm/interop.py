@@ -14,25 +14,10 @@ from typing import IO, Any, Optional, Union
 import torch
 from torch import Tensor
 
+from ._onnx import _FROM_ONNX, _TO_ONNX, reorder_gates
 from .lstm import PeepholeLSTM
 
 __all__ = ["export_onnx", "from_onnx", "from_tensorflow"]
-
-# ONNX block k holds our block _TO_ONNX[k]: ONNX (i, o, f, c) from ours (i, f, g, o).
-_TO_ONNX = [0, 3, 1, 2]
-
-
-def _blocks(w: Tensor, order: list[int]) -> Tensor:
-    """Reorder the 4 gate blocks along dim 0."""
-    return torch.cat([w.chunk(4, 0)[k] for k in order], 0)
-
-
-def _inverse(order: list[int]) -> list[int]:
-    inv = [0] * len(order)
-    for pos, k in enumerate(order):
-        inv[k] = pos
-    return inv
-
 
 def _check_exportable(model: PeepholeLSTM) -> None:
     if not isinstance(model, PeepholeLSTM):
@@ -147,10 +132,10 @@ def export_onnx(
         Ws, Rs, Bs, Ps = [], [], [], []
         for d in range(D):
             sfx = f"_l{layer}" + ("_reverse" if d else "")
-            Ws.append(_blocks(sd["weight_ih" + sfx], _TO_ONNX))
-            Rs.append(_blocks(sd["weight_hh" + sfx], _TO_ONNX))
+            Ws.append(reorder_gates(sd["weight_ih" + sfx], _TO_ONNX))
+            Rs.append(reorder_gates(sd["weight_hh" + sfx], _TO_ONNX))
             if model.bias:
-                Bs.append(torch.cat([_blocks(sd["bias_ih" + sfx], _TO_ONNX), _blocks(sd["bias_hh" + sfx], _TO_ONNX)]))
+                Bs.append(torch.cat([reorder_gates(sd[k + sfx], _TO_ONNX) for k in ("bias_ih", "bias_hh")]))
             else:
                 Bs.append(torch.zeros(8 * H))
             if model.peephole == "diagonal":
@@ -288,7 +273,6 @@ def from_onnx(
         batch_first=batch_first, bidirectional=D == 2, dtype=dtype,
         peephole="diagonal" if P0 is not None else "none",
     )
-    back = _inverse(_TO_ONNX)
     sd = {}
     for k, (attrs, W, R, B, P) in enumerate(layers):
         direction = attrs.get("direction", b"forward")
@@ -297,12 +281,12 @@ def from_onnx(
             raise ValueError(f"LSTM layer {k}: direction/hidden_size differ from the first layer's or are 'reverse'")
         for d in range(D):
             sfx = f"_l{k}" + ("_reverse" if d else "")
-            sd["weight_ih" + sfx] = _blocks(W[d], back)
-            sd["weight_hh" + sfx] = _blocks(R[d], back)
+            sd["weight_ih" + sfx] = reorder_gates(W[d], _FROM_ONNX)
+            sd["weight_hh" + sfx] = reorder_gates(R[d], _FROM_ONNX)
             if model.bias:
                 b = B[d] if B is not None else torch.zeros(8 * H)
-                sd["bias_ih" + sfx] = _blocks(b[: 4 * H], back)
-                sd["bias_hh" + sfx] = _blocks(b[4 * H :], back)
+                sd["bias_ih" + sfx] = reorder_gates(b[: 4 * H], _FROM_ONNX)
+                sd["bias_hh" + sfx] = reorder_gates(b[4 * H :], _FROM_ONNX)
             if model.peephole == "diagonal":
                 p = P[d] if P is not None else torch.zeros(3 * H)
                 sd["weight_ci" + sfx], sd["weight_co" + sfx], sd["weight_cf" + sfx] = p[:H], p[H : 2 * H], p[2 * H :]
@@ -347,9 +331,9 @@ def from_tensorflow(
     b[2 * H : 3 * H] += forget_bias  # TF's f block
     model = PeepholeLSTM(I, H, batch_first=batch_first, dtype=dtype, cell_clip=cell_clip)
     sd = {
-        "weight_ih_l0": _blocks(kernel[:I].T, order),
-        "weight_hh_l0": _blocks(kernel[I:].T, order),
-        "bias_ih_l0": _blocks(b, order),
+        "weight_ih_l0": reorder_gates(kernel[:I].T, order),
+        "weight_hh_l0": reorder_gates(kernel[I:].T, order),
+        "bias_ih_l0": reorder_gates(b, order),
         "bias_hh_l0": torch.zeros(4 * H, dtype=torch.float64),
         "weight_ci_l0": diags[0],
         "weight_cf_l0": diags[1],
