@@ -133,15 +133,18 @@ def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6) 
     plt.close(fig)
 
 
+def _versions(root: str) -> list[int]:
+    """The k of every ``version_<k>`` directory under ``root``."""
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return [int(m.group(1)) for d in names if (m := re.fullmatch(r"version_(\d+)", d))]
+
+
 def _next_version(root: str) -> str:
-    taken = [int(m.group(1)) for d in (os.listdir(root) if os.path.isdir(root) else [])
-             if (m := re.fullmatch(r"version_(\d+)", d))]
-    return os.path.join(root, f"version_{max(taken, default=0) + 1}")
+    return os.path.join(root, f"version_{max(_versions(root), default=0) + 1}")
 
 
 def _latest_version(root: str) -> Optional[str]:
-    taken = [int(m.group(1)) for d in (os.listdir(root) if os.path.isdir(root) else [])
-             if (m := re.fullmatch(r"version_(\d+)", d))]
+    taken = _versions(root)
     return os.path.join(root, f"version_{max(taken)}") if taken else None
 
 
