@@ -477,7 +477,8 @@ class PeepholeLSTM(nn.Module):
         w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, w_cc = w
         assert w_ih is not None and w_hh is not None
         bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None  # added in the op
-        xw = _backend.input_projection(x, w_ih)  # (T, B, 4H), or packed (N, 4H): one GEMM for every step
+        # (T, B, 4H), or packed (N, 4H): one GEMM for every step; consumed by the op right away
+        xw = _backend.input_projection(x, w_ih, scratch=True)
         # Save the activations for a backward only when one can follow.
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)

@@ -143,6 +143,54 @@ def test_every_gemm_path_is_exact(path):
     assert f"forced: {name}" in res.stdout
 
 
+_WEIGHT_GRAD_CHECK = """
+import torch, peephole_lstm
+from torch.nn.utils.rnn import pack_sequence
+peephole_lstm.set_backend("cpp")
+torch.manual_seed(0)
+# sizes where the weight gradients A^T B over all steps leave ATen's mm (m n k >= 2^18): 13 and
+# 24 columns (one whole 16-wide piece and a tail), 13 rows (row blocks of 6, 6, 1)
+for mode, cand, proj in (("diagonal", False, 13), ("full", True, 13), ("full", True, 0)):
+    kw = dict(proj_size=proj, peephole=mode, candidate_peephole=cand)
+    m = peephole_lstm.PeepholeLSTM(5, 24, **kw)
+    m64 = peephole_lstm.PeepholeLSTM(5, 24, **kw).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.3, 0.3)
+    m64.load_state_dict(m.state_dict())
+    for packed in (False, True):
+        for call in range(3):  # auto: the first call per shape runs ATen's mm, the second our own
+            x = torch.randn(30, 32, 5)
+            lengths = torch.randint(10, 31, (32,)).tolist()
+            grads = []
+            for model, xx in ((m, x), (m64, x.double())):
+                model.zero_grad()
+                inp = pack_sequence([xx[:n, b] for b, n in enumerate(lengths)], enforce_sorted=False) if packed else xx
+                o = model(inp)[0]
+                o = o.data if packed else o
+                (o * torch.linspace(-1, 1, o.size(-1), dtype=o.dtype)).sum().backward()
+                grads.append({n: p.grad for n, p in model.named_parameters()})
+            for n, g in grads[0].items():
+                ref = grads[1][n]
+                torch.testing.assert_close(g.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(), msg=n)
+print(torch.ops.peephole_lstm_cpp.blas_info())
+"""
+
+
+@pytest.mark.parametrize("path", ["auto", "vec"])
+def test_weight_gradient_gemm_is_exact(path):
+    """The weight gradients over all steps (dW_hh, dW_hr, full peepholes) at sizes that take
+    the kernel's own A^T B GEMM (forced, and as measured per shape): float32 within rounding of
+    float64, unpacked and packed, with column and row tails."""
+    res = _run(_WEIGHT_GRAD_CHECK, PEEPHOLE_LSTM_GEMM=path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "weight grads A^T B" in res.stdout
+    line = res.stdout.split("weight grads A^T B")[1]
+    assert "96x13x2^" in line and "24x24x2^" in line  # dW_hh (4H x P), a full peephole (H x H)
+    if path == "auto":
+        assert "measuring" not in line  # both candidates timed after three calls
+
+
 def _run(code, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "PEEPHOLE_LSTM_BACKEND"}
     full_env.update(env)
@@ -253,3 +301,29 @@ def test_autocast_bfloat16_runs_and_stays_close_to_float32(backend):
     torch.testing.assert_close(out.float(), want, rtol=0.05, atol=0.02)  # bfloat16 input projection
     out.float().square().sum().backward()
     assert x.grad is not None and torch.isfinite(m.weight_co_l0_reverse.grad).all()
+
+
+def test_inference_scratch_buffer_is_reused_and_never_leaks(monkeypatch):
+    """Large inference input projections go into one reused per-thread buffer: the outputs
+    match the same model with autograd on (which never uses it), survive later calls of other
+    shapes, and work in and out of inference mode."""
+    from peephole_lstm import _backend
+
+    if not (torch.backends.mkldnn.is_available() and _backend.use_cpp(torch.zeros(1))):
+        pytest.skip("the scratch path needs the C++ kernel and oneDNN")
+    monkeypatch.setattr(_backend, "_SCRATCH_MIN_BYTES", 0)
+    torch.manual_seed(0)
+    m = peephole_lstm.PeepholeLSTM(70, 64, num_layers=2, bidirectional=True)
+    xs = [torch.randn(40, 32, 70), torch.randn(25, 64, 70), torch.randn(40, 32, 70)]
+    refs = [m(x)[0].detach() for x in xs]  # autograd on: F.linear, no scratch
+    _backend.release_scratch()
+    outs = []
+    for k, x in enumerate(xs):
+        ctx = torch.inference_mode() if k % 2 == 0 else torch.no_grad()
+        with ctx:
+            outs.append(m(x)[0])
+    assert _backend._scratch.buf is not None  # the buffer was used
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    _backend.release_scratch()
+    assert _backend._scratch.buf is None

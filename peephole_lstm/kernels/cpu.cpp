@@ -502,40 +502,58 @@ class VecGemm {
     // ~32k multiply-adds per task at the least: below that a thread hand-off costs more
     const int64_t per_group = std::max<int64_t>(1, m * k_ * kNP * V);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / per_group);
+    const int64_t kc = kc_block();
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t p0 = g * kNP, np = std::min(kNP, panels_ - p0);
-        int64_t r = 0;
-        for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, accumulate, C);
-        switch (m - r) {
-          case 5: block<5>(A, lda, r, p0, np, accumulate, C); break;
-          case 4: block<4>(A, lda, r, p0, np, accumulate, C); break;
-          case 3: block<3>(A, lda, r, p0, np, accumulate, C); break;
-          case 2: block<2>(A, lda, r, p0, np, accumulate, C); break;
-          case 1: block<1>(A, lda, r, p0, np, accumulate, C); break;
-          default: break;
+        // k in blocks of kc, so that the group's slice of packed B (kNP * kc * V) stays in
+        // L1 across all row blocks; the partial sums go through C (the k order is unchanged)
+        for (int64_t k0 = 0; k0 < k_; k0 += kc) {
+          const int64_t k1 = std::min(k_, k0 + kc);
+          const bool acc = accumulate || k0 > 0;
+          int64_t r = 0;
+          for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, k0, k1, acc, C);
+          switch (m - r) {
+            case 5: block<5>(A, lda, r, p0, np, k0, k1, acc, C); break;
+            case 4: block<4>(A, lda, r, p0, np, k0, k1, acc, C); break;
+            case 3: block<3>(A, lda, r, p0, np, k0, k1, acc, C); break;
+            case 2: block<2>(A, lda, r, p0, np, k0, k1, acc, C); break;
+            case 1: block<1>(A, lda, r, p0, np, k0, k1, acc, C); break;
+            default: break;
+          }
         }
       }
     });
   }
 
  private:
+  // k block: kNP panels x kc rows of V elements of packed B in about 24 KiB (half an L1).
+  static int64_t kc_block() {
+    static const int64_t v = [] {
+      const char* env = std::getenv("PEEPHOLE_LSTM_KC");
+      const int64_t d = std::max<int64_t>(16, (24 * 1024) / int64_t(kNP * V * sizeof(T)));
+      return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : d;
+    }();
+    return v;
+  }
   template <int MR>
-  void block(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t np, bool accumulate, T* C) const {
+  void block(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t np, int64_t k0, int64_t k1, bool accumulate,
+             T* C) const {
     if (np == kNP) {
-      kernel<MR, kNP>(A, lda, r0, p0, accumulate, C);
+      kernel<MR, kNP>(A, lda, r0, p0, k0, k1, accumulate, C);
     } else {
-      for (int64_t p = p0; p < p0 + np; ++p) kernel<MR, 1>(A, lda, r0, p, accumulate, C);
+      for (int64_t p = p0; p < p0 + np; ++p) kernel<MR, 1>(A, lda, r0, p, k0, k1, accumulate, C);
     }
   }
   template <int MR, int NP>
-  void kernel(const T* A, int64_t lda, int64_t r0, int64_t p0, bool accumulate, T* C) const {
+  void kernel(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t k0, int64_t k1, bool accumulate,
+              T* C) const {
     Vec<T> acc[MR][NP];
     for (int r = 0; r < MR; ++r)
       for (int p = 0; p < NP; ++p) acc[r][p] = Vec<T>(T(0));
     const T* bp = packed_.data_ptr<T>() + p0 * k_ * V;
     const T* a = A + r0 * lda;
-    for (int64_t kk = 0; kk < k_; ++kk) {
+    for (int64_t kk = k0; kk < k1; ++kk) {
       Vec<T> b[NP];
       for (int p = 0; p < NP; ++p) b[p] = Vec<T>::loadu(bp + (p * k_ + kk) * V);
       for (int r = 0; r < MR; ++r) {
@@ -722,6 +740,151 @@ class StepGemm {
   Tensor packed_, w_dnn_;
   VecGemm<T> vec_;
 };
+
+// The weight gradients over all steps, C (m x n) = A^T B with A (k x m) and B (k x n) row-major
+// (A's row stride lda: a column slice of the gate gradients), e.g. dW_hh = dG^T h_prev with
+// k = T*B. Neither operand is packed: for a fixed kk the MR values of A a register block
+// needs are adjacent, and so are B's V-wide pieces. MR x NP register block as VecGemm; k in
+// blocks of kc so the block's slice of B stays in L1 while the thread walks its row blocks;
+// threads over row blocks of C. Each element is one thread's sum in k order.
+template <typename T>
+class GemmTN {
+ public:
+  static constexpr int64_t V = Vec<T>::size();
+  static constexpr int64_t kNP = 4;
+  GemmTN(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, T* C)
+      : m_(m), n_(n), k_(k), lda_(lda), A_(A), B_(B), C_(C) {}
+  void run() const {
+    if (m_ <= 0 || n_ <= 0) return;
+    if (k_ <= 0) {
+      std::fill(C_, C_ + m_ * n_, T(0));
+      return;
+    }
+    const int64_t row_blocks = (m_ + 5) / 6;
+    const int64_t kc = std::max<int64_t>(16, (24 * 1024) / int64_t(kNP * V * sizeof(T)));
+    const int64_t per_block = std::max<int64_t>(1, 6 * n_ * k_);
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / per_block);
+    at::parallel_for(0, row_blocks, grain, [&](int64_t rb0, int64_t rb1) {
+      const int64_t r_begin = rb0 * 6, r_end = std::min(m_, rb1 * 6);
+      for (int64_t k0 = 0; k0 < k_; k0 += kc) {
+        const int64_t k1 = std::min(k_, k0 + kc);
+        for (int64_t c0 = 0; c0 < n_; c0 += kNP * V) {
+          const int64_t full = std::min<int64_t>(kNP, (n_ - c0) / V);  // whole V-wide pieces
+          const int64_t tail = std::min<int64_t>(V, n_ - c0 - full * V);  // then a partial one
+          int64_t r = r_begin;
+          for (; r + 6 <= r_end; r += 6) cols<6>(r, c0, full, tail, k0, k1);
+          switch (r_end - r) {
+            case 5: cols<5>(r, c0, full, tail, k0, k1); break;
+            case 4: cols<4>(r, c0, full, tail, k0, k1); break;
+            case 3: cols<3>(r, c0, full, tail, k0, k1); break;
+            case 2: cols<2>(r, c0, full, tail, k0, k1); break;
+            case 1: cols<1>(r, c0, full, tail, k0, k1); break;
+            default: break;
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  template <int MR>
+  void cols(int64_t r0, int64_t c0, int64_t full, int64_t tail, int64_t k0, int64_t k1) const {
+    if (full == kNP) {
+      kernel<MR, kNP>(r0, c0, V, k0, k1);
+      return;
+    }
+    for (int64_t p = 0; p < full; ++p) kernel<MR, 1>(r0, c0 + p * V, V, k0, k1);
+    if (tail > 0 && full < kNP) kernel<MR, 1>(r0, c0 + full * V, tail, k0, k1);
+  }
+  template <int MR, int NP>
+  void kernel(int64_t r0, int64_t col, int64_t w_last, int64_t k0, int64_t k1) const {
+    Vec<T> acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+      for (int p = 0; p < NP; ++p) acc[r][p] = Vec<T>(T(0));
+    const bool partial = w_last < V;  // only with NP == 1
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      const T* b_row = B_ + kk * n_ + col;
+      const T* a_row = A_ + kk * lda_ + r0;
+      Vec<T> b[NP];
+      if (NP == 1 && partial) {
+        b[0] = Vec<T>::loadu(b_row, w_last);
+      } else {
+        for (int p = 0; p < NP; ++p) b[p] = Vec<T>::loadu(b_row + p * V);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const Vec<T> ar(a_row[r]);
+        for (int p = 0; p < NP; ++p) acc[r][p] = at::vec::fmadd(ar, b[p], acc[r][p]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      T* c = C_ + (r0 + r) * n_ + col;
+      for (int p = 0; p < NP; ++p) {
+        const int64_t w = (NP == 1) ? w_last : V;
+        Vec<T> v = acc[r][p];
+        if (k0 > 0) v = v + load(c + p * V, w);
+        store(v, c + p * V, w);
+      }
+    }
+  }
+  int64_t m_, n_, k_, lda_;
+  const T* A_;
+  const T* B_;
+  T* C_;
+};
+
+// A^T B (a: (k, m), any row stride, unit column stride; b: (k, n) contiguous) -> (m, n). Per
+// shape (k by power of two) the first call runs ATen's mm (MKL) and the second GemmTN, each
+// timed on the real product; later calls take the faster (MKL's sgemm ran these at ~200
+// GFLOP/s on an AMD EPYC where oneDNN reached ~430; oneDNN cannot take a transposed A
+// without a copy). PEEPHOLE_LSTM_GEMM=vec forces GemmTN, blas/packed/onednn forces ATen's.
+std::mutex g_tn_mutex;
+std::map<std::tuple<int, int64_t, int64_t, int>, std::pair<double, double>> g_tn_time;  // (mm, own) s per k
+
+Tensor mm_tn(const Tensor& a, const Tensor& b) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0) && a.stride(1) == 1 &&
+                        b.is_contiguous());
+  const int64_t k = a.size(0), m = a.size(1), n = b.size(1);
+  const bool is_float = a.scalar_type() == at::kFloat;
+  const bool is_double = a.scalar_type() == at::kDouble;
+  if (!(is_float || is_double) || m * n * k < (int64_t(1) << 18)) return a.t().mm(b);
+  int use = -1;  // 0: ATen mm, 1: own, -1: measure
+  if (auto f = forced_path()) use = (*f == Path::kVec) ? 1 : 0;
+  int k_bits = 0;
+  for (int64_t v = k; v > 0; v >>= 1) ++k_bits;
+  const auto key = std::make_tuple(int(a.element_size()), m, n, k_bits);
+  if (use < 0) {
+    std::lock_guard<std::mutex> lock(g_tn_mutex);
+    auto& t = g_tn_time[key];
+    if (t.first == 0.0) {
+      use = 0;
+      t.first = -1.0;  // being measured
+    } else if (t.second == 0.0 && t.first > 0.0) {
+      use = 1;
+      t.second = -1.0;
+    } else if (t.first > 0.0 && t.second > 0.0) {
+      use = t.second < t.first ? 1 : 0;
+    } else {
+      use = 0;  // another thread is measuring
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  Tensor c;
+  if (use == 0) {
+    c = a.t().mm(b);
+  } else {
+    c = at::empty({m, n}, b.options());
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "peephole_lstm_mm_tn", [&] {
+      GemmTN<scalar_t>(m, n, k, a.data_ptr<scalar_t>(), a.stride(0), b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>())
+          .run();
+    });
+  }
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(k);
+  std::lock_guard<std::mutex> lock(g_tn_mutex);
+  auto& t = g_tn_time[key];
+  if (use == 0 && t.first < 0.0) t.first = dt;
+  if (use == 1 && t.second < 0.0) t.second = dt;
+  return c;
+}
 
 // -------------------------------------------------------------------------- arguments
 bool defined(const std::optional<Tensor>& w) { return w.has_value() && w->defined(); }
@@ -1071,7 +1234,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
   // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps.
   const Tensor h_prev = previous_states(out2, h0, st, reverse);  // (N, P)
-  Tensor dw_hh = dgates.t().mm(h_prev);  // (4H, P)
+  Tensor dw_hh = mm_tn(dgates, h_prev);  // (4H, P)
   const Tensor sums = acc.sum(0);        // (8H)
   // An absent weight's grad is empty; the outputs of an op may not alias each other.
   auto empty = [&] { return at::empty({0}, opt); };
@@ -1079,14 +1242,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   if (w.bias) d_bias = sums.slice(0, 0, 4 * H).clone();
   if (proj) {
     Tensor r_all = g2.slice(1, 3 * H, 4 * H) * cs2.tanh();  // (N, H)
-    dw_hr = dH.t().mm(r_all);
+    dw_hr = mm_tn(dH, r_all);
   }
   if (full) {
     const Tensor c_prev = previous_states(cs2, c0, st, reverse);  // (N, H)
-    if (w.w_ci) dw_ci = dgates.slice(1, 0, H).t().mm(c_prev);
-    if (w.w_cf) dw_cf = dgates.slice(1, H, 2 * H).t().mm(c_prev);
-    if (w.w_cc) dw_cc = dgates.slice(1, 2 * H, 3 * H).t().mm(c_prev);
-    if (w.w_co) dw_co = dgates.slice(1, 3 * H, 4 * H).t().mm(cs2);
+    if (w.w_ci) dw_ci = mm_tn(dgates.slice(1, 0, H), c_prev);
+    if (w.w_cf) dw_cf = mm_tn(dgates.slice(1, H, 2 * H), c_prev);
+    if (w.w_cc) dw_cc = mm_tn(dgates.slice(1, 2 * H, 3 * H), c_prev);
+    if (w.w_co) dw_co = mm_tn(dgates.slice(1, 3 * H, 4 * H), cs2);
   } else {
     if (w.w_ci) dw_ci = sums.slice(0, 4 * H, 5 * H).clone();
     if (w.w_cf) dw_cf = sums.slice(0, 5 * H, 6 * H).clone();
@@ -1109,6 +1272,13 @@ std::string blas_info() {
   for (const auto& [key, path] : g_choice) {
     s << " " << std::get<2>(key) << "x" << std::get<4>(key) << "x" << std::get<3>(key)
       << (std::get<0>(key) == 8 ? "(f64)" : "") << "=" << path_name(path) << ";";
+  }
+  std::lock_guard<std::mutex> lock_tn(g_tn_mutex);
+  s << " weight grads A^T B (m x n, k ~ 2^bits):";
+  for (const auto& [key, t] : g_tn_time) {
+    s << " " << std::get<1>(key) << "x" << std::get<2>(key) << "x2^" << std::get<3>(key)
+      << (std::get<0>(key) == 8 ? "(f64)" : "") << "="
+      << (t.first > 0.0 && t.second > 0.0 ? (t.second < t.first ? "vec" : "blas") : "measuring") << ";";
   }
   return s.str();
 }
