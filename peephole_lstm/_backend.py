@@ -257,15 +257,37 @@ def _onednn_wins(x2: Tensor, w: Tensor) -> bool:
 
 
 def _onednn_eligible(x: Tensor, w: Tensor) -> bool:
+    """Eager CPU float32, large enough, not traced: where oneDNN's matmul may take the product."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return False  # autograd goes through F.linear
-    if x.numel() < (1 << 16) or type(x) is not torch.Tensor:  # small: call overheads dominate; fake/subclasses
-        return False
+    if x.numel() < (1 << 16) or type(x) is not torch.Tensor or type(w) not in (torch.Tensor, torch.nn.Parameter):
+        return False  # small: call overheads dominate; fake tensors and subclasses go through F.linear
     if _BACKEND == "python" or not torch.backends.mkldnn.is_available():
         return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+class _OneDnnProjection(torch.autograd.Function):
+    """``x2 W^T`` with autograd, for training: forward and ``dx = g W`` by oneDNN's matmul, the
+    weight gradient ``g^T x2`` by the C++ kernel's A^T B GEMM (each measured per shape against
+    MKL, which ran these products at half oneDNN's speed on an AMD EPYC). First derivatives
+    only, like the recurrence op it feeds."""
+
+    @staticmethod
+    def forward(ctx, x2: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(x2, w)
+        return _onednn_linear(x2, w)  # (N, 4H)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        x2, w = ctx.saved_tensors
+        g = g.contiguous()  # (N, 4H)
+        dx = _onednn_linear(g, w.t().contiguous()) if ctx.needs_input_grad[0] else None  # (N, I)
+        dw = torch.ops.peephole_lstm_cpp.mm_tn(g, x2) if ctx.needs_input_grad[1] else None  # (4H, I)
+        return dx, dw
 
 
 # Inference scratch for the input projection: a (T, B, 4H) product over 32 MiB is served by
@@ -293,17 +315,22 @@ def release_scratch() -> None:
 
 
 def input_projection(x: Tensor, w_ih: Tensor, scratch: bool = False) -> Tensor:
-    """``x W_ih^T`` for every step at once, ``(*, I) -> (*, 4H)``. In eager CPU float32
-    inference (no autograd, not traced) it takes oneDNN's matmul where that measures faster.
-    With ``scratch`` (the caller consumes the result before its next call on this thread and
-    keeps no reference) a large inference product is written into a reused per-thread buffer."""
-    if _onednn_eligible(x, w_ih):
-        x2 = x.reshape(-1, x.size(-1))  # (T*B, I)
+    """``x W_ih^T`` for every step at once, ``(*, I) -> (*, 4H)``. In eager CPU float32 (not
+    traced, not autocast) with the C++ kernel it takes oneDNN's matmul where that measures
+    faster than ``F.linear`` (MKL), in training too (``_OneDnnProjection``). With ``scratch``
+    (the caller consumes the result before its next call on this thread and keeps no
+    reference) a large inference product is written into a reused per-thread buffer."""
+    if _onednn_eligible(x, w_ih) and use_cpp(x):
+        x2 = x.reshape(-1, x.size(-1)).contiguous()  # (T*B, I)
         numel = x2.size(0) * w_ih.size(0)
-        if scratch and _SCRATCH_MIN_BYTES <= 4 * numel <= _SCRATCH_MAX_BYTES and use_cpp(x):
+        grad = torch.is_grad_enabled() and (x.requires_grad or w_ih.requires_grad)
+        if grad:
+            if _onednn_wins(x2.detach(), w_ih.detach()):
+                return _OneDnnProjection.apply(x2, w_ih).view(*x.shape[:-1], w_ih.size(0))
+        elif scratch and _SCRATCH_MIN_BYTES <= 4 * numel <= _SCRATCH_MAX_BYTES:
             out = _scratch_buffer(numel).view(x2.size(0), w_ih.size(0))  # (T*B, 4H)
             torch.mm(x2, w_ih.t(), out=out)
             return out.view(*x.shape[:-1], w_ih.size(0))
-        if _onednn_wins(x2, w_ih):
+        elif _onednn_wins(x2, w_ih):
             return _onednn_linear(x2, w_ih).view(*x.shape[:-1], w_ih.size(0))
     return torch.nn.functional.linear(x, w_ih)

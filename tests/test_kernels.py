@@ -327,3 +327,32 @@ def test_inference_scratch_buffer_is_reused_and_never_leaks(monkeypatch):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     _backend.release_scratch()
     assert _backend._scratch.buf is None
+
+
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad):
+    """Training takes oneDNN for the input projection (forced here) with its own backward:
+    the input and every weight gradient within float32 rounding of the float64 model."""
+    from peephole_lstm import _backend
+
+    if not (torch.backends.mkldnn.is_available() and _backend.use_cpp(torch.zeros(1))):
+        pytest.skip("needs the C++ kernel and oneDNN")
+    calls = []
+    monkeypatch.setattr(_backend, "_onednn_wins", lambda x2, w: calls.append(x2.shape) or True)
+    torch.manual_seed(0)
+    m = peephole_lstm.PeepholeLSTM(70, 24, num_layers=2, bidirectional=True, proj_size=13)
+    m64 = peephole_lstm.PeepholeLSTM(70, 24, num_layers=2, bidirectional=True, proj_size=13).double()
+    m64.load_state_dict(m.state_dict())
+    x = torch.randn(40, 64, 70)
+    grads = []
+    for model, xx in ((m, x.clone()), (m64, x.double())):
+        xx.requires_grad_(x_grad)
+        out, (h, c) = model(xx)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        grads.append([xx.grad] + [p.grad for p in model.parameters()])
+    assert len(calls) == 4  # every layer and direction (layer 2: 40*64*26 values)
+    for g, ref in zip(*grads):
+        if ref is None:
+            assert g is None
+            continue
+        torch.testing.assert_close(g.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

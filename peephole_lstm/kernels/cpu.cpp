@@ -1296,9 +1296,16 @@ TORCH_LIBRARY(peephole_lstm_cpp, m) {
       "Tensor cs, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
       "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, float cell_clip=0.) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("mm_tn(Tensor a, Tensor b) -> Tensor");  // a^T b: the input projection's weight gradient
 }
 
 TORCH_LIBRARY_IMPL(peephole_lstm_cpp, CPU, m) {
   m.impl("forward", &recurrence_forward);
   m.impl("backward", &recurrence_backward);
+  m.impl("mm_tn", [](const Tensor& a, const Tensor& b) {
+    TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "mm_tn: a (k, m) and b (k, n), got ",
+                a.sizes(), " and ", b.sizes());
+    TORCH_CHECK(a.scalar_type() == b.scalar_type(), "mm_tn: dtypes differ");
+    return mm_tn(a.stride(1) == 1 ? a : a.contiguous(), b.contiguous());
+  });
 }
