@@ -24,9 +24,13 @@ __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
 
 
 class PeepholeLSTMNet(nn.Module):
-    """Stacked peephole LSTM → dropout → linear head. A plain ``nn.Module`` (no Lightning).
+    """Stacked peephole LSTM → dropout → linear head, plus (``ar_window > 0``) a linear
+    autoregressive term on the last ``ar_window`` values of input channel 0, the target: the
+    "highway" of LSTNet (Lai et al. 2018), which carries what a linear model of the recent
+    values explains (a trend, a season as long as the lags) at any scale, and leaves the LSTM
+    the rest. A plain ``nn.Module`` (no Lightning).
 
-    Input ``(N, L, input_size)`` (batch first), output ``(N, horizon)``.
+    Input ``(N, L, input_size)`` (batch first, ``L >= ar_window``), output ``(N, horizon)``.
     """
 
     def __init__(
@@ -39,8 +43,12 @@ class PeepholeLSTMNet(nn.Module):
         peephole: str = "diagonal",
         bidirectional: bool = False,
         cell_clip: Optional[float] = None,
+        ar_window: int = 0,
     ) -> None:
         super().__init__()
+        if not isinstance(ar_window, int) or ar_window < 0:
+            raise ValueError(f"ar_window must be a non-negative integer, got {ar_window!r}")
+        self.ar_window = ar_window
         self.lstm = PeepholeLSTM(
             input_size,
             hidden_size,
@@ -53,12 +61,22 @@ class PeepholeLSTMNet(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)  # after the last layer
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), horizon)
+        self.ar = None
+        if ar_window > 0:
+            self.ar = nn.Linear(ar_window, horizon)
+            nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
+            nn.init.zeros_(self.ar.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.ar is not None and x.size(1) < self.ar_window:
+            raise ValueError(f"ar_window ({self.ar_window}) is longer than the input window ({x.size(1)} steps)")
         _, (h_n, _) = self.lstm(x)  # h_n: (num_layers * D, N, H)
         D = 2 if self.lstm.bidirectional else 1
         last = torch.cat(list(h_n[-D:]), dim=-1)  # (N, D*H): the top layer, each direction's end
-        return self.head(self.dropout(last))  # (N, horizon)
+        out = self.head(self.dropout(last))  # (N, horizon)
+        if self.ar is not None:
+            out = out + self.ar(x[:, -self.ar_window :, 0])  # (N, ar_window) -> (N, horizon)
+        return out
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -117,6 +135,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         peephole: ``"diagonal"``, ``"full"`` or ``"none"`` (a plain LSTM, for ablations).
         bidirectional: run each layer both ways over the input window.
         cell_clip: clip the cell state to ``[-cell_clip, cell_clip]`` (``None``: no clip).
+        ar_window: add a linear autoregressive term on the last ``ar_window`` (scaled) target
+            values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone). At most the
+            data's ``window``.
     """
 
     def __init__(
@@ -131,11 +152,12 @@ class PeepholeLSTMRegressor(L.LightningModule):
         peephole: str = "diagonal",
         bidirectional: bool = False,
         cell_clip: Optional[float] = None,
+        ar_window: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = PeepholeLSTMNet(
-            input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip
+            input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip, ar_window
         )
         self.val_metrics = _metrics("val_")
         self.test_metrics = _metrics("test_")

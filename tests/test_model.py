@@ -53,3 +53,27 @@ def test_import_does_not_import_lightning():
 
     code = "import sys, peephole_lstm; assert 'lightning' not in sys.modules and 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ar_window_adds_a_linear_term_on_the_last_target_values():
+    """ar_window: the forecast is the LSTM head's plus a linear map of the last ar_window values
+    of channel 0 (checked with a hand-made map against the network with the term removed)."""
+    torch.manual_seed(0)
+    net = PeepholeLSTMNet(input_size=2, hidden_size=5, num_layers=2, dropout=0.0, horizon=3, ar_window=4)
+    x = torch.randn(6, 9, 2)
+    assert torch.equal(net(x), net(x))
+    base = net.head(net.lstm(x)[1][0][-1])  # the LSTM alone, (6, 3)
+    torch.testing.assert_close(net(x), base)  # the term starts at zero
+    with torch.no_grad():
+        net.ar.weight.copy_(torch.arange(12.0).view(3, 4))
+        net.ar.bias.copy_(torch.tensor([1.0, -1.0, 0.5]))
+    lags = x[:, -4:, 0]  # (6, 4), oldest first
+    expect = base + lags @ torch.arange(12.0).view(3, 4).t() + torch.tensor([1.0, -1.0, 0.5])
+    torch.testing.assert_close(net(x), expect)
+    with pytest.raises(ValueError, match=r"ar_window \(4\) is longer than the input window \(3 steps\)"):
+        net(torch.randn(6, 3, 2))
+    with pytest.raises(ValueError, match="ar_window must be a non-negative integer"):
+        PeepholeLSTMNet(ar_window=-1)
+    assert PeepholeLSTMNet().ar is None  # off by default: the checkpoints of earlier versions load
+    model = PeepholeLSTMRegressor(input_size=2, hidden_size=5, num_layers=1, horizon=3, ar_window=4)
+    assert model.hparams.ar_window == 4 and model.net.ar.in_features == 4

@@ -990,6 +990,16 @@ Tensor previous_states(const Tensor& seq, const Tensor& init, const Steps& st, b
   return prev;
 }
 
+// sum_t dA_t^T prev_t, prev_t = the states that fed step t (seq of the step before, or init):
+// a weight gradient over all steps. Unpacked, the previous states are seq shifted by one step,
+// so the product reads seq in place (no (N, D) copy); packed, through previous_states.
+Tensor weight_grad_prev(const Tensor& dA, const Tensor& seq, const Tensor& init, const Steps& st, bool reverse) {
+  if (st.packed || st.T < 2) return mm_tn(dA, previous_states(seq, init, st, reverse));
+  const int64_t N = st.N, B = st.B;
+  if (!reverse) return mm_tn(dA.slice(0, B, N), seq.slice(0, 0, N - B)).add_(mm_tn(dA.slice(0, 0, B), init));
+  return mm_tn(dA.slice(0, 0, N - B), seq.slice(0, B, N)).add_(mm_tn(dA.slice(0, N - B, N), init));
+}
+
 std::optional<Tensor> contiguous_opt(const std::optional<Tensor>& w) {
   if (defined(w)) return w->contiguous();
   return std::nullopt;
@@ -1233,8 +1243,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   }
 
   // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps.
-  const Tensor h_prev = previous_states(out2, h0, st, reverse);  // (N, P)
-  Tensor dw_hh = mm_tn(dgates, h_prev);  // (4H, P)
+  Tensor dw_hh = weight_grad_prev(dgates, out2, h0, st, reverse);  // (4H, P)
   const Tensor sums = acc.sum(0);        // (8H)
   // An absent weight's grad is empty; the outputs of an op may not alias each other.
   auto empty = [&] { return at::empty({0}, opt); };
@@ -1245,10 +1254,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     dw_hr = mm_tn(dH, r_all);
   }
   if (full) {
-    const Tensor c_prev = previous_states(cs2, c0, st, reverse);  // (N, H)
-    if (w.w_ci) dw_ci = mm_tn(dgates.slice(1, 0, H), c_prev);
-    if (w.w_cf) dw_cf = mm_tn(dgates.slice(1, H, 2 * H), c_prev);
-    if (w.w_cc) dw_cc = mm_tn(dgates.slice(1, 2 * H, 3 * H), c_prev);
+    if (w.w_ci) dw_ci = weight_grad_prev(dgates.slice(1, 0, H), cs2, c0, st, reverse);
+    if (w.w_cf) dw_cf = weight_grad_prev(dgates.slice(1, H, 2 * H), cs2, c0, st, reverse);
+    if (w.w_cc) dw_cc = weight_grad_prev(dgates.slice(1, 2 * H, 3 * H), cs2, c0, st, reverse);
     if (w.w_co) dw_co = mm_tn(dgates.slice(1, 3 * H, 4 * H), cs2);
   } else {
     if (w.w_ci) dw_ci = sums.slice(0, 4 * H, 5 * H).clone();
