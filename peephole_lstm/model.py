@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -46,9 +46,6 @@ class PeepholeLSTMNet(nn.Module):
         ar_window: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(ar_window, int) or ar_window < 0:
-            raise ValueError(f"ar_window must be a non-negative integer, got {ar_window!r}")
-        self.ar_window = ar_window
         self.lstm = PeepholeLSTM(
             input_size,
             hidden_size,
@@ -61,9 +58,18 @@ class PeepholeLSTMNet(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)  # after the last layer
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), horizon)
+        self.ar: Optional[nn.Linear] = None
+        self.set_ar_window(ar_window)
+
+    def set_ar_window(self, ar_window: int) -> None:
+        """(Re)create the autoregressive term for ``ar_window`` lags, starting at zero (0: none)."""
+        if isinstance(ar_window, bool) or not isinstance(ar_window, int) or ar_window < 0:
+            raise ValueError(f"ar_window must be a non-negative integer, got {ar_window!r}")
+        self.ar_window = ar_window
         self.ar = None
         if ar_window > 0:
-            self.ar = nn.Linear(ar_window, horizon)
+            horizon = self.head.out_features
+            self.ar = nn.Linear(ar_window, horizon, device=self.head.weight.device, dtype=self.head.weight.dtype)
             nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
             nn.init.zeros_(self.ar.bias)
 
@@ -136,8 +142,11 @@ class PeepholeLSTMRegressor(L.LightningModule):
         bidirectional: run each layer both ways over the input window.
         cell_clip: clip the cell state to ``[-cell_clip, cell_clip]`` (``None``: no clip).
         ar_window: add a linear autoregressive term on the last ``ar_window`` (scaled) target
-            values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone). At most the
-            data's ``window``.
+            values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone), at most the
+            data's ``window``. ``"auto"``: ``2 season + 1`` lags (a seasonal ARIMA's reach; 3
+            without a season; a panel: its first series' season), at most ``window``, resolved
+            from the data module when training or evaluation starts (``setup``) and saved as
+            that number in checkpoints.
     """
 
     def __init__(
@@ -152,12 +161,15 @@ class PeepholeLSTMRegressor(L.LightningModule):
         peephole: str = "diagonal",
         bidirectional: bool = False,
         cell_clip: Optional[float] = None,
-        ar_window: int = 0,
+        ar_window: Union[int, Literal["auto"]] = 0,
     ) -> None:
         super().__init__()
+        if ar_window != "auto" and (isinstance(ar_window, bool) or not isinstance(ar_window, int) or ar_window < 0):
+            raise ValueError(f"ar_window must be a non-negative integer or 'auto', got {ar_window!r}")
         self.save_hyperparameters()
         self.net = PeepholeLSTMNet(
-            input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip, ar_window
+            input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip,
+            0 if ar_window == "auto" else ar_window,
         )
         self.val_metrics = _metrics("val_")
         self.test_metrics = _metrics("test_")
@@ -177,6 +189,18 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        """Resolve ``ar_window="auto"`` from the data module: ``min(window, 2 season + 1)``."""
+        if self.hparams.ar_window != "auto":
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "season") or not hasattr(dm, "hparams"):
+            raise ValueError("ar_window='auto' needs a SeriesDataModule (its season and window); give a number")
+        season = int(dm.season or 1)
+        lags = min(int(dm.hparams.window), 2 * season + 1 if season > 1 else 3)
+        self.net.set_ar_window(lags)
+        self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # checkpoints written before the intervals existed: no intervals, not an error

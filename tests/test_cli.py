@@ -211,3 +211,36 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     assert sorted(set(fut["series"])) == ["north", "south"] and len(fut) == 6  # 3 steps each
     assert fut[fut["series"] == "south"]["time"].tolist() == ["2021-04-21", "2021-04-22", "2021-04-23"]
     assert "2 series" in res.stdout
+
+
+def test_ar_window_auto_is_resolved_from_the_data_and_saved_as_a_number(tmp_path):
+    """--model.ar_window auto: min(window, 2 season + 1) lags (3 without a season), stored in
+    the checkpoint as that number; predict from the checkpoint rebuilds the same term."""
+    import lightning as L
+
+    from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule
+
+    for season, window, lags in ((None, 12, None), (12, 12, 12), (4, 12, 9)):
+        dm = SeriesDataModule(dataset="synthetic", window=window, season=season, batch_size=16)
+        if lags is None:  # the dataset's own season
+            lags = min(window, 2 * dm.season + 1) if dm.season > 1 else 3
+        model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, ar_window="auto")
+        assert model.net.ar is None  # unknown until the data is
+        L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False).fit(model, dm)
+        assert model.hparams.ar_window == lags and model.net.ar.in_features == lags
+    # through the CLI (the last case): the checkpoint holds the number; predict rebuilds the term
+    cfg = _small(tmp_path)
+    cfg["trainer"]["max_epochs"] = 1
+    cfg["model"]["ar_window"] = "auto"
+    cfg["data"].update(window=12, season=4)
+    cfg["forecast"] = {"output_dir": str(tmp_path / "pred")}
+    path = _write(cfg, tmp_path / "c.yaml")
+    fit = _run(["fit", "--config", path], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["ar_window"] == 9 and ckpt["state_dict"]["net.ar.weight"].shape == (1, 9)
+    assert PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt").net.ar.in_features == 9
+    pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    with pytest.raises(ValueError, match="ar_window must be a non-negative integer or 'auto'"):
+        PeepholeLSTMRegressor(ar_window="seasonal")

@@ -704,25 +704,29 @@ class StepGemm {
       auto it = g_choice.find(key);
       if (it != g_choice.end()) return it->second;
     }
-    // Measure: the fastest of a few calls of each candidate on scratch data of this shape.
+    // Measure: the fastest of several calls of each candidate on scratch data of this shape,
+    // the candidates interleaved round by round, so that a burst of load from elsewhere (a
+    // shared VM) does not fall on one candidate alone; the first round warms up.
     const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     const Tensor a = at::full({m_max, lda_}, T(0.5), opts);
     Tensor c = at::empty({m_max, n_}, opts);
-    Path best = Path::kBlas;
-    double best_t = 1e30;
-    for (Path p : cands) {
-      setup(p, m_max);
-      path_ = p;
-      double t_min = 1e30;
-      for (int rep = 0; rep < 6; ++rep) {
+    for (Path p : cands) setup(p, m_max);  // each path keeps its own packed weights
+    std::vector<double> t_min(cands.size(), 1e30);
+    for (int round = 0; round < 12; ++round) {
+      for (size_t i = 0; i < cands.size(); ++i) {
+        path_ = cands[i];
         const auto t0 = std::chrono::steady_clock::now();
         (*this)(a.data_ptr<T>(), m_max, false, c.data_ptr<T>());
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (rep > 0) t_min = std::min(t_min, dt);  // rep 0 warms up
+        if (round > 0) t_min[i] = std::min(t_min[i], dt);
       }
-      if (t_min < best_t) {
-        best_t = t_min;
-        best = p;
+    }
+    Path best = cands[0];
+    double best_t = t_min[0];
+    for (size_t i = 1; i < cands.size(); ++i) {
+      if (t_min[i] < best_t) {
+        best_t = t_min[i];
+        best = cands[i];
       }
     }
     packed_ = Tensor();
