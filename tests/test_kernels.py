@@ -191,6 +191,45 @@ def test_weight_gradient_gemm_is_exact(path):
         assert "measuring" not in line  # both candidates timed after three calls
 
 
+_ONE_REGION_CHECK = """
+import torch, peephole_lstm
+peephole_lstm.set_backend("cpp")
+torch.manual_seed(0)
+# H a multiple of the vector width, small steps, the own GEMM (forced): the one-region loop
+for kw in (dict(), dict(bidirectional=True, cell_clip=0.5), dict(peephole="none"), dict(num_layers=2, bias=False)):
+    m = peephole_lstm.PeepholeLSTM(5, 32, **kw)
+    m64 = peephole_lstm.PeepholeLSTM(5, 32, **kw).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.4, 0.4)
+    m64.load_state_dict(m.state_dict())
+    x = torch.randn(30, 12, 5)
+    h0 = torch.randn(m.num_layers * (2 if m.bidirectional else 1), 12, 32)
+    outs = []
+    for model, xx, hh in ((m, x, h0), (m64, x.double(), h0.double())):
+        o, (h, c) = model(xx, (hh, hh.neg()))
+        (o.square().sum() + h.sum() + c.square().sum()).backward()
+        outs.append((o, h, c, [p.grad for p in model.parameters()]))
+    for a, b in zip(outs[0][:3], outs[1][:3]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[0][3], outs[1][3]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x, (h0, h0.neg()))[0].double(), outs[1][0], rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("fused_loop", ["1", "0"])
+def test_one_region_step_loop_is_exact(fused_loop):
+    """Small steps with H a multiple of the vector width run the whole forward loop in one
+    parallel region (threads own hidden units); on and off, float32 within rounding of float64:
+    outputs, final states and gradients, both directions, a cell clip, no peepholes, no bias."""
+    res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "ok"
+
+
 def _run(code, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "PEEPHOLE_LSTM_BACKEND"}
     full_env.update(env)

@@ -21,7 +21,11 @@
 // plain BLAS sgemm, oneDNN's matmul (through ATen's mkldnn op) and its own register-blocked
 // at::vec GEMM (VecGemm), and keeps the fastest: MKL's sgemm takes about twice oneDNN's time
 // on AMD at the larger sizes, and oneDNN's per-call overhead loses at the small ones.
-// PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests).
+// PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests). Small steps on
+// VecGemm (no projection, no full peepholes, H a multiple of the vector width) run the whole
+// forward loop in one OpenMP region: each thread owns a block of hidden units, computes their
+// four gate columns and their cell update, and one barrier ends each step. The weight
+// gradients over all steps (A^T B) use GemmTN, timed against ATen's mm on the first calls.
 //
 // Built on first use by peephole_lstm/_backend.py (torch.utils.cpp_extension, no fast-math),
 // registered as torch.ops.peephole_lstm_cpp.{forward,backward}; the public op with its
@@ -93,6 +97,14 @@ inline bool forced_serial() {
   return v;
 }
 
+inline bool fused_loop_enabled() {
+  static const bool v = [] {
+    const char* env = std::getenv("PEEPHOLE_LSTM_FUSED_LOOP");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return v;
+}
+
 std::atomic<int64_t> g_serial_left{0};   // calls left to run on one thread
 std::atomic<int64_t> g_serial_window{0};  // the last window granted (doubles while stalls persist)
 constexpr double kStalledStep = 2e-4;     // seconds per small step that mean waiting, not work
@@ -126,6 +138,7 @@ class LoopThreads {
     }
   }
   bool serial() const { return serial_; }
+  bool small() const { return small_; }
   ~LoopThreads() {
     if (serial_) omp_set_num_threads(saved_);
   }
@@ -209,7 +222,8 @@ inline void store(const Vec<T>& v, T* p, int64_t n) {
 template <typename T>
 void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t kc, T* gates, const T* c_prev, T* c,
                   T* r, const T* w_ci, const T* w_cf, const T* w_co, const T* w_cc, bool split_o, T clip, int64_t B,
-                  int64_t H) {
+                  int64_t H, int64_t j_begin = 0, int64_t j_end = -1) {
+  if (j_end < 0) j_end = H;  // hidden units [j_begin, j_end) (the fused small-step loop splits them)
   const T* bi = bias;
   const T* bf = bias ? bias + H : nullptr;
   const T* bg = bias ? bias + 2 * H : nullptr;
@@ -235,7 +249,7 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
       const T* cp = c_prev + b * H;
       T* cb = c + b * H;
       T* rb = r + b * H;
-      for (int64_t j = 0; j < H; j += W) {
+      for (int64_t j = j_begin; j < j_end; j += W) {
         const int64_t n = std::min<int64_t>(W, H - j);
         const Vec<T> cpj = load(cp + j, n);
         const Vec<T> zo = load(xo + j, n) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(ho + j, n);
@@ -526,6 +540,28 @@ class VecGemm {
     });
   }
 
+  // Panels [p_begin, p_end) only, on the calling thread (C = A op(B) in those columns).
+  void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C) const {
+    const int64_t kc = kc_block();
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += kNP) {
+      const int64_t np = std::min(kNP, p_end - p0);
+      for (int64_t k0 = 0; k0 < k_; k0 += kc) {
+        const int64_t k1 = std::min(k_, k0 + kc);
+        const bool acc = k0 > 0;
+        int64_t r = 0;
+        for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, k0, k1, acc, C);
+        switch (m - r) {
+          case 5: block<5>(A, lda, r, p0, np, k0, k1, acc, C); break;
+          case 4: block<4>(A, lda, r, p0, np, k0, k1, acc, C); break;
+          case 3: block<3>(A, lda, r, p0, np, k0, k1, acc, C); break;
+          case 2: block<2>(A, lda, r, p0, np, k0, k1, acc, C); break;
+          case 1: block<1>(A, lda, r, p0, np, k0, k1, acc, C); break;
+          default: break;
+        }
+      }
+    }
+  }
+
  private:
   // k block: kNP panels x kc rows of V elements of packed B in about 24 KiB (half an L1).
   static int64_t kc_block() {
@@ -648,6 +684,7 @@ class StepGemm {
     return C;
   }
   Path path() const { return path_; }
+  const VecGemm<T>& vec() const { return vec_; }
 
  private:
   Tensor onednn(const T* A, int64_t m) const {
@@ -1106,7 +1143,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
     Tensor hold;
-    for (int64_t s = 0; s < T; ++s) {
+    // Small steps (S1, S3, the CLI model) on the kernel's own GEMM, unpacked, no projection,
+    // no full peepholes: one parallel region for the whole loop. Each thread owns a block of
+    // hidden units, computes their four gate columns of h_{t-1} W_hh^T and their cell update,
+    // then waits at one barrier per step, instead of a fork/join for the GEMM and another for
+    // the element-wise kernel. PEEPHOLE_LSTM_FUSED_LOOP=0 turns it off.
+    constexpr int64_t V = Vec<T_>::size();
+    const bool one_region = threads.small() && !threads.serial() && !st.packed && !proj && pc == nullptr &&
+                            po == nullptr && hh.path() == Path::kVec && H % V == 0 && T > 0 &&
+                            omp_get_max_threads() > 1 && fused_loop_enabled();
+    if (one_region) {
+      const int64_t blocks = H / V;
+      const T_* h_start = h;
+      const T_* c_start = c;
+      _Pragma("omp parallel") {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t b0 = blocks * tid / nt, b1 = blocks * (tid + 1) / nt;
+        const T_* h_l = h_start;
+        const T_* c_l = c_start;
+        for (int64_t s = 0; s < T; ++s) {
+          const int64_t t = reverse ? T - 1 - s : s;
+          T_* g_t = save ? g + st.off[t] * G : g;
+          T_* c_t = save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H;
+          T_* h_t = h_all + st.off[t] * P;
+          if (b1 > b0) {
+            for (int64_t q = 0; q < 4; ++q) hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t);
+            forward_cell<T_>(x + st.off[t] * G, p.b, g_t, nullptr, 0, g_t, c_l, c_t, h_t, p.ci, p.cf, p.co, p.cc,
+                             false, T_(cell_clip), B, H, b0 * V, b1 * V);
+          }
+          _Pragma("omp barrier")  // _Pragma: this code is an argument of AT_DISPATCH_FLOATING_TYPES
+          h_l = h_t;
+          c_l = c_t;
+        }
+      }
+      const int64_t s_last = T - 1, t_last = reverse ? 0 : T - 1;
+      h = h_all + st.off[t_last] * P;
+      c = save ? c_all + st.off[t_last] * H : c_all + (s_last % 2) * B * H;
+    }
+    for (int64_t s = 0; s < (one_region ? 0 : T); ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t n = st.n[t];
       T_* g_t = save ? g + st.off[t] * G : g;
