@@ -283,12 +283,14 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
 
 // The rest of a split step: o = σ(z_o + po), po (B, H) = c_t W_co^T; r = o tanh(c_t).
 template <typename T>
-void forward_out(T* gates, const T* po, const T* c, T* r, int64_t B, int64_t H) {
+void forward_out(T* gates, const T* po, const T* c, T* r, int64_t B, int64_t H, int64_t j_begin = 0,
+                 int64_t j_end = -1) {
   constexpr int64_t W = Vec<T>::size();
+  if (j_end < 0) j_end = H;
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* go = gates + b * 4 * H + 3 * H;
-      for (int64_t j = 0; j < H; j += W) {
+      for (int64_t j = j_begin; j < j_end; j += W) {
         const int64_t n = std::min<int64_t>(W, H - j);
         const Vec<T> cj = load(c + b * H + j, n);
         const Vec<T> o = sigmoid(load(go + j, n) + load(po + b * H + j, n));
@@ -1143,14 +1145,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
     Tensor hold;
-    // Small steps (S1, S3, the CLI model) on the kernel's own GEMM, unpacked, no projection,
-    // no full peepholes: one parallel region for the whole loop. Each thread owns a block of
-    // hidden units, computes their four gate columns of h_{t-1} W_hh^T and their cell update,
-    // then waits at one barrier per step, instead of a fork/join for the GEMM and another for
-    // the element-wise kernel. PEEPHOLE_LSTM_FUSED_LOOP=0 turns it off.
+    // Small steps (S3, the article cell at S3) on the kernel's own GEMM, unpacked, no projection,
+    // H a multiple of the vector width: one parallel region for the whole loop. Each thread
+    // owns a block of hidden units, computes their four gate columns of h_{t-1} W_hh^T (and of
+    // c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at one barrier per step
+    // (a full W_co adds one: it needs all of c_t), instead of a fork/join for every GEMM and
+    // element-wise kernel. PEEPHOLE_LSTM_FUSED_LOOP=0 turns it off.
     constexpr int64_t V = Vec<T_>::size();
-    const bool one_region = threads.small() && !threads.serial() && !st.packed && !proj && pc == nullptr &&
-                            po == nullptr && hh.path() == Path::kVec && H % V == 0 && T > 0 &&
+    const bool one_region = threads.small() && !threads.serial() && !st.packed && !proj &&
+                            hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
+                            (po == nullptr || pog.path() == Path::kVec) && H % V == 0 && T > 0 &&
                             omp_get_max_threads() > 1 && fused_loop_enabled();
     if (one_region) {
       const int64_t blocks = H / V;
@@ -1168,8 +1172,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
           T_* h_t = h_all + st.off[t] * P;
           if (b1 > b0) {
             for (int64_t q = 0; q < 4; ++q) hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t);
-            forward_cell<T_>(x + st.off[t] * G, p.b, g_t, nullptr, 0, g_t, c_l, c_t, h_t, p.ci, p.cf, p.co, p.cc,
-                             false, T_(cell_clip), B, H, b0 * V, b1 * V);
+            for (int64_t q = 0; pc && q < w.kc; ++q)  // full peepholes on c_{t-1}
+              pcg.vec().run_panels(c_l, B, H, q * blocks + b0, q * blocks + b1, pc);
+            forward_cell<T_>(x + st.off[t] * G, p.b, g_t, pc, w.kc, g_t, c_l, c_t, h_t, p.ci, p.cf, p.co, p.cc,
+                             po != nullptr, T_(cell_clip), B, H, b0 * V, b1 * V);
+          }
+          if (po) {  // a full W_co needs all of c_t: one more barrier
+            _Pragma("omp barrier")
+            if (b1 > b0) {
+              pog.vec().run_panels(c_t, B, H, b0, b1, po);
+              forward_out<T_>(g_t, po, c_t, h_t, B, H, b0 * V, b1 * V);
+            }
           }
           _Pragma("omp barrier")  // _Pragma: this code is an argument of AT_DISPATCH_FLOATING_TYPES
           h_l = h_t;
