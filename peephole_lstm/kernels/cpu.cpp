@@ -518,53 +518,40 @@ class VecGemm {
     // ~32k multiply-adds per task at the least: below that a thread hand-off costs more
     const int64_t per_group = std::max<int64_t>(1, m * k_ * kNP * V);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / per_group);
-    const int64_t kc = kc_block();
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
-        const int64_t p0 = g * kNP, np = std::min(kNP, panels_ - p0);
-        // k in blocks of kc, so that the group's slice of packed B (kNP * kc * V) stays in
-        // L1 across all row blocks; the partial sums go through C (the k order is unchanged)
-        for (int64_t k0 = 0; k0 < k_; k0 += kc) {
-          const int64_t k1 = std::min(k_, k0 + kc);
-          const bool acc = accumulate || k0 > 0;
-          int64_t r = 0;
-          for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, k0, k1, acc, C);
-          switch (m - r) {
-            case 5: block<5>(A, lda, r, p0, np, k0, k1, acc, C); break;
-            case 4: block<4>(A, lda, r, p0, np, k0, k1, acc, C); break;
-            case 3: block<3>(A, lda, r, p0, np, k0, k1, acc, C); break;
-            case 2: block<2>(A, lda, r, p0, np, k0, k1, acc, C); break;
-            case 1: block<1>(A, lda, r, p0, np, k0, k1, acc, C); break;
-            default: break;
-          }
-        }
+        const int64_t p0 = g * kNP;
+        panel_group(A, m, lda, p0, std::min(kNP, panels_ - p0), accumulate, C);
       }
     });
   }
 
   // Panels [p_begin, p_end) only, on the calling thread (C = A op(B) in those columns).
   void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C) const {
-    const int64_t kc = kc_block();
-    for (int64_t p0 = p_begin; p0 < p_end; p0 += kNP) {
-      const int64_t np = std::min(kNP, p_end - p0);
-      for (int64_t k0 = 0; k0 < k_; k0 += kc) {
-        const int64_t k1 = std::min(k_, k0 + kc);
-        const bool acc = k0 > 0;
-        int64_t r = 0;
-        for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, k0, k1, acc, C);
-        switch (m - r) {
-          case 5: block<5>(A, lda, r, p0, np, k0, k1, acc, C); break;
-          case 4: block<4>(A, lda, r, p0, np, k0, k1, acc, C); break;
-          case 3: block<3>(A, lda, r, p0, np, k0, k1, acc, C); break;
-          case 2: block<2>(A, lda, r, p0, np, k0, k1, acc, C); break;
-          case 1: block<1>(A, lda, r, p0, np, k0, k1, acc, C); break;
-          default: break;
-        }
-      }
-    }
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += kNP) panel_group(A, m, lda, p0, std::min(kNP, p_end - p0), false, C);
   }
 
  private:
+  // Up to kNP panels from p0, every row: k in blocks of kc, so that the panels' slice of
+  // packed B (kNP * kc * V) stays in L1 across all row blocks; the partial sums go through C
+  // (the k order is unchanged).
+  void panel_group(const T* A, int64_t m, int64_t lda, int64_t p0, int64_t np, bool accumulate, T* C) const {
+    const int64_t kc = kc_block();
+    for (int64_t k0 = 0; k0 < k_; k0 += kc) {
+      const int64_t k1 = std::min(k_, k0 + kc);
+      const bool acc = accumulate || k0 > 0;
+      int64_t r = 0;
+      for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, k0, k1, acc, C);
+      switch (m - r) {
+        case 5: block<5>(A, lda, r, p0, np, k0, k1, acc, C); break;
+        case 4: block<4>(A, lda, r, p0, np, k0, k1, acc, C); break;
+        case 3: block<3>(A, lda, r, p0, np, k0, k1, acc, C); break;
+        case 2: block<2>(A, lda, r, p0, np, k0, k1, acc, C); break;
+        case 1: block<1>(A, lda, r, p0, np, k0, k1, acc, C); break;
+        default: break;
+      }
+    }
+  }
   // k block: kNP panels x kc rows of V elements of packed B in about 24 KiB (half an L1).
   static int64_t kc_block() {
     static const int64_t v = [] {
