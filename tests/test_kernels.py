@@ -118,9 +118,11 @@ for mode, cand in (("diagonal", False), ("full", True)):
                                      candidate_peephole=cand).double()
     m64.load_state_dict(m.state_dict())
     seqs = [torch.randn(n, 3) for n in (5, 7, 2)]
-    for model, xs in ((m, seqs), (m64, [s.double() for s in seqs])):
+    for model, xs, backend in ((m, seqs, "cpp"), (m64, [s.double() for s in seqs], "reference")):
+        peephole_lstm.set_backend(backend)  # float64 through the reference loop: an independent check
         o = model(pack_sequence(xs, enforce_sorted=False))[0].data
         o.square().sum().backward()
+    peephole_lstm.set_backend("cpp")
     torch.testing.assert_close(o.float(), m(pack_sequence(seqs, enforce_sorted=False))[0].data, rtol=1e-5, atol=1e-6)
     for (n, p), q in zip(m.named_parameters(), m64.parameters()):
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-5, msg=n)
@@ -131,7 +133,7 @@ print(torch.ops.peephole_lstm_cpp.blas_info())
 @pytest.mark.parametrize("path", ["blas", "packed", "onednn", "vec"])
 def test_every_gemm_path_is_exact(path):
     """PEEPHOLE_LSTM_GEMM forces one GEMM path; each gives float32 results within rounding of
-    the float64 kernel (outputs and every gradient), packed, bidirectional, projected,
+    the float64 reference loop (outputs and every gradient), packed, bidirectional, projected,
     diagonal and full peepholes."""
     if path == "packed" and not torch.backends.mkl.is_available():
         pytest.skip("no MKL in this torch")
@@ -163,7 +165,8 @@ for mode, cand, proj in (("diagonal", False, 13), ("full", True, 13), ("full", T
             x = torch.randn(30, 32, 5)
             lengths = torch.randint(10, 31, (32,)).tolist()
             grads = []
-            for model, xx in ((m, x), (m64, x.double())):
+            for model, xx, backend in ((m, x, "cpp"), (m64, x.double(), "reference")):
+                peephole_lstm.set_backend(backend)  # float64 through the reference loop
                 model.zero_grad()
                 inp = pack_sequence([xx[:n, b] for b, n in enumerate(lengths)], enforce_sorted=False) if packed else xx
                 o = model(inp)[0]
@@ -195,20 +198,23 @@ _ONE_REGION_CHECK = """
 import torch, peephole_lstm
 peephole_lstm.set_backend("cpp")
 torch.manual_seed(0)
-# H a multiple of the vector width, small steps, the own GEMM (forced): the one-region loop
-for kw in (dict(), dict(bidirectional=True, cell_clip=0.5), dict(peephole="none"), dict(num_layers=2, bias=False),
+# small steps, the own GEMM (forced): the one-region loop; H = 32 (whole vector-width blocks)
+# and H = 50 (per-gate panels, a tail block)
+CONFIGS = (dict(), dict(bidirectional=True, cell_clip=0.5), dict(peephole="none"), dict(num_layers=2, bias=False),
            dict(peephole="full", candidate_peephole=True), dict(peephole="full", bidirectional=True),
-           dict(candidate_peephole=True, cell_clip=0.5)):
-    m = peephole_lstm.PeepholeLSTM(5, 32, **kw)
-    m64 = peephole_lstm.PeepholeLSTM(5, 32, **kw).double()
+           dict(candidate_peephole=True, cell_clip=0.5))
+for H, kw in [(H, kw) for H in (32, 50) for kw in CONFIGS]:
+    m = peephole_lstm.PeepholeLSTM(5, H, **kw)
+    m64 = peephole_lstm.PeepholeLSTM(5, H, **kw).double()
     with torch.no_grad():
         for p in m.parameters():
             p.uniform_(-0.4, 0.4)
     m64.load_state_dict(m.state_dict())
     x = torch.randn(30, 12, 5)
-    h0 = torch.randn(m.num_layers * (2 if m.bidirectional else 1), 12, 32)
+    h0 = torch.randn(m.num_layers * (2 if m.bidirectional else 1), 12, H)
     outs = []
-    for model, xx, hh in ((m, x, h0), (m64, x.double(), h0.double())):
+    for model, xx, hh, backend in ((m, x, h0, "cpp"), (m64, x.double(), h0.double(), "reference")):
+        peephole_lstm.set_backend(backend)  # float64 through the reference loop: an independent check
         o, (h, c) = model(xx, (hh, hh.neg()))
         (o.square().sum() + h.sum() + c.square().sum()).backward()
         outs.append((o, h, c, [p.grad for p in model.parameters()]))
@@ -216,6 +222,7 @@ for kw in (dict(), dict(bidirectional=True, cell_clip=0.5), dict(peephole="none"
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
     for a, b in zip(outs[0][3], outs[1][3]):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    peephole_lstm.set_backend("cpp")
     with torch.inference_mode():
         torch.testing.assert_close(m(x, (h0, h0.neg()))[0].double(), outs[1][0], rtol=1e-4, atol=1e-5)
 print("ok")
@@ -224,11 +231,14 @@ print("ok")
 
 @pytest.mark.parametrize("fused_loop", ["1", "0"])
 def test_one_region_step_loop_is_exact(fused_loop):
-    """Small steps with H a multiple of the vector width run the whole forward loop in one
-    parallel region (threads own hidden units); on and off, float32 within rounding of float64:
+    """Small steps run the whole forward loop in one parallel region (threads own hidden
+    units; H = 50 takes per-gate panels and a tail block); on and off, float32 within rounding of float64:
     outputs, final states and gradients, both directions, a cell clip, no peepholes, no bias,
     full peephole matrices with and without the candidate peephole."""
-    res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop)
+    # THREADS=parallel: a loaded test machine must not switch the kernel to one thread (which
+    # takes the ordinary loop)
+    res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop,
+               PEEPHOLE_LSTM_THREADS="parallel")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "ok"
 
