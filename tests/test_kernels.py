@@ -198,8 +198,8 @@ _ONE_REGION_CHECK = """
 import torch, peephole_lstm
 peephole_lstm.set_backend("cpp")
 torch.manual_seed(0)
-# small steps, the own GEMM (forced): the one-region loop; H = 32 (whole vector-width blocks)
-# and H = 50 (per-gate panels, a tail block)
+# small steps, the own GEMM (forced): H = 32 takes the one-region loop (whole vector-width
+# blocks), H = 50 the ordinary loop
 CONFIGS = (dict(), dict(bidirectional=True, cell_clip=0.5), dict(peephole="none"), dict(num_layers=2, bias=False),
            dict(peephole="full", candidate_peephole=True), dict(peephole="full", bidirectional=True),
            dict(candidate_peephole=True, cell_clip=0.5))
@@ -231,10 +231,11 @@ print("ok")
 
 @pytest.mark.parametrize("fused_loop", ["1", "0"])
 def test_one_region_step_loop_is_exact(fused_loop):
-    """Small steps run the whole forward loop in one parallel region (threads own hidden
-    units; H = 50 takes per-gate panels and a tail block); on and off, float32 within rounding of float64:
-    outputs, final states and gradients, both directions, a cell clip, no peepholes, no bias,
-    full peephole matrices with and without the candidate peephole."""
+    """Small steps with H a multiple of the vector width run the whole forward loop in one
+    parallel region (threads own hidden units; H = 50 stays on the ordinary loop); on and
+    off, float32 within rounding of the float64 reference loop: outputs, final states and
+    gradients, both directions, a cell clip, no peepholes, no bias, full peephole matrices
+    with and without the candidate peephole."""
     # THREADS=parallel: a loaded test machine must not switch the kernel to one thread (which
     # takes the ordinary loop)
     res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop,

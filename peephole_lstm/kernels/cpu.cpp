@@ -22,7 +22,8 @@
 // at::vec GEMM (VecGemm), and keeps the fastest: MKL's sgemm takes about twice oneDNN's time
 // on AMD at the larger sizes, and oneDNN's per-call overhead loses at the small ones.
 // PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests). Small steps on
-// VecGemm (no projection, unpacked) run the whole forward loop in one OpenMP region: each
+// VecGemm (no projection, unpacked, H a multiple of the vector width: S3, not S1's 50, where
+// per-gate panels measured slower) run the whole forward loop in one OpenMP region: each
 // thread owns a block of hidden units, computes their gate columns (and full-peephole
 // columns) and their cell update, and one barrier ends each step (two with a full W_co,
 // which needs all of c_t). The weight gradients over all steps (A^T B) use GemmTN, timed
@@ -510,11 +511,9 @@ class VecGemm {
  public:
   static constexpr int64_t V = Vec<T>::size();
   static constexpr int64_t kNP = 4;  // panels per register block
-  // ldc: C's row stride (default n; a gate's block of a (B, 4H) buffer: 4H).
-  void pack(const T* Bm, bool bt, int64_t n, int64_t k, int64_t ldc = -1) {
+  void pack(const T* Bm, bool bt, int64_t n, int64_t k) {
     n_ = n;
     k_ = k;
-    ldc_ = ldc < 0 ? n : ldc;
     panels_ = (n + V - 1) / V;
     packed_ = at::zeros({panels_ * k * V}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     T* d = packed_.data_ptr<T>();
@@ -599,7 +598,7 @@ class VecGemm {
       }
     }
     for (int r = 0; r < MR; ++r) {
-      T* c = C + (r0 + r) * ldc_;
+      T* c = C + (r0 + r) * n_;
       for (int p = 0; p < NP; ++p) {
         const int64_t col = (p0 + p) * V, w = std::min<int64_t>(V, n_ - col);
         Vec<T> v = acc[r][p];
@@ -608,7 +607,7 @@ class VecGemm {
       }
     }
   }
-  int64_t n_ = 0, k_ = 0, panels_ = 0, ldc_ = 0;
+  int64_t n_ = 0, k_ = 0, panels_ = 0;
   Tensor packed_;
 };
 
@@ -1144,8 +1143,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
     Tensor hold;
-    // Small steps (S1, S3, the article cell at S3) on the kernel's own GEMM, unpacked, no
-    // projection: one parallel region for the whole loop. Each thread
+    // Small steps (S3, the article cell at S3) on the kernel's own GEMM, unpacked, no projection,
+    // H a multiple of the vector width: one parallel region for the whole loop. Each thread
     // owns a block of hidden units, computes their four gate columns of h_{t-1} W_hh^T (and of
     // c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at one barrier per step
     // (a full W_co adds one: it needs all of c_t), instead of a fork/join for every GEMM and
@@ -1153,17 +1152,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     constexpr int64_t V = Vec<T_>::size();
     const bool one_region = threads.small() && !threads.serial() && !st.packed && !proj &&
                             hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
-                            (po == nullptr || pog.path() == Path::kVec) && T > 0 &&
+                            (po == nullptr || pog.path() == Path::kVec) && H % V == 0 && T > 0 &&
                             omp_get_max_threads() > 1 && fused_loop_enabled();
     if (one_region) {
-      const int64_t blocks = (H + V - 1) / V;
-      // H not a multiple of V (S1: 50): the gates' columns do not start on panel boundaries,
-      // so each gate gets its own panels (padded to V), written into its block of the row.
-      const bool aligned = H % V == 0;
-      std::vector<VecGemm<T_>> gate_hh(aligned ? 0 : 4), gate_pc(aligned || !pc ? 0 : w.kc);
-      for (int64_t q = 0; q < int64_t(gate_hh.size()); ++q) gate_hh[q].pack(p.hh + q * H * P, true, H, P, G);
-      for (int64_t q = 0; q < int64_t(gate_pc.size()); ++q)
-        gate_pc[q].pack(p.wc + q * H * H, true, H, H, w.kc * H);
+      const int64_t blocks = H / V;
       const T_* h_start = h;
       const T_* c_start = c;
       _Pragma("omp parallel") {
@@ -1176,30 +1168,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
           T_* g_t = save ? g + st.off[t] * G : g;
           T_* c_t = save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H;
           T_* h_t = h_all + st.off[t] * P;
-          const int64_t j0 = b0 * V, j1 = std::min(H, b1 * V);
           if (b1 > b0) {
-            for (int64_t q = 0; q < 4; ++q) {
-              if (aligned) {
-                hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t);
-              } else {
-                gate_hh[q].run_panels(h_l, B, P, b0, b1, g_t + q * H);
-              }
-            }
-            for (int64_t q = 0; pc && q < w.kc; ++q) {  // full peepholes on c_{t-1}
-              if (aligned) {
-                pcg.vec().run_panels(c_l, B, H, q * blocks + b0, q * blocks + b1, pc);
-              } else {
-                gate_pc[q].run_panels(c_l, B, H, b0, b1, pc + q * H);
-              }
-            }
+            for (int64_t q = 0; q < 4; ++q) hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t);
+            for (int64_t q = 0; pc && q < w.kc; ++q)  // full peepholes on c_{t-1}
+              pcg.vec().run_panels(c_l, B, H, q * blocks + b0, q * blocks + b1, pc);
             forward_cell<T_>(x + st.off[t] * G, p.b, g_t, pc, w.kc, g_t, c_l, c_t, h_t, p.ci, p.cf, p.co, p.cc,
-                             po != nullptr, T_(cell_clip), B, H, j0, j1);
+                             po != nullptr, T_(cell_clip), B, H, b0 * V, b1 * V);
           }
           if (po) {  // a full W_co needs all of c_t: one more barrier
             _Pragma("omp barrier")
             if (b1 > b0) {
-              pog.vec().run_panels(c_t, B, H, b0, b1, po);  // n = H: panels are hidden blocks
-              forward_out<T_>(g_t, po, c_t, h_t, B, H, j0, j1);
+              pog.vec().run_panels(c_t, B, H, b0, b1, po);
+              forward_out<T_>(g_t, po, c_t, h_t, B, H, b0 * V, b1 * V);
             }
           }
           _Pragma("omp barrier")  // _Pragma: this code is an argument of AT_DISPATCH_FLOATING_TYPES
