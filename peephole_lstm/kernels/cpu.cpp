@@ -92,21 +92,15 @@ inline double serial_step_flops() {
   return v;
 }
 
-inline bool forced_serial() {
-  static const bool v = [] {
+inline const std::string& threads_env() {  // PEEPHOLE_LSTM_THREADS, "" when unset
+  static const std::string v = [] {
     const char* env = std::getenv("PEEPHOLE_LSTM_THREADS");
-    return env != nullptr && std::string(env) == "serial";
+    return std::string(env != nullptr ? env : "");
   }();
   return v;
 }
-
-inline bool forced_parallel() {  // PEEPHOLE_LSTM_THREADS=parallel: never switch to one thread
-  static const bool v = [] {
-    const char* env = std::getenv("PEEPHOLE_LSTM_THREADS");
-    return env != nullptr && std::string(env) == "parallel";
-  }();
-  return v;
-}
+inline bool forced_serial() { return threads_env() == "serial"; }
+inline bool forced_parallel() { return threads_env() == "parallel"; }  // never switch to one thread
 
 inline bool fused_loop_enabled() {
   static const bool v = [] {
@@ -501,6 +495,13 @@ struct OneDnn {
   }
 };
 
+// k block of the own GEMMs: np panels x kc rows of V elements of B in about 24 KiB (half an
+// L1), so that slice stays in L1 while the rows of A stream past it.
+template <typename T>
+constexpr int64_t l1_k_block(int64_t np) {
+  return std::max<int64_t>(16, (24 * 1024) / (np * Vec<T>::size() * int64_t(sizeof(T))));
+}
+
 // Our own GEMM for the small per-step products: op(B) packed once per layer call into panels
 // of V = Vec<T>::size() columns (Bp[panel][kk][0..V), zero past n), an MR x NP register block
 // of V-wide accumulators (6 x 4 = 24 of AVX-512's 32 registers), threads over column panels
@@ -547,7 +548,7 @@ class VecGemm {
   // packed B (kNP * kc * V) stays in L1 across all row blocks; the partial sums go through C
   // (the k order is unchanged).
   void panel_group(const T* A, int64_t m, int64_t lda, int64_t p0, int64_t np, bool accumulate, T* C) const {
-    const int64_t kc = kc_block();
+    const int64_t kc = l1_k_block<T>(kNP);
     for (int64_t k0 = 0; k0 < k_; k0 += kc) {
       const int64_t k1 = std::min(k_, k0 + kc);
       const bool acc = accumulate || k0 > 0;
@@ -562,15 +563,6 @@ class VecGemm {
         default: break;
       }
     }
-  }
-  // k block: kNP panels x kc rows of V elements of packed B in about 24 KiB (half an L1).
-  static int64_t kc_block() {
-    static const int64_t v = [] {
-      const char* env = std::getenv("PEEPHOLE_LSTM_KC");
-      const int64_t d = std::max<int64_t>(16, (24 * 1024) / int64_t(kNP * V * sizeof(T)));
-      return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : d;
-    }();
-    return v;
   }
   template <int MR>
   void block(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t np, int64_t k0, int64_t k1, bool accumulate,
@@ -802,7 +794,7 @@ class GemmTN {
       return;
     }
     const int64_t row_blocks = (m_ + 5) / 6;
-    const int64_t kc = std::max<int64_t>(16, (24 * 1024) / int64_t(kNP * V * sizeof(T)));
+    const int64_t kc = l1_k_block<T>(kNP);
     const int64_t per_block = std::max<int64_t>(1, 6 * n_ * k_);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / per_block);
     at::parallel_for(0, row_blocks, grain, [&](int64_t rb0, int64_t rb1) {
@@ -1154,6 +1146,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
                             hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
                             (po == nullptr || pog.path() == Path::kVec) && H % V == 0 && T > 0 &&
                             omp_get_max_threads() > 1 && fused_loop_enabled();
+    // this step's gate, cell and output rows (c alternates between two rows of B in inference)
+    auto step_rows = [&](int64_t s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      return std::make_tuple(t, save ? g + st.off[t] * G : g,
+                             save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H, h_all + st.off[t] * P);
+    };
     if (one_region) {
       const int64_t blocks = H / V;
       const T_* h_start = h;
@@ -1164,10 +1162,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
         const T_* h_l = h_start;
         const T_* c_l = c_start;
         for (int64_t s = 0; s < T; ++s) {
-          const int64_t t = reverse ? T - 1 - s : s;
-          T_* g_t = save ? g + st.off[t] * G : g;
-          T_* c_t = save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H;
-          T_* h_t = h_all + st.off[t] * P;
+          const auto [t, g_t, c_t, h_t] = step_rows(s);
           if (b1 > b0) {
             for (int64_t q = 0; q < 4; ++q) hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t);
             for (int64_t q = 0; pc && q < w.kc; ++q)  // full peepholes on c_{t-1}
@@ -1187,16 +1182,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
           c_l = c_t;
         }
       }
-      const int64_t s_last = T - 1, t_last = reverse ? 0 : T - 1;
-      h = h_all + st.off[t_last] * P;
-      c = save ? c_all + st.off[t_last] * H : c_all + (s_last % 2) * B * H;
+      const auto last = step_rows(T - 1);  // the states after the loop
+      c = std::get<2>(last);
+      h = std::get<3>(last);
     }
     for (int64_t s = 0; s < (one_region ? 0 : T); ++s) {
-      const int64_t t = reverse ? T - 1 - s : s;
+      const auto [t, g_t, c_t, h_t] = step_rows(s);
       const int64_t n = st.n[t];
-      T_* g_t = save ? g + st.off[t] * G : g;
-      T_* c_t = save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H;
-      T_* h_t = h_all + st.off[t] * P;
       const T_* hw = hh.view(h, n, g_t, hold);
       if (pc) pcg(c, n, false, pc);
       forward_cell<T_>(x + st.off[t] * G, p.b, hw, pc, w.kc, g_t, c, c_t, proj ? r : h_t, p.ci, p.cf, p.co, p.cc,
