@@ -23,12 +23,45 @@ from .lstm import PeepholeLSTM
 __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
 
 
+RIDGES = tuple(10.0**k for k in range(-3, 4))  # the penalties ridge_ar chooses from
+
+
+def ridge_ar(lags: Tensor, target: Tensor, ridges: tuple[float, ...] = RIDGES) -> tuple[Tensor, Tensor, float]:
+    """Ridge regression of ``target`` ``(N, horizon)`` on ``lags`` ``(N, p)``, in closed form
+    (float64, one SVD), the penalty chosen from ``ridges`` by leave-one-out squared error, which
+    the hat matrix gives without refitting. The intercept is not penalised; rows with a NaN are
+    left out. Returns ``(weight (horizon, p), bias (horizon,), penalty)``."""
+    if lags.dim() != 2 or target.dim() != 2 or len(target) != len(lags):
+        raise ValueError(f"ridge_ar expects lags (N, p) and target (N, horizon), got {tuple(lags.shape)} and "
+                         f"{tuple(target.shape)}")
+    X, Y = lags.double(), target.double()
+    keep = torch.isfinite(X).all(1) & torch.isfinite(Y).all(1)
+    X, Y = X[keep], Y[keep]
+    n = len(X)
+    if n < 3:
+        raise ValueError(f"the autoregressive term needs at least 3 complete training windows, got {n}")
+    mx, my = X.mean(0), Y.mean(0)  # centred: the intercept is fitted apart, unpenalised
+    U, S, Vh = torch.linalg.svd(X - mx, full_matrices=False)  # (n, r), (r,), (r, p)
+    UtY = U.T @ (Y - my)  # (r, horizon)
+    loo = []
+    for lam in ridges:
+        f = S**2 / (S**2 + lam)  # shrinkage of each singular direction
+        resid = (Y - my) - U @ (f[:, None] * UtY)  # (n, horizon)
+        lev = (U**2 * f).sum(1) + 1.0 / n  # the hat matrix's diagonal, intercept included
+        loo.append((resid / (1 - lev).clamp(min=1e-9)[:, None]).pow(2).mean().item())
+    lam = ridges[min(range(len(ridges)), key=loo.__getitem__)]
+    W = Vh.T @ ((S / (S**2 + lam))[:, None] * UtY)  # (p, horizon)
+    return W.T, my - mx @ W, lam
+
+
 class PeepholeLSTMNet(nn.Module):
     """Stacked peephole LSTM → dropout → linear head, plus (``ar_window > 0``) a linear
     autoregressive term on the last ``ar_window`` values of input channel 0, the target: the
     "highway" of LSTNet (Lai et al. 2018), which carries what a linear model of the recent
     values explains (a trend, a season as long as the lags) at any scale, and leaves the LSTM
-    the rest. A plain ``nn.Module`` (no Lightning).
+    the rest. :meth:`fit_ar` sets it to the ridge regression on training windows in closed
+    form (the hybrid of Zhang 2003: the linear model first, the network on what it leaves);
+    it starts at zero otherwise. A plain ``nn.Module`` (no Lightning).
 
     Input ``(N, L, input_size)`` (batch first, ``L >= ar_window``), output ``(N, horizon)``.
     """
@@ -72,6 +105,20 @@ class PeepholeLSTMNet(nn.Module):
             self.ar = nn.Linear(ar_window, horizon, device=self.head.weight.device, dtype=self.head.weight.dtype)
             nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
             nn.init.zeros_(self.ar.bias)
+
+    @torch.no_grad()
+    def fit_ar(self, lags: Tensor, target: Tensor) -> float:
+        """Set the autoregressive term to the ridge regression of ``target`` ``(N, horizon)`` on
+        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`).
+        Returns the penalty chosen."""
+        if self.ar is None or lags.dim() != 2 or lags.size(1) != self.ar_window:
+            raise ValueError(f"fit_ar expects lags (N, ar_window={self.ar_window}), got {tuple(lags.shape)}")
+        if target.dim() != 2 or target.size(1) != self.ar.out_features:
+            raise ValueError(f"fit_ar expects target (N, horizon={self.ar.out_features}), got {tuple(target.shape)}")
+        weight, bias, lam = ridge_ar(lags, target)
+        self.ar.weight.copy_(weight)
+        self.ar.bias.copy_(bias)
+        return lam
 
     def forward(self, x: Tensor) -> Tensor:
         if self.ar is not None and x.size(1) < self.ar_window:
@@ -143,10 +190,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
         cell_clip: clip the cell state to ``[-cell_clip, cell_clip]`` (``None``: no clip).
         ar_window: add a linear autoregressive term on the last ``ar_window`` (scaled) target
             values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone), at most the
-            data's ``window``. ``"auto"``: ``2 season + 1`` lags (a seasonal ARIMA's reach; 3
-            without a season; a panel: its first series' season), at most ``window``, resolved
-            from the data module when training or evaluation starts (``setup``) and saved as
-            that number in checkpoints.
+            data's ``window``. Before training it is fitted to the training windows in closed
+            form (ridge regression, the penalty chosen by leave-one-out error; all series of a
+            panel together) and then kept fixed: the LSTM learns what the linear model leaves
+            (Zhang 2003's hybrid), which measured better than training both from a zero start
+            (``benchmarks/quality.py``). ``"auto"``: ``2 season + 1`` lags (a seasonal
+            ARIMA's reach; 3 without a season; a panel: its first series' season), at most
+            ``window``, resolved from the data module when training or evaluation starts
+            (``setup``) and saved as that number in checkpoints.
     """
 
     def __init__(
@@ -184,6 +235,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         # (levels, horizon): the conformal half-widths in scaled units; NaN until validated.
         self.register_buffer("interval_q", torch.full((len(LEVELS), horizon), float("nan")))
         self._val_residuals: list[Tensor] = []
+        self._ar_fitted = False
+        self.ar_penalty: Optional[float] = None  # the ridge penalty the AR fit chose
         self._test_sums: dict[str, Tensor] = {}
         self.test_per_series = None  # pandas.DataFrame after test
 
@@ -191,18 +244,44 @@ class PeepholeLSTMRegressor(L.LightningModule):
         return self.net(x)
 
     def setup(self, stage: str) -> None:
-        """Resolve ``ar_window="auto"`` from the data module: ``min(window, 2 season + 1)``."""
-        if self.hparams.ar_window != "auto":
+        """Resolve ``ar_window="auto"`` from the data module (``min(window, 2 season + 1)``) and,
+        before training, fit the AR term on its training windows."""
+        if self.hparams.ar_window == 0 or self._ar_fitted:
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "season") or not hasattr(dm, "hparams"):
-            raise ValueError("ar_window='auto' needs a SeriesDataModule (its season and window); give a number")
-        season = int(dm.season or 1)
-        lags = min(int(dm.hparams.window), 2 * season + 1 if season > 1 else 3)
-        self.net.set_ar_window(lags)
-        self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
+        if self.hparams.ar_window == "auto":
+            if dm is None or not hasattr(dm, "season") or not hasattr(dm, "hparams"):
+                raise ValueError("ar_window='auto' needs a SeriesDataModule (its season and window); give a number")
+            season = int(dm.season or 1)
+            lags = min(int(dm.hparams.window), 2 * season + 1 if season > 1 else 3)
+            self.net.set_ar_window(lags)
+            self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
+        if stage == "fit" and dm is not None:
+            self._fit_ar(dm.train_dataloader())
+        # no data module: fitted in on_train_start from the trainer's training batches
+
+    def _fit_ar(self, batches) -> None:
+        """The closed-form ridge fit of the AR term on every training window (scaled units,
+        all series together); it then stays fixed (see ``ar_window``)."""
+        p = self.net.ar_window
+        lags, target = [], []
+        for batch in batches:
+            x, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch[0], batch[1])
+            lags.append(x[:, -p:, 0])  # (B, p): the last p values of channel 0, the target
+            target.append(y)  # (B, horizon)
+        if not lags:
+            raise ValueError("the autoregressive term needs training windows; the training data has none")
+        self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu())
+        self._ar_fitted = True
+
+    def on_train_start(self) -> None:
+        if self.net.ar is not None and not self._ar_fitted:  # fit without a data module
+            self._fit_ar(self.trainer.train_dataloader)
+        if self.net.ar is not None:  # fixed: the LSTM learns what the linear model leaves
+            self.net.ar.requires_grad_(False)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._ar_fitted = True  # a trained model keeps its AR term
         # checkpoints written before the intervals existed: no intervals, not an error
         checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
 

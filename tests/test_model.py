@@ -77,3 +77,82 @@ def test_ar_window_adds_a_linear_term_on_the_last_target_values():
     assert PeepholeLSTMNet().ar is None  # off by default: the checkpoints of earlier versions load
     model = PeepholeLSTMRegressor(input_size=2, hidden_size=5, num_layers=1, horizon=3, ar_window=4)
     assert model.hparams.ar_window == 4 and model.net.ar.in_features == 4
+
+
+def test_ridge_ar_matches_the_normal_equations_and_brute_force_leave_one_out():
+    """ridge_ar against an independent numpy reference: the penalised normal equations with an
+    unpenalised intercept column, and the leave-one-out error by refitting without each row
+    (ridge_ar uses the hat-matrix shortcut, no refits)."""
+    import numpy as np
+
+    from peephole_lstm.model import ridge_ar
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3))
+    Y = X @ np.array([[0.5, -1.0], [0.2, 0.3], [-0.7, 0.1]]) + 0.3 + rng.normal(scale=0.8, size=(30, 2))
+    X[:, 2] += 2.0 * X[:, 0]  # correlated lags: the penalty matters
+
+    def fit(A, B, lam):
+        A1 = np.c_[A, np.ones(len(A))]
+        pen = lam * np.eye(A1.shape[1])
+        pen[-1, -1] = 0.0  # the intercept is not penalised
+        return np.linalg.solve(A1.T @ A1 + pen, A1.T @ B)
+
+    ridges = tuple(10.0 ** np.linspace(-2, 3, 41))  # fine: a biased leave-one-out error moves the choice
+    loo = [np.mean([(np.r_[X[i], 1.0] @ fit(np.delete(X, i, 0), np.delete(Y, i, 0), lam) - Y[i]) ** 2
+                    for i in range(len(X))]) for lam in ridges]
+    k = int(np.argmin(loo))
+    assert 0 < k < len(ridges) - 1 and min(loo[k - 1], loo[k + 1]) / loo[k] > 1 + 1e-6  # an interior, strict minimum
+    lam = ridges[k]
+    ref = fit(X, Y, lam)
+    for chosen in (lam, 300.0):  # the choice by leave-one-out, and a given penalty
+        W, b, got = ridge_ar(torch.tensor(X), torch.tensor(Y), ridges if chosen == lam else (chosen,))
+        assert got == chosen
+        ref = fit(X, Y, chosen)
+        torch.testing.assert_close(W, torch.tensor(ref[:3].T), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(b, torch.tensor(ref[3]), rtol=1e-9, atol=1e-12)
+    # rows with a NaN are left out; too few rows and wrong shapes are errors
+    Xn, Yn = np.r_[X, [[np.nan, 0, 0]]], np.r_[Y, [[1.0, 1.0]]]
+    W, b, _ = ridge_ar(torch.tensor(Xn), torch.tensor(Yn), (3.0,))
+    torch.testing.assert_close(W, torch.tensor(fit(X, Y, 3.0)[:3].T), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 3 complete training windows, got 2"):
+        ridge_ar(torch.randn(2, 3), torch.randn(2, 1))
+    with pytest.raises(ValueError, match=r"ridge_ar expects lags \(N, p\) and target \(N, horizon\)"):
+        ridge_ar(torch.randn(5, 3), torch.randn(4, 1))
+    net = PeepholeLSTMNet(ar_window=3, horizon=2)
+    with pytest.raises(ValueError, match=r"fit_ar expects lags \(N, ar_window=3\)"):
+        net.fit_ar(torch.randn(5, 4), torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"fit_ar expects target \(N, horizon=2\)"):
+        net.fit_ar(torch.randn(5, 3), torch.randn(5, 1))
+
+
+@pytest.mark.parametrize("with_datamodule", [True, False])
+def test_ar_term_is_the_ridge_fit_on_the_training_windows_and_stays_fixed(with_datamodule):
+    """Training starts from the AR term's closed-form fit on every training window and keeps
+    it; the LSTM trains. With plain data loaders (no data module) the same fit happens when
+    training starts."""
+    from peephole_lstm.model import ridge_ar
+
+    dm = SeriesDataModule(dataset="synthetic", window=12, horizon=2, batch_size=32)
+    torch.manual_seed(0)
+    model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=5)
+    lstm_before = [p.detach().clone() for p in model.net.lstm.parameters()]
+    trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    if with_datamodule:
+        trainer.fit(model, datamodule=dm)
+    else:
+        trainer.fit(model, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
+    ds = dm.dataset("train")
+    items = [ds[k] for k in range(len(ds))]
+    W, b, lam = ridge_ar(torch.stack([it["x"][-5:, 0] for it in items]), torch.stack([it["y"] for it in items]))
+    torch.testing.assert_close(model.net.ar.weight, W.float())
+    torch.testing.assert_close(model.net.ar.bias, b.float())
+    assert model.ar_penalty == lam
+    assert any(not torch.equal(a, p) for a, p in zip(lstm_before, model.net.lstm.parameters()))
+    # a second fit continues from the trained model: no refit
+    with torch.no_grad():
+        model.net.ar.bias.add_(1.0)
+    L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, num_sanity_val_steps=0).fit(model, datamodule=dm)
+    torch.testing.assert_close(model.net.ar.bias, b.float() + 1.0)
