@@ -94,33 +94,66 @@ class PeepholeLSTMNet(nn.Module):
         self.ar: Optional[nn.Linear] = None
         self.set_ar_window(ar_window)
 
-    def set_ar_window(self, ar_window: int) -> None:
-        """(Re)create the autoregressive term for ``ar_window`` lags, starting at zero (0: none)."""
+    def set_ar_window(self, ar_window: int, series: int = 1) -> None:
+        """(Re)create the autoregressive term for ``ar_window`` lags, starting at zero (0: none);
+        ``series > 1``: one term per series (``forward`` then takes each window's series)."""
         if isinstance(ar_window, bool) or not isinstance(ar_window, int) or ar_window < 0:
             raise ValueError(f"ar_window must be a non-negative integer, got {ar_window!r}")
+        if isinstance(series, bool) or not isinstance(series, int) or series < 1:
+            raise ValueError(f"the number of series must be a positive integer, got {series!r}")
         self.ar_window = ar_window
+        self.ar_series = series
         self.ar = None
         if ar_window > 0:
             horizon = self.head.out_features
-            self.ar = nn.Linear(ar_window, horizon, device=self.head.weight.device, dtype=self.head.weight.dtype)
+            # (series * horizon, ar_window): series s owns output rows s*horizon .. (s+1)*horizon
+            self.ar = nn.Linear(ar_window, series * horizon, device=self.head.weight.device,
+                                dtype=self.head.weight.dtype)
             nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
             nn.init.zeros_(self.ar.bias)
 
     @torch.no_grad()
-    def fit_ar(self, lags: Tensor, target: Tensor) -> float:
+    def fit_ar(self, lags: Tensor, target: Tensor, series: Optional[Tensor] = None,
+               lags_per_series: Optional[list[int]] = None) -> list[float]:
         """Set the autoregressive term to the ridge regression of ``target`` ``(N, horizon)`` on
-        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`).
-        Returns the penalty chosen."""
+        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`). With
+        one term per series, ``series`` ``(N,)`` says whose each row is and each series is
+        fitted on its own rows, on its last ``lags_per_series[s]`` lags (default all; the older
+        ones get weight 0); a series with fewer than 3 rows gets the fit of all rows together.
+        Returns the penalty chosen for each term."""
+        S = self.ar_series if self.ar is not None else 0
         if self.ar is None or lags.dim() != 2 or lags.size(1) != self.ar_window:
             raise ValueError(f"fit_ar expects lags (N, ar_window={self.ar_window}), got {tuple(lags.shape)}")
-        if target.dim() != 2 or target.size(1) != self.ar.out_features:
-            raise ValueError(f"fit_ar expects target (N, horizon={self.ar.out_features}), got {tuple(target.shape)}")
-        weight, bias, lam = ridge_ar(lags, target)
+        h = self.ar.out_features // S
+        if target.dim() != 2 or target.size(1) != h:
+            raise ValueError(f"fit_ar expects target (N, horizon={h}), got {tuple(target.shape)}")
+        if S > 1 and (series is None or series.shape != (len(lags),)):
+            raise ValueError(f"this network has an AR term for each of {S} series: fit_ar needs series (N,)")
+        weight = torch.zeros(S * h, self.ar_window, dtype=torch.float64)
+        bias = torch.zeros(S * h, dtype=torch.float64)
+        penalties = []
+        pooled = None
+        for s in range(S):
+            rows = slice(None) if S == 1 else series == s
+            p = self.ar_window if lags_per_series is None else int(lags_per_series[s])
+            if not 1 <= p <= self.ar_window:
+                raise ValueError(f"lags_per_series[{s}] = {p} is not in 1 .. ar_window ({self.ar_window})")
+            X, Y = lags[rows][:, -p:], target[rows]
+            if len(X) >= 3:
+                W, b, lam = ridge_ar(X, Y)  # (h, p), (h,)
+            else:  # too few windows of its own: the fit of every row
+                pooled = pooled or ridge_ar(lags, target)
+                (W, b, lam), p = pooled, self.ar_window
+            weight[s * h : (s + 1) * h, -p:] = W
+            bias[s * h : (s + 1) * h] = b
+            penalties.append(lam)
         self.ar.weight.copy_(weight)
         self.ar.bias.copy_(bias)
-        return lam
+        return penalties
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, series: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``(N, L, input_size)``; ``series`` ``(N,)``: each window's series, needed only by
+        a network with one AR term per series."""
         if self.ar is not None and x.size(1) < self.ar_window:
             raise ValueError(f"ar_window ({self.ar_window}) is longer than the input window ({x.size(1)} steps)")
         _, (h_n, _) = self.lstm(x)  # h_n: (num_layers * D, N, H)
@@ -128,7 +161,15 @@ class PeepholeLSTMNet(nn.Module):
         last = torch.cat(list(h_n[-D:]), dim=-1)  # (N, D*H): the top layer, each direction's end
         out = self.head(self.dropout(last))  # (N, horizon)
         if self.ar is not None:
-            out = out + self.ar(x[:, -self.ar_window :, 0])  # (N, ar_window) -> (N, horizon)
+            ar = self.ar(x[:, -self.ar_window :, 0])  # (N, ar_window) -> (N, series * horizon)
+            if self.ar_series > 1:
+                if series is None:
+                    raise ValueError(f"this network has an AR term for each of {self.ar_series} series: "
+                                     "forward needs each window's series (N,)")
+                h = out.size(1)
+                idx = series.to(device=ar.device, dtype=torch.long).view(-1, 1, 1).expand(-1, 1, h)  # (N, 1, h)
+                ar = ar.view(len(ar), self.ar_series, h).gather(1, idx).squeeze(1)  # (N, horizon)
+            out = out + ar
         return out
 
 
@@ -236,42 +277,59 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self.register_buffer("interval_q", torch.full((len(LEVELS), horizon), float("nan")))
         self._val_residuals: list[Tensor] = []
         self._ar_fitted = False
-        self.ar_penalty: Optional[float] = None  # the ridge penalty the AR fit chose
+        self._ar_lags: Optional[list[int]] = None  # per series, when "auto" resolves them
+        self._ar_series_names: list[str] = []  # the series of a per-series AR term, in order
+        self.ar_penalty: Optional[list[float]] = None  # the ridge penalty of each AR term
         self._test_sums: dict[str, Tensor] = {}
         self.test_per_series = None  # pandas.DataFrame after test
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def forward(self, x: Tensor, series: Optional[Tensor] = None) -> Tensor:
+        return self.net(x, series)
 
     def setup(self, stage: str) -> None:
-        """Resolve ``ar_window="auto"`` from the data module (``min(window, 2 season + 1)``) and,
-        before training, fit the AR term on its training windows."""
-        if self.hparams.ar_window == 0 or self._ar_fitted:
+        """Resolve ``ar_window="auto"`` from the data module (``min(window, 2 season + 1)``),
+        one AR term per series for a panel, and before training fit them on its training
+        windows."""
+        if self.hparams.ar_window == 0:
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.hparams.ar_window == "auto":
-            if dm is None or not hasattr(dm, "season") or not hasattr(dm, "hparams"):
-                raise ValueError("ar_window='auto' needs a SeriesDataModule (its season and window); give a number")
-            season = int(dm.season or 1)
-            lags = min(int(dm.hparams.window), 2 * season + 1 if season > 1 else 3)
-            self.net.set_ar_window(lags)
+        names = list(getattr(dm, "series_names", None) or [])
+        if self._ar_fitted:  # a trained model: its per-series terms must meet the same series
+            if self.net.ar_series > 1 and names and names != self._ar_series_names:
+                raise ValueError(f"this model has an AR term for each of the series {self._ar_series_names} (in this "
+                                 f"order), but the data has the series {names}: forecast the series it was trained on")
+            return
+        auto = self.hparams.ar_window == "auto"
+        if auto and (dm is None or not hasattr(dm, "series_season") or not hasattr(dm, "hparams")):
+            raise ValueError("ar_window='auto' needs a SeriesDataModule (its season and window); give a number")
+        self._ar_lags = None
+        if dm is not None and hasattr(dm, "series_season") and hasattr(dm, "hparams"):
+            window = int(dm.hparams.window)
+            rule = [min(window, 2 * int(m) + 1 if m > 1 else 3) for m in dm.series_season]
+            self._ar_lags = rule if auto else None
+            lags = max(rule) if auto else self.net.ar_window
+            self.net.set_ar_window(lags, series=max(1, len(names)))
             self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
+            self._ar_series_names = names
         if stage == "fit" and dm is not None:
             self._fit_ar(dm.train_dataloader())
         # no data module: fitted in on_train_start from the trainer's training batches
 
     def _fit_ar(self, batches) -> None:
-        """The closed-form ridge fit of the AR term on every training window (scaled units,
-        all series together); it then stays fixed (see ``ar_window``)."""
+        """The closed-form ridge fit of the AR terms on every training window (scaled units;
+        one per series of a panel); they then stay fixed (see ``ar_window``)."""
         p = self.net.ar_window
-        lags, target = [], []
+        lags, target, series = [], [], []
         for batch in batches:
             x, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch[0], batch[1])
             lags.append(x[:, -p:, 0])  # (B, p): the last p values of channel 0, the target
             target.append(y)  # (B, horizon)
+            if isinstance(batch, dict) and "series" in batch:
+                series.append(batch["series"])
         if not lags:
             raise ValueError("the autoregressive term needs training windows; the training data has none")
-        self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu())
+        sid = torch.cat(series).cpu() if self.net.ar_series > 1 else None
+        self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu(), sid, self._ar_lags)
         self._ar_fitted = True
 
     def on_train_start(self) -> None:
@@ -280,8 +338,18 @@ class PeepholeLSTMRegressor(L.LightningModule):
         if self.net.ar is not None:  # fixed: the LSTM learns what the linear model leaves
             self.net.ar.requires_grad_(False)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.net.ar_series > 1:
+            checkpoint["ar_series_names"] = self._ar_series_names
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._ar_fitted = True  # a trained model keeps its AR term
+        self._ar_fitted = True  # a trained model keeps its AR terms
+        w = checkpoint["state_dict"].get("net.ar.weight")
+        if w is not None:  # one term per series: its shape says how many
+            series = w.size(0) // self.hparams.horizon
+            if (w.size(1), series) != (self.net.ar_window, self.net.ar_series):
+                self.net.set_ar_window(w.size(1), series=series)
+            self._ar_series_names = checkpoint.get("ar_series_names", [])
         # checkpoints written before the intervals existed: no intervals, not an error
         checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
 
@@ -293,12 +361,12 @@ class PeepholeLSTMRegressor(L.LightningModule):
         torch.manual_seed((seed * 1_000_003 + self.global_step) * 64 + self.global_rank)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = F.mse_loss(self(batch["x"]), batch["y"])
+        loss = F.mse_loss(self(batch["x"], batch.get("series")), batch["y"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        pred = self(batch["x"])
+        pred = self(batch["x"], batch.get("series"))
         n = len(batch["x"])
         self.log(f"{stage}_loss", F.mse_loss(pred, batch["y"]), prog_bar=True, sync_dist=True, batch_size=n)
         pred_o, y_o = self.to_original(pred, batch), self.to_original(batch["y"], batch)
@@ -415,7 +483,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """Forecasts in original units with their 80%/95% intervals (NaN without), the actual
         values (NaN for the future), the naive and seasonal naive forecasts, the row of the
         first forecast step and the series."""
-        pred = self(batch["x"])
+        pred = self(batch["x"], batch.get("series"))
         out = {
             "forecast": self.to_original(pred, batch),
             "actual": self.to_original(batch["y"], batch),

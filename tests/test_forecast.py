@@ -181,3 +181,62 @@ def test_balanced_sampling_weighs_every_series_the_same(tmp_path):
     plain = np.bincount(dm.dataset("train").sids, minlength=3) / len(dm.dataset("train"))
     assert plain.max() - plain.min() > 0.1  # without balance: in proportion to length
     assert list(loader.sampler) == idx  # same epoch, same draw
+
+
+def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
+    """A panel's AR terms: each series' the ridge fit on its own training windows; forward picks
+    each window's; a checkpoint restores them and refuses data with other series."""
+    from peephole_lstm.model import PeepholeLSTMNet, ridge_ar
+
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=8, num_layers=1, horizon=2, ar_window=5)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    ds = dm.dataset("train")
+    items = [ds[k] for k in range(len(ds))]
+    sid = torch.stack([it["series"] for it in items])
+    lags, y = torch.stack([it["x"][-5:, 0] for it in items]), torch.stack([it["y"] for it in items])
+    w = model.net.ar.weight.view(3, 2, 5)
+    assert model.net.ar_series == 3 and len(model.ar_penalty) == 3
+    for s in range(3):
+        W, b, _ = ridge_ar(lags[sid == s], y[sid == s])
+        torch.testing.assert_close(w[s], W.float())
+        torch.testing.assert_close(model.net.ar.bias.view(3, 2)[s], b.float())
+    # forward: the LSTM's forecast plus each window's own series' term
+    x = torch.stack([it["x"] for it in items[:40]])
+    s = sid[:40]
+    model.eval()
+    with torch.no_grad():
+        lstm = model.net.head(model.net.lstm(x)[1][0][-1])  # (40, 2)
+        own = torch.einsum("nk,nhk->nh", x[:, -5:, 0], w[s]) + model.net.ar.bias.view(3, 2)[s]
+        torch.testing.assert_close(model(x, s), lstm + own)
+        with pytest.raises(ValueError, match="an AR term for each of 3 series: forward needs each window's series"):
+            model(x)
+    # a checkpoint restores three terms; data with other series is refused by name
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.net.ar_series == 3 and torch.equal(loaded.net.ar.weight, model.net.ar.weight)
+    frame = pd.read_csv(path)
+    frame.loc[frame["id"] == "c", "id"] = "z"
+    frame.to_csv(tmp_path / "other.csv", index=False)
+    other = SeriesDataModule(str(tmp_path / "other.csv"), id_column="id", window=14, horizon=2)
+    want = r"AR term for each of the series \['c', 'a', 'b'\] \(in this order\).*\['z', 'a', 'b'\]"
+    with pytest.raises(ValueError, match=want):
+        L.Trainer(logger=False, enable_progress_bar=False).predict(loaded, datamodule=other)
+    # per-series lag counts (older lags weigh 0); a series with under 3 windows gets the pooled fit
+    net = PeepholeLSTMNet(hidden_size=3, num_layers=1, horizon=1)
+    net.set_ar_window(4, series=3)
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(22, 4, generator=g), torch.randn(22, 1, generator=g)
+    ids = torch.tensor([0] * 10 + [1] * 10 + [2] * 2)
+    net.fit_ar(X, Y, ids, lags_per_series=[2, 4, 4])
+    W0, _, _ = ridge_ar(X[:10, -2:], Y[:10])
+    torch.testing.assert_close(net.ar.weight[0], torch.cat([torch.zeros(2), W0[0].float()]))
+    Wp, bp, _ = ridge_ar(X, Y)
+    torch.testing.assert_close(net.ar.weight[2], Wp[0].float())
+    torch.testing.assert_close(net.ar.bias[2], bp[0].float())
+    with pytest.raises(ValueError, match="fit_ar needs series"):
+        net.fit_ar(X, Y)

@@ -148,7 +148,7 @@ def test_ar_term_is_the_ridge_fit_on_the_training_windows_and_stays_fixed(with_d
     W, b, lam = ridge_ar(torch.stack([it["x"][-5:, 0] for it in items]), torch.stack([it["y"] for it in items]))
     torch.testing.assert_close(model.net.ar.weight, W.float())
     torch.testing.assert_close(model.net.ar.bias, b.float())
-    assert model.ar_penalty == lam
+    assert model.ar_penalty == [lam]
     assert any(not torch.equal(a, p) for a, p in zip(lstm_before, model.net.lstm.parameters()))
     # a second fit continues from the trained model: no refit
     with torch.no_grad():
