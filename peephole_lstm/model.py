@@ -18,9 +18,11 @@ from torchmetrics import (
     MetricCollection,
 )
 
+from .conformal import LEVELS, RollingCalibration, conformal_quantiles
 from .lstm import PeepholeLSTM
 
 __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
+_ = (LEVELS, conformal_quantiles)  # re-exported: the CLI and tests import them from here
 
 
 RIDGES = tuple(10.0**k for k in range(-3, 4))  # the penalties ridge_ar chooses from
@@ -185,17 +187,6 @@ def _metrics(prefix: str) -> MetricCollection:
     )
 
 
-LEVELS = (0.8, 0.95)  # the central prediction intervals every forecast carries
-
-
-def conformal_quantiles(residuals: Tensor, levels=LEVELS) -> Tensor:
-    """Split-conformal half-widths: per horizon step, the ``ceil((n + 1) level) / n`` empirical
-    quantile of ``n`` absolute (scaled) residuals; ``(len(levels), horizon)``."""
-    n = residuals.size(0)
-    qs = [min(1.0, math.ceil((n + 1) * lv) / n) for lv in levels]
-    return torch.quantile(residuals.double(), torch.tensor(qs, dtype=torch.float64), dim=0).float()
-
-
 class PeepholeLSTMRegressor(L.LightningModule):
     """Forecast the next ``horizon`` values of one or many series with a peephole LSTM, with
     prediction intervals.
@@ -210,13 +201,17 @@ class PeepholeLSTMRegressor(L.LightningModule):
     holds the metrics of every series (a DataFrame; the CLI writes it to
     ``metrics_per_series.csv``).
 
-    Intervals are split-conformal: after each validation epoch the model keeps, per horizon
-    step, the quantiles of its absolute validation residuals in scaled units (each window's
-    scale is its own series', so one set serves every series); a forecast's interval is
-    ``forecast ± quantile × scale``. This is calibrated by construction on exchangeable
-    data, needs no change to the loss or the point forecast, and holds for any network. Its
-    validation coverage is in-sample (by construction near the level); the test coverage is
-    the honest check. Without a validation split there are no intervals.
+    Intervals are split-conformal: a forecast's interval is ``forecast ± q × scale``, ``q``
+    per horizon step the conformal quantile of absolute residuals in scaled units (each
+    window's scale is its own series', so one pool serves every series). The pool: the last
+    validation's residuals (kept in the checkpoint), and in a backtest (``test``,
+    ``predict``) each series' residuals of targets before the window's first one, as a
+    forecaster who recalibrates when actuals arrive would have them; the future forecast is
+    so calibrated on everything up to the end of the data (``peephole_lstm.conformal``).
+    Calibrated by construction on exchangeable data, no change to the loss or the point
+    forecast, any network. The validation coverage is in-sample (near the level by
+    construction); the test coverage is the honest check. Without a validation split there
+    are no intervals.
 
     Args:
         input_size: input channels (the CLI links it to the data: target + features).
@@ -276,6 +271,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         # (levels, horizon): the conformal half-widths in scaled units; NaN until validated.
         self.register_buffer("interval_q", torch.full((len(LEVELS), horizon), float("nan")))
         self._val_residuals: list[Tensor] = []
+        self._calibration: Optional[Tensor] = None  # (n, horizon): the last validation's residuals
+        self._rolling: Optional[RollingCalibration] = None  # during test / predict
         self._ar_fitted = False
         self._ar_lags: Optional[list[int]] = None  # per series, when "auto" resolves them
         self._ar_series_names: list[str] = []  # the series of a per-series AR term, in order
@@ -339,11 +336,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self.net.ar.requires_grad_(False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._calibration is not None:
+            checkpoint["calibration_residuals"] = self._calibration
         if self.net.ar_series > 1:
             checkpoint["ar_series_names"] = self._ar_series_names
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._ar_fitted = True  # a trained model keeps its AR terms
+        self._calibration = checkpoint.get("calibration_residuals")  # absent before rolling intervals
         w = checkpoint["state_dict"].get("net.ar.weight")
         if w is not None:  # one term per series: its shape says how many
             series = w.size(0) // self.hparams.horizon
@@ -380,17 +380,29 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self.log(f"{stage}_{name}", self.baselines[f"{stage}_{name}"], batch_size=n)
         return pred
 
-    def _log_intervals(self, stage: str, residual: Tensor, scale: Tensor, n: int) -> Optional[list[Tensor]]:
-        """Coverage (share of targets inside) and mean width (original units) per level."""
+    def _half_widths(self, batch: dict[str, Tensor], residual: Tensor) -> Optional[Tensor]:
+        """``(B, levels, horizon)`` conformal half-widths in scaled units for a test or predict
+        batch, in order (see ``RollingCalibration``); ``residual`` ``(B, horizon)`` then joins
+        the pool (NaN: target unknown). Checkpoints from before the rolling pool: the
+        validation quantiles; before intervals: None."""
+        if self._rolling is not None:
+            return self._rolling(batch["series"], batch["end"], residual)
         if torch.isnan(self.interval_q).any():
+            return None
+        return self.interval_q.expand(len(residual), -1, -1)
+
+    def _log_intervals(self, stage: str, residual: Tensor, q: Optional[Tensor], scale: Tensor,
+                       n: int) -> Optional[list[Tensor]]:
+        """Coverage (share of targets inside) and mean width (original units) per level."""
+        if q is None:
             return None
         inside = []
         for k, level in enumerate(LEVELS):
             pct = round(level * 100)
-            ok = (residual <= self.interval_q[k]).float()  # (B, horizon)
+            ok = (residual <= q[:, k]).float()  # (B, horizon)
             inside.append(ok)
             self.log(f"{stage}_coverage_{pct}", ok.mean(), batch_size=n * ok.size(1))
-            self.log(f"{stage}_width_{pct}", (2 * self.interval_q[k] * scale).mean(), batch_size=n * ok.size(1))
+            self.log(f"{stage}_width_{pct}", (2 * q[:, k] * scale).mean(), batch_size=n * ok.size(1))
         return inside
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -404,11 +416,16 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._val_residuals = []
         if self.trainer.world_size > 1:
             residuals = self.all_gather(residuals).flatten(0, 1)
+        self._calibration = residuals.detach().float().cpu()
         self.interval_q.copy_(conformal_quantiles(residuals).to(self.interval_q))
         for k, level in enumerate(LEVELS):  # in-sample: near the level by construction
             self.log(f"val_coverage_{round(level * 100)}", (residuals <= self.interval_q[k]).float().mean())
 
+    def _start_rolling(self) -> None:
+        self._rolling = RollingCalibration(self._calibration) if self._calibration is not None else None
+
     def on_test_epoch_start(self) -> None:
+        self._start_rolling()
         dm = getattr(self.trainer, "datamodule", None)
         S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
         keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "in_80", "in_95", "first", "last")
@@ -420,7 +437,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         pred = self._evaluate(batch, "test")
         n = len(batch["x"])
         residual = (pred - batch["y"]).abs()
-        inside = self._log_intervals("test", residual, batch["scale"], n)
+        inside = self._log_intervals("test", residual, self._half_widths(batch, residual), batch["scale"], n)
         pred_o, y_o = self.to_original(pred, batch), self.to_original(batch["y"], batch)
         sid = batch["series"].cpu()
         sums = self._test_sums
@@ -467,7 +484,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 "snaive_mse": float(sums["snaive_se"][s] / n[s]),
                 "mase": float(sums["scaled_ae"][s] / n[s]),
             }
-            if not torch.isnan(self.interval_q).any():
+            if sums["in_80"].sum() > 0 or not torch.isnan(self.interval_q).any():
                 row["coverage_80"] = float(sums["in_80"][s] / n[s])
                 row["coverage_95"] = float(sums["in_95"][s] / n[s])
             rows.append(row)
@@ -492,12 +509,24 @@ class PeepholeLSTMRegressor(L.LightningModule):
             "end": batch["end"],
             "series": batch["series"],
         }
+        q = self._half_widths(batch, (pred - batch["y"]).abs())  # (B, levels, horizon); joins the pool
         for k, level in enumerate(LEVELS):
-            half = self.interval_q[k] * batch["scale"]  # (B, horizon), original units
+            half = (q[:, k] if q is not None else torch.full_like(pred, math.nan)) * batch["scale"]  # original units
             pct = round(level * 100)
             out[f"lo_{pct}"] = out["forecast"] - half
             out[f"hi_{pct}"] = out["forecast"] + half
         return out
+
+    def on_predict_epoch_start(self) -> None:
+        """The rolling pool; when the forecast skips the backtest, its residuals still join
+        the pool first, so future intervals are calibrated up to the end of the data."""
+        self._start_rolling()
+        dm = getattr(self.trainer, "datamodule", None)
+        if self._rolling is None or dm is None or getattr(getattr(dm, "hparams", None), "predict", None) != "future":
+            return
+        for batch in dm.test_dataloader():
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            self._rolling(batch["series"], batch["end"], (self(batch["x"], batch["series"]) - batch["y"]).abs())
 
     @staticmethod
     def to_original(scaled: Tensor, batch: dict[str, Tensor]) -> Tensor:

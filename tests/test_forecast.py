@@ -137,9 +137,37 @@ def test_bad_panels_are_one_clear_error(tmp_path, kwargs, edit, message):
 
 
 def test_conformal_quantile_is_the_finite_sample_one():
-    r = torch.arange(1.0, 11.0).unsqueeze(1)  # 10 residuals 1..10
-    q = conformal_quantiles(r)  # levels 0.8, 0.95: ceil(11 * 0.8) / 10 = 0.9, ceil(11 * 0.95) / 10 = 1.1 -> 1
-    assert q[:, 0].tolist() == pytest.approx([torch.quantile(r[:, 0], 0.9).item(), 10.0])
+    r = torch.arange(10.0, 0.0, -1.0).unsqueeze(1)  # 10 residuals 10..1
+    q = conformal_quantiles(r)  # the ceil(11 * 0.8) = 9th smallest; ceil(11 * 0.95) = 11 > 10: the largest
+    assert q[:, 0].tolist() == [9.0, 10.0]
+    assert conformal_quantiles(torch.arange(1.0, 41.0).unsqueeze(1))[:, 0].tolist() == [33.0, 39.0]  # ceil(41 lv)
+
+
+def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_series():
+    """Each window's half-widths against a brute-force pool: the validation residuals and, of
+    the same series, the residuals of targets before the window's first target."""
+    from peephole_lstm.conformal import RollingCalibration
+
+    rng = np.random.default_rng(0)
+    h, levels = 3, (0.8, 0.95)
+    val = rng.exponential(size=(7, h))
+    roll = RollingCalibration(torch.tensor(val), levels)
+    seen = []  # (series, target row, step, residual)
+    origins = {0: 100, 1: 500}
+    for i in range(40):
+        s = int(rng.integers(2))
+        e = origins[s]
+        origins[s] += int(rng.integers(1, 3))  # windows of a series in time order, overlapping targets
+        res = rng.exponential(size=h)
+        res[rng.random(h) < 0.2] = np.nan  # some targets unknown
+        got = roll(torch.tensor([s]), torch.tensor([e]), torch.tensor(res[None]))[0].numpy()
+        for k in range(h):
+            pool = np.sort(np.r_[val[:, k], [r for (s2, row, k2, r) in seen if s2 == s and k2 == k and row < e]])
+            for j, lv in enumerate(levels):
+                want = pool[min(len(pool), int(np.ceil((len(pool) + 1) * lv))) - 1]
+                assert got[j, k] == pytest.approx(want), (i, k, lv)
+        seen += [(s, e + k, k, res[k]) for k in range(h) if not np.isnan(res[k])]
+    assert len(seen) > 50
 
 
 def test_global_model_on_a_panel_logs_intervals_mase_and_per_series_metrics(tmp_path):
@@ -240,3 +268,41 @@ def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
     torch.testing.assert_close(net.ar.bias[2], bp[0].float())
     with pytest.raises(ValueError, match="fit_ar needs series"):
         net.fit_ar(X, Y)
+
+
+@pytest.mark.parametrize("mode", ["both", "future"])
+def test_future_intervals_are_calibrated_on_validation_and_every_backtest_residual(tmp_path, mode):
+    """After the backtest, a series' future half-widths are the conformal quantiles of the
+    validation residuals plus all of that series' test residuals (computed here from the
+    model's own predictions), whether the backtest is output ("both") or not ("future"); the
+    checkpoint carries the validation residuals."""
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=16, predict=mode)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=8, num_layers=1, horizon=2, lr=0.01)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    ckpt = trainer.checkpoint_callback.best_model_path
+    model = PeepholeLSTMRegressor.load_from_checkpoint(ckpt).eval()
+    cal = torch.load(ckpt, weights_only=False)["calibration_residuals"]
+    assert cal.shape == (len(dm.dataset("val")), 2)
+    test = dm.dataset("test")
+    batch = torch.utils.data.default_collate([test[k] for k in range(len(test))])
+    with torch.no_grad():
+        res = (model(batch["x"], batch["series"]) - batch["y"]).abs()  # (n, 2); NaN: target past the data
+    preds = L.Trainer(logger=False, enable_progress_bar=False).predict(model, datamodule=dm)
+    cat = {k: torch.cat([p[k] for p in preds]) for k in preds[0]}
+    future = torch.isnan(cat["actual"]).all(1)
+    assert int(future.sum()) == 3 and (mode == "future") == bool(future.all())
+    for i in torch.nonzero(future).flatten().tolist():
+        s = int(cat["series"][i])
+        own = res[batch["series"] == s]
+        for k in range(2):
+            pool = torch.cat([cal[:, k], own[:, k][~torch.isnan(own[:, k])]])
+            q = conformal_quantiles(pool[:, None].double())[:, 0]  # (levels,)
+            scale = (cat["hi_80"][i, k] - cat["forecast"][i, k]) / q[0]
+            half95 = cat["hi_95"][i, k] - cat["forecast"][i, k]
+            assert float(half95) == pytest.approx(float(q[1] * scale), rel=1e-4)
+            assert float(scale) == pytest.approx(float(test[int(torch.nonzero(batch["series"] == s)[0])]["scale"]),
+                                                 rel=1e-4)
