@@ -18,7 +18,8 @@ temperature (1950-2010), quarterly US unemployment (macrodata, 1959-2009), the y
 flow (1871-1970); from statsforecast: monthly air passengers (1949-1960).
 
     pip install -e ".[benchmarks]"   # statsforecast, statsmodels
-    python benchmarks/quality.py                  # ~15 minutes on 2 CPU cores
+    python benchmarks/quality.py                  # ~12 minutes on 2 CPU cores
+    python benchmarks/quality.py --seeds 42 1 2   # the LSTM over three seeds (classical fits once)
     python benchmarks/quality.py --series co2 sunspots --no-panel
 """
 
@@ -115,11 +116,25 @@ def main() -> None:
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.yaml"))
     parser.add_argument("--series", nargs="+", default=list(SERIES), choices=list(SERIES))
     parser.add_argument("--no-panel", action="store_true", help="skip the global model on the panel")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="train with each seed (--seed_everything); the first seed's table in full, then every "
+                             "seed's ratios")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI arguments for every fit")
     args = parser.parse_args()
+    seeds = args.seeds or [None]
+    runs = [evaluate(args, seed) for seed in seeds]
+    if len(seeds) > 1:
+        summarize(seeds, runs)
+
+
+def evaluate(args, seed) -> dict:
+    """One seed: the table of every series, then the panel; returns the numbers."""
+    extra = (["--seed_everything", str(seed)] if seed is not None else []) + args.extra
     cfg = yaml.safe_load(open(args.config))
     work = tempfile.mkdtemp(prefix="peephole-quality-")
     rows, frames = [], []
+    if seed is not None:
+        print(f"\n## seed {seed}", flush=True)
     for name in args.series:
         frame = SERIES[name][0]()
         csv = os.path.join(work, f"{name}.csv")
@@ -129,9 +144,12 @@ def main() -> None:
         n_train, n_val, n_test = dm.split_rows[0]
         y = dm.series
         test_rows = np.arange(len(y) - n_test, len(y))  # horizon 1: the test targets
-        ours = run_cli(args.config, csv, os.path.join(work, name), args.extra).iloc[0]
+        ours = run_cli(args.config, csv, os.path.join(work, name), extra).iloc[0]
         assert ours["targets"] == len(test_rows), (name, ours["targets"], len(test_rows))
-        cl = classical(y, n_train + n_val, dm.season)
+        key = (name, n_train + n_val, dm.season)
+        if key not in _CLASSICAL:  # the same fit for every seed
+            _CLASSICAL[key] = classical(y, n_train + n_val, dm.season)
+        cl = _CLASSICAL[key]
         target = y[test_rows]
         mse = lambda f, target=target: float(np.mean((f - target) ** 2))  # noqa: E731
         rows.append({
@@ -167,12 +185,13 @@ def main() -> None:
           f"better of the two on {wins['best']}/{n}; geometric mean of MSE ratios: vs naive {gm['naive']:.2f}x, "
           f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x")
 
+    result = {"rows": rows, "gm": gm, "panel": {}}
     if args.no_panel or len(rows) < 2:
-        return
+        return result
     panel = pd.concat(frames, ignore_index=True)[["id", "date", "value"]]
     csv = os.path.join(work, "panel.csv")
     panel.to_csv(csv, index=False)
-    glob = run_cli(args.config, csv, os.path.join(work, "panel"), ["--data.id_column", "id", *args.extra])
+    glob = run_cli(args.config, csv, os.path.join(work, "panel"), ["--data.id_column", "id", *extra])
     print("\n# one global model on the long-format panel of the series above (--data.id_column id)")
     print("| series | alone MSE | global MSE | global / alone | global 80% coverage |")
     print("|---|---:|---:|---:|---:|")
@@ -180,6 +199,41 @@ def main() -> None:
     for _, g in glob.iterrows():
         a = alone[g["series"]]
         print(f"| {g['series']} | {a:.4g} | {g['mse']:.4g} | {g['mse'] / a:.2f}x | {g.get('coverage_80', math.nan):.0%} |")
+        result["panel"][g["series"]] = g["mse"] / a
+    return result
+
+
+_CLASSICAL: dict = {}  # (series, rows fitted, season) -> the classical forecasts
+
+
+def summarize(seeds, runs) -> None:
+    """Every seed side by side: ours / the better of ETS and ARIMA, 80% coverage, and the
+    panel's global / alone, per series; the geometric means."""
+    names = [r["series"] for r in runs[0]["rows"]]
+    print(f"\n# over seeds {', '.join(map(str, seeds))}: ours / better of ETS and ARIMA (80% coverage) "
+          "| global / alone on the panel")
+    print("| series | " + " | ".join(f"seed {s}" for s in seeds) + " | " + " | ".join(f"panel, seed {s}" for s in seeds)
+          + " |")
+    print("|---|" + "---:|" * (2 * len(seeds)))
+    for i, name in enumerate(names):
+        cells = []
+        for run in runs:
+            r = run["rows"][i]
+            cells.append(f"{r['ours'] / min(r['ets'], r['arima']):.2f}x ({r['cov80']:.0%})")
+        cells += [f"{run['panel'][name]:.2f}x" if name in run["panel"] else "" for run in runs]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    cov = [[run["rows"][i]["cov80"] for run in runs] for i in range(len(names))]
+    mean_cov = [float(np.mean(c)) for c in cov]
+    print("| **geometric mean** | " + " | ".join(f"**{run['gm']['best']:.2f}x**" for run in runs) + " | "
+          + " | ".join(f"{math.exp(np.mean(np.log(list(run['panel'].values())))):.2f}x" if run["panel"] else ""
+                       for run in runs) + " |")
+    print("\nmean 80% coverage over the seeds: " + ", ".join(f"{n} {c:.0%}" for n, c in zip(names, mean_cov))
+          + f"; in 75-85%: {sum(0.75 <= c <= 0.85 for c in mean_cov)}/{len(names)}; mean |coverage - 80%| "
+          f"{np.mean([abs(c - 0.8) for c in mean_cov]) * 100:.1f} points")
+    wins = [sum(v <= 1.0 for v in run["panel"].values()) for run in runs if run["panel"]]
+    if wins:
+        print(f"panel: global no worse than alone on {', '.join(f'{w}/{len(names)}' for w in wins)} series "
+              f"(seeds {', '.join(map(str, seeds))})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 import torch as _torch
 
-from ._backend import build_extension, get_backend, set_backend
+from ._backend import build_extension, get_backend, release_buffers, set_backend
 from .cell import PeepholeLSTMCell
 from .lstm import PeepholeLSTM
 
@@ -24,6 +24,7 @@ __all__ = [
     "build_extension",
     "export_onnx",
     "get_backend",
+    "release_buffers",
     "set_backend",
 ]
 

@@ -314,6 +314,17 @@ def release_scratch() -> None:
     _scratch.buf = None
 
 
+def release_buffers() -> int:
+    """Free the memory the CPU kernel keeps for its next calls: this thread's inference
+    scratch and the C++ kernel's pool of free large buffers (saved gates, gate gradients; at
+    most ``PEEPHOLE_LSTM_POOL_MB``, default 1024, kept so that the next training step does not
+    fault fresh pages in). Returns the pool's bytes freed. Nothing in use is touched."""
+    release_scratch()
+    if _ext_state["ok"]:
+        return int(torch.ops.peephole_lstm_cpp.release_pool())
+    return 0
+
+
 def input_projection(x: Tensor, w_ih: Tensor, scratch: bool = False) -> Tensor:
     """``x W_ih^T`` for every step at once, ``(*, I) -> (*, 4H)``. In eager CPU float32 (not
     traced, not autocast) with the C++ kernel it takes oneDNN's matmul where that measures

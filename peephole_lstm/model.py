@@ -227,13 +227,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
         ar_window: add a linear autoregressive term on the last ``ar_window`` (scaled) target
             values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone), at most the
             data's ``window``. Before training it is fitted to the training windows in closed
-            form (ridge regression, the penalty chosen by leave-one-out error; all series of a
-            panel together) and then kept fixed: the LSTM learns what the linear model leaves
-            (Zhang 2003's hybrid), which measured better than training both from a zero start
-            (``benchmarks/quality.py``). ``"auto"``: ``2 season + 1`` lags (a seasonal
-            ARIMA's reach; 3 without a season; a panel: its first series' season), at most
-            ``window``, resolved from the data module when training or evaluation starts
-            (``setup``) and saved as that number in checkpoints.
+            form (ridge regression, the penalty chosen by leave-one-out error; a panel gets one
+            term per series, each fitted on its own windows) and then kept fixed: the LSTM
+            learns what the linear model leaves (Zhang 2003's hybrid), which measured better
+            than training both from a zero start (``benchmarks/quality.py``). ``"auto"``:
+            ``2 season + 1`` lags (a seasonal ARIMA's reach; 3 without a season; on a panel
+            each series its own), at most ``window``, resolved from the data module when
+            training or evaluation starts (``setup``) and saved as that number (the most
+            lags of any series) in checkpoints.
     """
 
     def __init__(
@@ -484,7 +485,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 "snaive_mse": float(sums["snaive_se"][s] / n[s]),
                 "mase": float(sums["scaled_ae"][s] / n[s]),
             }
-            if sums["in_80"].sum() > 0 or not torch.isnan(self.interval_q).any():
+            if self._rolling is not None or not torch.isnan(self.interval_q).any():
                 row["coverage_80"] = float(sums["in_80"][s] / n[s])
                 row["coverage_95"] = float(sums["in_95"][s] / n[s])
             rows.append(row)

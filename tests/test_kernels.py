@@ -409,3 +409,41 @@ def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad):
             assert g is None
             continue
         torch.testing.assert_close(g.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_pooled_training_buffers_are_reused_and_exact(packed):
+    """Training buffers of 4 MiB and more (saved gates, gate gradients) come from the C++
+    kernel's pool and go back to it: repeated steps, with blocks recycled from another shape
+    in between (stale contents), match the float64 reference loop; release_buffers frees the
+    pool."""
+    from peephole_lstm import _backend
+
+    if not _backend.use_cpp(torch.zeros(1)):
+        pytest.skip("needs the C++ kernel")
+    torch.manual_seed(0)
+    m = peephole_lstm.PeepholeLSTM(8, 128, peephole="full", candidate_peephole=True, proj_size=0)
+    ref = peephole_lstm.PeepholeLSTM(8, 128, peephole="full", candidate_peephole=True).double()
+    ref.load_state_dict(m.state_dict())
+    lengths = torch.randint(34, 41, (64,)) if packed else None  # packed gates: >= 34*64*512*4 bytes
+    peephole_lstm.release_buffers()
+    for x in (torch.randn(40, 64, 8), torch.randn(37, 70, 8), torch.randn(40, 64, 8)):
+        results = []
+        for model, xx, backend in ((m, x.clone(), "cpp"), (ref, x.double(), "reference")):
+            peephole_lstm.set_backend(backend)
+            try:
+                xx.requires_grad_(True)
+                inp = xx
+                if packed and x.size(1) == 64:
+                    inp = torch.nn.utils.rnn.pack_padded_sequence(xx, lengths, enforce_sorted=False)
+                out, (h, c) = model(inp)
+                out = out.data if packed and x.size(1) == 64 else out
+                (out.square().sum() + h.sum() + c.sum()).backward()
+            finally:
+                peephole_lstm.set_backend("auto")
+            results.append([out.detach(), h.detach(), c.detach(), xx.grad] + [p.grad.clone() for p in model.parameters()])
+            model.zero_grad()
+        for got, want in zip(*results):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        assert torch.ops.peephole_lstm_cpp.pool_bytes() >= 4 << 20  # the gate buffers came back
+    assert peephole_lstm.release_buffers() > 0 and torch.ops.peephole_lstm_cpp.pool_bytes() == 0
