@@ -197,11 +197,12 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     csv = tmp_path / "panel.csv"
     pd.concat(frames).to_csv(csv, index=False)
     cfg = _small(tmp_path)
+    cfg["model"]["ar_window"] = "auto"  # one AR term per series
     cfg["data"] = {"csv_path": str(csv), "id_column": "id", "window": 14, "horizon": 3, "batch_size": 16}
     cfg["trainer"]["max_epochs"] = 2
-    cfg["trainer"]["callbacks"] = []
     cfg["test_after_fit"] = True
-    res = _run(["fit", "--config", _write(cfg, tmp_path / "p.yaml")], tmp_path)
+    path = _write(cfg, tmp_path / "p.yaml")
+    res = _run(["fit", "--config", path], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "panel" / "version_1"
     per = pd.read_csv(run / "metrics_per_series.csv")
@@ -211,6 +212,18 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     assert sorted(set(fut["series"])) == ["north", "south"] and len(fut) == 6  # 3 steps each
     assert fut[fut["series"] == "south"]["time"].tolist() == ["2021-04-21", "2021-04-22", "2021-04-23"]
     assert "2 series" in res.stdout
+    # predict from the checkpoint without the backtest: the same future rows and intervals (the
+    # backtest's residuals still calibrate them)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["ar_series_names"] == ["north", "south"] and ckpt["state_dict"]["net.ar.weight"].shape == (6, 14)
+    pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
+                 "--data.predict", "future", "--forecast.output_dir", str(tmp_path / "only")], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    only = pd.read_csv(tmp_path / "only" / "forecast.csv")
+    assert set(only["kind"]) == {"future"} and len(only) == 6
+    cols = ["forecast", "lo_80", "hi_80", "lo_95", "hi_95"]
+    np.testing.assert_allclose(only[cols].to_numpy(), fut[cols].to_numpy(), rtol=1e-5)
+    assert (only["hi_95"] > only["hi_80"]).all() and (only["hi_80"] > only["forecast"]).all()
 
 
 def test_ar_window_auto_is_resolved_from_the_data_and_saved_as_a_number(tmp_path):
