@@ -215,7 +215,7 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     # predict from the checkpoint without the backtest: the same future rows and intervals (the
     # backtest's residuals still calibrate them)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
-    assert ckpt["ar_series_names"] == ["north", "south"] and ckpt["state_dict"]["net.ar.weight"].shape == (6, 14)
+    assert ckpt["series_names"] == ["north", "south"] and ckpt["state_dict"]["net.ar.weight"].shape == (6, 14)
     pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
                  "--data.predict", "future", "--forecast.output_dir", str(tmp_path / "only")], tmp_path)
     assert pred.returncode == 0, pred.stderr[-3000:]

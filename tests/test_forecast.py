@@ -241,7 +241,7 @@ def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
         lstm = model.net.head(model.net.lstm(x)[1][0][-1])  # (40, 2)
         own = torch.einsum("nk,nhk->nh", x[:, -5:, 0], w[s]) + model.net.ar.bias.view(3, 2)[s]
         torch.testing.assert_close(model(x, s), lstm + own)
-        with pytest.raises(ValueError, match="an AR term for each of 3 series: forward needs each window's series"):
+        with pytest.raises(ValueError, match="per-series parts for 3 series: forward needs each window's series"):
             model(x)
     # a checkpoint restores three terms; data with other series is refused by name
     trainer.save_checkpoint(tmp_path / "m.ckpt")
@@ -251,7 +251,7 @@ def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
     frame.loc[frame["id"] == "c", "id"] = "z"
     frame.to_csv(tmp_path / "other.csv", index=False)
     other = SeriesDataModule(str(tmp_path / "other.csv"), id_column="id", window=14, horizon=2)
-    want = r"AR term for each of the series \['c', 'a', 'b'\] \(in this order\).*\['z', 'a', 'b'\]"
+    want = r"per-series parts for the series \['c', 'a', 'b'\] \(in this order\).*\['z', 'a', 'b'\]"
     with pytest.raises(ValueError, match=want):
         L.Trainer(logger=False, enable_progress_bar=False).predict(loaded, datamodule=other)
     # per-series lag counts (older lags weigh 0); a series with under 3 windows gets the pooled fit
@@ -306,3 +306,44 @@ def test_future_intervals_are_calibrated_on_validation_and_every_backtest_residu
             assert float(half95) == pytest.approx(float(q[1] * scale), rel=1e-4)
             assert float(scale) == pytest.approx(float(test[int(torch.nonzero(batch["series"] == s)[0])]["scale"]),
                                                  rel=1e-4)
+
+
+def test_series_embedding_feeds_each_window_its_series_vector(tmp_path):
+    """series_embedding: on a panel the LSTM reads each step's inputs followed by its series'
+    learned vector (checked by hand against the network's parts); it trains, survives a
+    checkpoint, and is absent for one series."""
+    from peephole_lstm.model import PeepholeLSTMNet
+
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=8, num_layers=1, horizon=2,
+                                  series_embedding=3)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    net = model.net.eval()
+    assert net.emb.weight.shape == (3, 3) and net.lstm.input_size == dm.input_size + 3
+    ds = dm.dataset("test")
+    b = torch.utils.data.default_collate([ds[k] for k in range(0, len(ds), 7)])
+    with torch.no_grad():
+        x_in = torch.cat([b["x"], net.emb.weight[b["series"]][:, None].expand(-1, b["x"].size(1), -1)], dim=-1)
+        want = net.head(net.lstm(x_in)[1][0][-1])
+        torch.testing.assert_close(model(b["x"], b["series"]), want)
+        # another series' vector gives another forecast: the vector is used
+        assert not torch.allclose(model(b["x"], (b["series"] + 1) % 3), want)
+        with pytest.raises(ValueError, match="per-series parts for 3 series: forward needs each window's series"):
+            model(b["x"])
+    trainer.save_checkpoint(tmp_path / "e.ckpt")
+    loaded = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "e.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(b["x"], b["series"]), want)
+    # one series: no embedding, the LSTM reads the inputs alone
+    one = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, series_embedding=3)
+    L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False).fit(
+        one, SeriesDataModule(dataset="synthetic", window=10, batch_size=16))
+    assert one.net.emb is None and one.net.lstm.input_size == 1
+    with pytest.raises(ValueError, match="series_embedding must be a non-negative integer"):
+        PeepholeLSTMRegressor(series_embedding=-1)
+    with pytest.raises(ValueError, match="dim must be a non-negative integer"):
+        PeepholeLSTMNet().set_series_embedding(2, 1.5)
