@@ -347,3 +347,30 @@ def test_series_embedding_feeds_each_window_its_series_vector(tmp_path):
         PeepholeLSTMRegressor(series_embedding=-1)
     with pytest.raises(ValueError, match="dim must be a non-negative integer"):
         PeepholeLSTMNet().set_series_embedding(2, 1.5)
+
+
+def test_checkpoints_of_earlier_versions_still_forecast(tmp_path):
+    """A checkpoint without the validation residuals (before the rolling pool) forecasts with
+    its stored validation quantiles; one without those (before intervals) without intervals."""
+    dm = SeriesDataModule(dataset="synthetic", window=10, horizon=2, batch_size=32)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=3)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), val_check_interval=2, check_val_every_n_epoch=None)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    ckpt = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    assert "calibration_residuals" in ckpt
+    del ckpt["calibration_residuals"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "old.ckpt")
+    preds = L.Trainer(logger=False, enable_progress_bar=False).predict(old, datamodule=dm)
+    cat = {k: torch.cat([p[k] for p in preds]) for k in preds[0]}
+    scale = dm.series_diff_scale[0]
+    torch.testing.assert_close(cat["hi_80"] - cat["forecast"], (old.interval_q[0] * scale).expand_as(cat["forecast"]))
+    del ckpt["state_dict"]["interval_q"]
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    older = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "older.ckpt")
+    preds = L.Trainer(logger=False, enable_progress_bar=False).predict(older, datamodule=dm)
+    assert torch.isnan(torch.cat([p["lo_80"] for p in preds])).all()
+    assert torch.isfinite(torch.cat([p["forecast"] for p in preds])).all()
