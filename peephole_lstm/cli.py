@@ -21,8 +21,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
+from .conformal import LEVELS
 from .data import SeriesDataError, SeriesDataModule
-from .model import LEVELS, PeepholeLSTMRegressor
+from .model import PeepholeLSTMRegressor
 
 __all__ = ["ForecastWriter", "PeepholeLSTMCLI", "main"]
 

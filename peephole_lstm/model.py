@@ -22,7 +22,6 @@ from .conformal import LEVELS, RollingCalibration, conformal_quantiles
 from .lstm import PeepholeLSTM
 
 __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
-_ = (LEVELS, conformal_quantiles)  # re-exported: the CLI and tests import them from here
 
 
 RIDGES = tuple(10.0**k for k in range(-3, 4))  # the penalties ridge_ar chooses from
@@ -359,10 +358,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         p = self.net.ar_window
         lags, target, series = [], [], []
         for batch in batches:
-            x, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch[0], batch[1])
-            lags.append(x[:, -p:, 0])  # (B, p): the last p values of channel 0, the target
-            target.append(y)  # (B, horizon)
-            if isinstance(batch, dict) and "series" in batch:
+            lags.append(batch["x"][:, -p:, 0])  # (B, p): the last p values of channel 0, the target
+            target.append(batch["y"])  # (B, horizon)
+            if "series" in batch:
                 series.append(batch["series"])
         if not lags:
             raise ValueError("the autoregressive term needs training windows; the training data has none")

@@ -11,8 +11,8 @@ pytest.importorskip("lightning")
 import lightning as L  # noqa: E402
 
 from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
+from peephole_lstm.conformal import conformal_quantiles  # noqa: E402
 from peephole_lstm.data import SeriesDataError, _continue, _infer_season  # noqa: E402
-from peephole_lstm.model import conformal_quantiles  # noqa: E402
 
 
 def _panel(tmp_path, shuffle=True):
