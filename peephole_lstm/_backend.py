@@ -273,11 +273,15 @@ class _OneDnnProjection(torch.autograd.Function):
     """``x2 W^T`` with autograd, for training: forward and ``dx = g W`` by oneDNN's matmul, the
     weight gradient ``g^T x2`` by the C++ kernel's A^T B GEMM (each measured per shape against
     MKL, which ran these products at half oneDNN's speed on an AMD EPYC). First derivatives
-    only, like the recurrence op it feeds."""
+    only, like the recurrence op it feeds. With ``scratch`` the product goes into this thread's
+    scratch buffer (see ``input_projection``): the recurrence consumes it at once and neither
+    backward reads it."""
 
     @staticmethod
-    def forward(ctx, x2: Tensor, w: Tensor) -> Tensor:
+    def forward(ctx, x2: Tensor, w: Tensor, scratch: bool = False) -> Tensor:
         ctx.save_for_backward(x2, w)
+        if scratch:
+            return _onednn_into(x2, w, _scratch_buffer(x2.size(0) * w.size(0)).view(x2.size(0), w.size(0)))
         return _onednn_linear(x2, w)  # (N, 4H)
 
     @staticmethod
@@ -287,14 +291,27 @@ class _OneDnnProjection(torch.autograd.Function):
         g = g.contiguous()  # (N, 4H)
         dx = _onednn_linear(g, w.t().contiguous()) if ctx.needs_input_grad[0] else None  # (N, I)
         dw = torch.ops.peephole_lstm_cpp.mm_tn(g, x2) if ctx.needs_input_grad[1] else None  # (4H, I)
-        return dx, dw
+        return dx, dw, None
+
+
+_BLOCK_BYTES = 8 << 20  # oneDNN's fresh row blocks: small enough for reused heap memory
+
+
+def _onednn_into(x2: Tensor, w: Tensor, out: Tensor) -> Tensor:
+    """``out = x2 W^T`` by oneDNN, which writes only fresh tensors: row blocks of at most
+    ``_BLOCK_BYTES`` (reused heap memory, no page faults) copied in."""
+    rows = max(1, _BLOCK_BYTES // (4 * w.size(0)))
+    for r0 in range(0, x2.size(0), rows):
+        out[r0 : r0 + rows].copy_(_onednn_linear(x2[r0 : r0 + rows], w))
+    return out
 
 
 # Inference scratch for the input projection: a (T, B, 4H) product over 32 MiB is served by
 # fresh mmap'd pages on every call (glibc maps allocations that large), and faulting them in
 # took a quarter of the time of a whole S4 forward (measured: 105 MB, ~25 ms of ~100 ms on an
 # AMD EPYC); oneDNN's fused RNN keeps its scratchpad. One buffer per thread, the largest
-# projection seen (up to _SCRATCH_MAX_BYTES), reused by every later inference call.
+# projection seen (up to _SCRATCH_MAX_BYTES), reused by every later call (training too: the
+# recurrence op consumes the projection at once and saves its gates, not its input).
 _SCRATCH_MIN_BYTES = 32 << 20
 _SCRATCH_MAX_BYTES = 1 << 30
 _scratch = threading.local()
@@ -330,22 +347,20 @@ def input_projection(x: Tensor, w_ih: Tensor, scratch: bool = False) -> Tensor:
     traced, not autocast) with the C++ kernel it takes oneDNN's matmul where that measures
     faster than ``F.linear`` (MKL), in training too (``_OneDnnProjection``). With ``scratch``
     (the caller consumes the result before its next call on this thread and keeps no
-    reference) a large inference product is written into a reused per-thread buffer."""
+    reference; no backward reads it) a large product, in inference or training, is written
+    into a reused per-thread buffer."""
     if _onednn_eligible(x, w_ih) and use_cpp(x):
         x2 = x.reshape(-1, x.size(-1)).contiguous()  # (T*B, I)
         numel = x2.size(0) * w_ih.size(0)
         grad = torch.is_grad_enabled() and (x.requires_grad or w_ih.requires_grad)
+        big = scratch and _SCRATCH_MIN_BYTES <= 4 * numel <= _SCRATCH_MAX_BYTES
         if grad:
             if _onednn_wins(x2.detach(), w_ih.detach()):
-                return _OneDnnProjection.apply(x2, w_ih).view(*x.shape[:-1], w_ih.size(0))
-        elif scratch and _SCRATCH_MIN_BYTES <= 4 * numel <= _SCRATCH_MAX_BYTES:
+                return _OneDnnProjection.apply(x2, w_ih, big).view(*x.shape[:-1], w_ih.size(0))
+        elif big:
             out = _scratch_buffer(numel).view(x2.size(0), w_ih.size(0))  # (T*B, 4H)
             if _onednn_wins(x2, w_ih):
-                # oneDNN writes only fresh tensors: row blocks of <= 8 MiB (reused heap memory,
-                # no page faults) copied in; ~half MKL's time on a wide input (AMD)
-                rows = max(1, (8 << 20) // (4 * w_ih.size(0)))
-                for r0 in range(0, x2.size(0), rows):
-                    out[r0 : r0 + rows].copy_(_onednn_linear(x2[r0 : r0 + rows], w_ih))
+                _onednn_into(x2, w_ih, out)  # ~half MKL's time on a wide input (AMD)
             else:
                 torch.mm(x2, w_ih.t(), out=out)
             return out.view(*x.shape[:-1], w_ih.size(0))

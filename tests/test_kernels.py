@@ -365,6 +365,7 @@ def test_inference_scratch_buffer_is_reused_and_never_leaks(monkeypatch):
     if not (torch.backends.mkldnn.is_available() and _backend.use_cpp(torch.zeros(1))):
         pytest.skip("the scratch path needs the C++ kernel and oneDNN")
     monkeypatch.setattr(_backend, "_SCRATCH_MIN_BYTES", 0)
+    monkeypatch.setattr(_backend, "_BLOCK_BYTES", 4096)  # many oneDNN row blocks
     torch.manual_seed(0)
     m = peephole_lstm.PeepholeLSTM(70, 64, num_layers=2, bidirectional=True)
     xs = [torch.randn(40, 32, 70), torch.randn(25, 64, 70), torch.randn(40, 32, 70)]
@@ -383,7 +384,8 @@ def test_inference_scratch_buffer_is_reused_and_never_leaks(monkeypatch):
 
 
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad):
+@pytest.mark.parametrize("scratch", [False, True])
+def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad, scratch):
     """Training takes oneDNN for the input projection (forced here) with its own backward:
     the input and every weight gradient within float32 rounding of the float64 model."""
     from peephole_lstm import _backend
@@ -392,6 +394,10 @@ def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad):
         pytest.skip("needs the C++ kernel and oneDNN")
     calls = []
     monkeypatch.setattr(_backend, "_onednn_wins", lambda x2, w: calls.append(x2.shape) or True)
+    _backend.release_scratch()
+    if scratch:  # every projection into the one per-thread buffer, layer after layer, both directions,
+        monkeypatch.setattr(_backend, "_SCRATCH_MIN_BYTES", 0)
+        monkeypatch.setattr(_backend, "_BLOCK_BYTES", 4096)  # in many row blocks
     torch.manual_seed(0)
     m = peephole_lstm.PeepholeLSTM(70, 24, num_layers=2, bidirectional=True, proj_size=13)
     m64 = peephole_lstm.PeepholeLSTM(70, 24, num_layers=2, bidirectional=True, proj_size=13).double()
@@ -404,6 +410,8 @@ def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad):
         (out.square().sum() + h.sum() + c.sum()).backward()
         grads.append([xx.grad] + [p.grad for p in model.parameters()])
     assert len(calls) == 4  # every layer and direction (layer 2: 40*64*26 values)
+    assert (getattr(_backend._scratch, "buf", None) is not None) == scratch
+    _backend.release_scratch()
     for g, ref in zip(*grads):
         if ref is None:
             assert g is None
