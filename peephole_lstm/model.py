@@ -174,12 +174,17 @@ class PeepholeLSTMNet(nn.Module):
         self.ar.bias.copy_(bias)
         return penalties
 
+    @property
+    def per_series(self) -> bool:
+        """Whether the network has per-series parts (an embedding, one AR term per series)."""
+        return self.emb is not None or (self.ar is not None and self.ar_series > 1)
+
     def forward(self, x: Tensor, series: Optional[Tensor] = None) -> Tensor:
         """``x`` ``(N, L, input_size)``; ``series`` ``(N,)``: each window's series, needed only by
         a network with per-series parts (an embedding, one AR term per series)."""
         if self.ar is not None and x.size(1) < self.ar_window:
             raise ValueError(f"ar_window ({self.ar_window}) is longer than the input window ({x.size(1)} steps)")
-        if series is None and (self.emb is not None or (self.ar is not None and self.ar_series > 1)):
+        if series is None and self.per_series:
             n = self.emb.num_embeddings if self.emb is not None else self.ar_series
             raise ValueError(f"this network has per-series parts for {n} series: forward needs each window's "
                              "series (N,)")
@@ -326,8 +331,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = list(getattr(dm, "series_names", None) or [])
         if self._prepared:
-            per_series = self.net.emb is not None or self.net.ar_series > 1
-            if per_series and names and names != self._series_names:
+            if self.net.per_series and names and names != self._series_names:
                 raise ValueError(f"this model has per-series parts for the series {self._series_names} (in this "
                                  f"order), but the data has the series {names}: forecast the series it was trained on")
             return
@@ -377,7 +381,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._calibration is not None:
             checkpoint["calibration_residuals"] = self._calibration
-        if self.net.emb is not None or self.net.ar_series > 1:
+        if self.net.per_series:
             checkpoint["series_names"] = self._series_names
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
