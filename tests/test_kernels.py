@@ -134,7 +134,7 @@ print(torch.ops.peephole_lstm_cpp.blas_info())
 def test_every_gemm_path_is_exact(path):
     """PEEPHOLE_LSTM_GEMM forces one GEMM path; each gives float32 results within rounding of
     the float64 reference loop (outputs and every gradient), packed, bidirectional, projected,
-    diagonal and full peepholes."""
+    diagonal and full peepholes (on the own GEMM, in one pass with h W_hh^T)."""
     if path == "packed" and not torch.backends.mkl.is_available():
         pytest.skip("no MKL in this torch")
     if path == "onednn" and not torch.backends.mkldnn.is_available():
@@ -143,6 +143,9 @@ def test_every_gemm_path_is_exact(path):
     assert res.returncode == 0, res.stderr[-3000:]
     name = {"packed": "mkl-packed"}.get(path, path)
     assert f"forced: {name}" in res.stdout
+    # our own GEMM runs h W_hh^T and the full peepholes on c_{t-1} as one pass; the others two
+    merged = int(res.stdout.split("in one GEMM: ")[1].split(";")[0])
+    assert (merged > 0) == (path == "vec"), res.stdout
 
 
 _WEIGHT_GRAD_CHECK = """

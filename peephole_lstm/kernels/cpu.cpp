@@ -2,7 +2,8 @@
 //
 // Algorithm. The caller computes xw = x W_ih^T for every step (one GEMM). Per step t:
 //   z   = xw_t + bias + h_{t-1} W_hh^T                     one GEMM (B x P x 4H)
-//   full peepholes: z_{i,f,g} += c_{t-1} [W_ci; W_cf; W_cc]^T  one GEMM (B x H x 3H)
+//   full peepholes: z_{i,f,g} += c_{t-1} [W_ci; W_cf; W_cc]^T  one GEMM (B x H x 3H); on the
+//                   kernel's own GEMM the same pass as h_{t-1} W_hh^T (k = P + H for i, f, g)
 //   i, f, g, c_t = ... (fused element-wise kernel; diagonal peepholes w ⊙ c inside it;
 //                      c_t clipped to [-cell_clip, cell_clip] when a clip is set)
 //   full peepholes: z_o += c_t W_co^T                      one GEMM (B x H x H)
@@ -73,7 +74,7 @@ inline int64_t grain_rows(int64_t H) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, 4 * H));
 }
 
-// Threads for the time loop. A step whose work is small (under ~4 MFLOP) is microseconds
+// Threads for the time loop. A step whose work is small (under ~8 MFLOP) is microseconds
 // long; on an idle machine splitting it over the threads still pays (S1: 1.5x faster), but on
 // a busy one every parallel region waits for a descheduled thread: a scheduler quantum,
 // milliseconds, per region and step (measured: 55x slower training beside another PyTorch
@@ -87,7 +88,7 @@ inline int64_t grain_rows(int64_t H) {
 inline double serial_step_flops() {
   static const double v = [] {
     const char* env = std::getenv("PEEPHOLE_LSTM_SERIAL_FLOPS");
-    return env != nullptr ? std::atof(env) : double(1 << 22);
+    return env != nullptr ? std::atof(env) : double(1 << 23);
   }();
   return v;
 }
@@ -600,70 +601,122 @@ class VecGemm {
  public:
   static constexpr int64_t V = Vec<T>::size();
   static constexpr int64_t kNP = 4;  // panels per register block
-  void pack(const T* Bm, bool bt, int64_t n, int64_t k) {
+  void pack(const T* Bm, bool bt, int64_t n, int64_t k) { pack2(Bm, bt, n, k, nullptr, 0, 0); }
+  // Two right-hand matrices stacked along k: C = [A, A2] [op(Bm); op(B2)] with B2 (n2 x k2,
+  // transposed) feeding only the first n2 columns (zero past them). The k rows of a panel
+  // are Bm's k then B2's k2; groups of panels wholly past n2 skip B2's rows. The article
+  // cell's step: h_{t-1} W_hh^T + c_{t-1} [W_ci; W_cf; W_cc]^T in one pass over the gates.
+  void pack2(const T* Bm, bool bt, int64_t n, int64_t k, const T* B2, int64_t n2, int64_t k2) {
     n_ = n;
-    k_ = k;
+    k1_ = k;
+    k_ = k + (B2 ? k2 : 0);
     panels_ = (n + V - 1) / V;
-    packed_ = at::zeros({panels_ * k * V}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    panels2_ = B2 ? (n2 + V - 1) / V : 0;
+    packed_ = at::zeros({panels_ * k_ * V}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     T* d = packed_.data_ptr<T>();
     for (int64_t p = 0; p < panels_; ++p)
-      for (int64_t kk = 0; kk < k; ++kk)
-        for (int64_t v = 0; v < V && p * V + v < n; ++v) {
-          const int64_t col = p * V + v;
-          d[(p * k + kk) * V + v] = bt ? Bm[col * k + kk] : Bm[kk * n + col];
-        }
+      for (int64_t v = 0; v < V && p * V + v < n; ++v) {
+        const int64_t col = p * V + v;
+        for (int64_t kk = 0; kk < k; ++kk) d[(p * k_ + kk) * V + v] = bt ? Bm[col * k + kk] : Bm[kk * n + col];
+        if (B2 && col < n2)
+          for (int64_t kk = 0; kk < k2; ++kk) d[(p * k_ + k + kk) * V + v] = B2[col * k2 + kk];
+      }
   }
-  void run(const T* A, int64_t m, int64_t lda, bool accumulate, T* C) const {
+  // C = A op(B) (+ A2 op(B2) after pack2; A2's row stride lda2).
+  void run(const T* A, int64_t m, int64_t lda, bool accumulate, T* C, const T* A2 = nullptr,
+           int64_t lda2 = 0) const {
     const int64_t groups = (panels_ + kNP - 1) / kNP;
+    if (two_sources()) {
+      run_weighted(A, m, lda, accumulate, C, A2, lda2);
+      return;
+    }
     // ~32k multiply-adds per task at the least: below that a thread hand-off costs more
     const int64_t per_group = std::max<int64_t>(1, m * k_ * kNP * V);
     const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / per_group);
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t p0 = g * kNP;
-        panel_group(A, m, lda, p0, std::min(kNP, panels_ - p0), accumulate, C);
+        panel_group(A, m, lda, A2, lda2, p0, std::min(kNP, panels_ - p0), accumulate, C);
+      }
+    });
+  }
+  bool two_sources() const { return k_ > k1_; }
+
+ private:
+  // Two sources: the groups past B2's columns have k1_ rows, not k_, so an even split of the
+  // groups would leave one thread more work (the article cell on 2 threads: 8 x 512 vs
+  // 4 x 512 + 4 x 256); each thread takes a run of groups of about equal multiply-adds.
+  void run_weighted(const T* A, int64_t m, int64_t lda, bool accumulate, T* C, const T* A2, int64_t lda2) const {
+    const int64_t groups = (panels_ + kNP - 1) / kNP;
+    auto cost = [&](int64_t g) { return g * kNP < panels2_ ? k_ : k1_; };
+    std::vector<int64_t> start(groups + 1, 0);  // prefix sums of the groups' k rows
+    for (int64_t g = 0; g < groups; ++g) start[g + 1] = start[g] + cost(g);
+    const int64_t total = start[groups];
+    const int64_t tasks =
+        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), m * total * kNP * V >> 15));
+    // task i: the groups whose first row of k lies in [i, i + 1) * total / tasks
+    auto first = [&](int64_t i) {
+      return int64_t(std::lower_bound(start.begin(), start.end() - 1, i * total / tasks) - start.begin());
+    };
+    at::parallel_for(0, tasks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t g = first(i0); g < first(i1); ++g) {
+        const int64_t p0 = g * kNP;
+        panel_group(A, m, lda, A2, lda2, p0, std::min(kNP, panels_ - p0), accumulate, C);
       }
     });
   }
 
+ public:
+
   // Panels [p_begin, p_end) only, on the calling thread (C = A op(B) in those columns).
-  void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C) const {
-    for (int64_t p0 = p_begin; p0 < p_end; p0 += kNP) panel_group(A, m, lda, p0, std::min(kNP, p_end - p0), false, C);
+  void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C, const T* A2 = nullptr,
+                  int64_t lda2 = 0) const {
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += kNP)
+      panel_group(A, m, lda, A2, lda2, p0, std::min(kNP, p_end - p0), false, C);
   }
 
  private:
   // Up to kNP panels from p0, every row: k in blocks of kc, so that the panels' slice of
   // packed B (kNP * kc * V) stays in L1 across all row blocks; the partial sums go through C
-  // (the k order is unchanged).
-  void panel_group(const T* A, int64_t m, int64_t lda, int64_t p0, int64_t np, bool accumulate, T* C) const {
+  // (the k order is unchanged). Packed rows [0, k1_) multiply A, rows [k1_, k_) A2 (only for
+  // groups that reach into B2's n2 columns).
+  void panel_group(const T* A, int64_t m, int64_t lda, const T* A2, int64_t lda2, int64_t p0, int64_t np,
+                   bool accumulate, T* C) const {
     const int64_t kc = l1_k_block<T>(kNP);
-    for (int64_t k0 = 0; k0 < k_; k0 += kc) {
-      const int64_t k1 = std::min(k_, k0 + kc);
-      const bool acc = accumulate || k0 > 0;
-      int64_t r = 0;
-      for (; r + 6 <= m; r += 6) block<6>(A, lda, r, p0, np, k0, k1, acc, C);
-      switch (m - r) {
-        case 5: block<5>(A, lda, r, p0, np, k0, k1, acc, C); break;
-        case 4: block<4>(A, lda, r, p0, np, k0, k1, acc, C); break;
-        case 3: block<3>(A, lda, r, p0, np, k0, k1, acc, C); break;
-        case 2: block<2>(A, lda, r, p0, np, k0, k1, acc, C); break;
-        case 1: block<1>(A, lda, r, p0, np, k0, k1, acc, C); break;
-        default: break;
+    const int64_t k_end = p0 < panels2_ ? k_ : k1_;
+    for (int src = 0; src < 2; ++src) {
+      const int64_t kb = src ? k1_ : 0, ke = src ? k_end : k1_, koff = kb;
+      const T* a = src ? A2 : A;
+      const int64_t ld = src ? lda2 : lda;
+      for (int64_t k0 = kb; k0 < ke; k0 += kc) {
+        const int64_t k1 = std::min(ke, k0 + kc);
+        const bool acc = accumulate || k0 > 0;
+        int64_t r = 0;
+        for (; r + 6 <= m; r += 6) block<6>(a, ld, koff, r, p0, np, k0, k1, acc, C);
+        switch (m - r) {
+          case 5: block<5>(a, ld, koff, r, p0, np, k0, k1, acc, C); break;
+          case 4: block<4>(a, ld, koff, r, p0, np, k0, k1, acc, C); break;
+          case 3: block<3>(a, ld, koff, r, p0, np, k0, k1, acc, C); break;
+          case 2: block<2>(a, ld, koff, r, p0, np, k0, k1, acc, C); break;
+          case 1: block<1>(a, ld, koff, r, p0, np, k0, k1, acc, C); break;
+          default: break;
+        }
       }
     }
   }
   template <int MR>
-  void block(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t np, int64_t k0, int64_t k1, bool accumulate,
-             T* C) const {
+  void block(const T* A, int64_t lda, int64_t koff, int64_t r0, int64_t p0, int64_t np, int64_t k0, int64_t k1,
+             bool accumulate, T* C) const {
     if (np == kNP) {
-      kernel<MR, kNP>(A, lda, r0, p0, k0, k1, accumulate, C);
+      kernel<MR, kNP>(A, lda, koff, r0, p0, k0, k1, accumulate, C);
     } else {
-      for (int64_t p = p0; p < p0 + np; ++p) kernel<MR, 1>(A, lda, r0, p, k0, k1, accumulate, C);
+      for (int64_t p = p0; p < p0 + np; ++p) kernel<MR, 1>(A, lda, koff, r0, p, k0, k1, accumulate, C);
     }
   }
+  // C rows r0.., panels p0.. (+)= A[:, k0 - koff .. k1 - koff) times packed rows [k0, k1).
   template <int MR, int NP>
-  void kernel(const T* A, int64_t lda, int64_t r0, int64_t p0, int64_t k0, int64_t k1, bool accumulate,
-              T* C) const {
+  void kernel(const T* A, int64_t lda, int64_t koff, int64_t r0, int64_t p0, int64_t k0, int64_t k1,
+              bool accumulate, T* C) const {
     Vec<T> acc[MR][NP];
     for (int r = 0; r < MR; ++r)
       for (int p = 0; p < NP; ++p) acc[r][p] = Vec<T>(T(0));
@@ -673,7 +726,7 @@ class VecGemm {
       Vec<T> b[NP];
       for (int p = 0; p < NP; ++p) b[p] = Vec<T>::loadu(bp + (p * k_ + kk) * V);
       for (int r = 0; r < MR; ++r) {
-        const Vec<T> ar(a[r * lda + kk]);
+        const Vec<T> ar(a[r * lda + kk - koff]);
         for (int p = 0; p < NP; ++p) acc[r][p] = at::vec::fmadd(ar, b[p], acc[r][p]);
       }
     }
@@ -687,7 +740,7 @@ class VecGemm {
       }
     }
   }
-  int64_t n_ = 0, k_ = 0, panels_ = 0;
+  int64_t n_ = 0, k_ = 0, k1_ = 0, panels_ = 0, panels2_ = 0;
   Tensor packed_;
 };
 
@@ -700,6 +753,9 @@ const char* path_name(Path p) {
     default: return "blas";
   }
 }
+
+// Forward layer calls that ran h W_hh^T and the full peepholes on c_{t-1} as one GEMM (blas_info).
+std::atomic<int64_t> g_merged_calls{0};
 
 // The measured choice per (dtype, shape), once per process.
 std::mutex g_choice_mutex;
@@ -726,17 +782,26 @@ std::optional<Path> forced_path() {
 template <typename T>
 class StepGemm {
  public:
-  StepGemm(const T* Bm, bool b_transposed, int64_t n, int64_t k, int64_t m_max, int64_t lda = -1)
+  // B2 (n2 x k2, transposed), when given, is merged into the same pass if the path measured
+  // for Bm's shape is our own GEMM (merged() says so): the caller then passes A2 with every
+  // call and C gets A op(Bm) + [A2 B2^T, 0] (VecGemm::pack2).
+  StepGemm(const T* Bm, bool b_transposed, int64_t n, int64_t k, int64_t m_max, int64_t lda = -1,
+           const T* B2 = nullptr, int64_t n2 = 0, int64_t k2 = 0)
       : Bm_(Bm), bt_(b_transposed), n_(n), k_(k), lda_(lda < 0 ? k : lda) {
     if (m_max <= 0 || n <= 0 || k <= 0) return;
     path_ = choose(m_max);
+    if (B2 != nullptr && n2 > 0 && k2 > 0 && path_ == Path::kVec) {
+      vec_.pack2(Bm_, bt_, n_, k_, B2, n2, k2);
+      return;
+    }
     setup(path_, m_max);
   }
-  // C = A op(B) (accumulate: C += A op(B)); A has m rows.
-  void operator()(const T* A, int64_t m, bool accumulate, T* C) const {
+  bool merged() const { return path_ == Path::kVec && vec_.two_sources(); }
+  // C = A op(B) (accumulate: C += A op(B)); A has m rows (merged: + A2 B2^T, A2's row stride lda2).
+  void operator()(const T* A, int64_t m, bool accumulate, T* C, const T* A2 = nullptr, int64_t lda2 = 0) const {
     if (m <= 0) return;
     if (path_ == Path::kVec) {
-      vec_.run(A, m, lda_, accumulate, C);
+      vec_.run(A, m, lda_, accumulate, C, merged() ? A2 : nullptr, lda2);
       return;
     }
     if (path_ == Path::kOneDnn) {
@@ -755,12 +820,12 @@ class StepGemm {
     raw(path_, A, m, accumulate ? T(1) : T(0), C);
   }
   // A op(B) without a copy where the path allows: the result lives in C or in hold.
-  const T* view(const T* A, int64_t m, T* C, Tensor& hold) const {
+  const T* view(const T* A, int64_t m, T* C, Tensor& hold, const T* A2 = nullptr, int64_t lda2 = 0) const {
     if (path_ == Path::kOneDnn && m > 0) {
       hold = onednn(A, m);
       return hold.data_ptr<T>();
     }
-    (*this)(A, m, false, C);
+    (*this)(A, m, false, C, A2, lda2);
     return C;
   }
   Path path() const { return path_; }
@@ -1218,12 +1283,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     T_* po = po_buf.defined() ? po_buf.data_ptr<T_>() : nullptr;
     const T_* h = st.packed ? h_state.data_ptr<T_>() : h0.data_ptr<T_>();
     const T_* c = st.packed ? c_state.data_ptr<T_>() : c0.data_ptr<T_>();
-    const StepGemm<T_> hh(p.hh, /*b_transposed=*/true, G, P, B);  // h W_hh^T
-    const StepGemm<T_> hr(p.hr, true, P, H, proj ? B : 0);       // r W_hr^T
-    const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
+    // h W_hh^T, on our own GEMM with c_{t-1} [W_ci; W_cf; W_cc]^T in the same pass (merged)
+    const StepGemm<T_> hh(p.hh, /*b_transposed=*/true, G, P, B, -1, pc ? p.wc : nullptr, w.kc * H, H);
+    const bool merged = hh.merged();
+    if (merged) g_merged_calls.fetch_add(1, std::memory_order_relaxed);
+    const StepGemm<T_> hr(p.hr, true, P, H, proj ? B : 0);                   // r W_hr^T
+    const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc && !merged ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
+    if (merged) pc = nullptr;  // the peephole terms are in the gate pre-activations already
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
     Tensor hold;
-    // Small steps (S3, the article cell at S3) on the kernel's own GEMM, unpacked, no projection,
+    // Small steps (S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM, unpacked, no projection,
     // H a multiple of the vector width: one parallel region for the whole loop. Each thread
     // owns a block of hidden units, computes their four gate columns of h_{t-1} W_hh^T (and of
     // c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at one barrier per step
@@ -1252,7 +1321,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
         for (int64_t s = 0; s < T; ++s) {
           const auto [t, g_t, c_t, h_t] = step_rows(s);
           if (b1 > b0) {
-            for (int64_t q = 0; q < 4; ++q) hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t);
+            for (int64_t q = 0; q < 4; ++q)
+              hh.vec().run_panels(h_l, B, P, q * blocks + b0, q * blocks + b1, g_t, merged ? c_l : nullptr, H);
             for (int64_t q = 0; pc && q < w.kc; ++q)  // full peepholes on c_{t-1}
               pcg.vec().run_panels(c_l, B, H, q * blocks + b0, q * blocks + b1, pc);
             forward_cell<T_>(x + st.off[t] * G, p.b, g_t, pc, w.kc, g_t, c_l, c_t, h_t, p.ci, p.cf, p.co, p.cc,
@@ -1277,7 +1347,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     for (int64_t s = 0; s < (one_region ? 0 : T); ++s) {
       const auto [t, g_t, c_t, h_t] = step_rows(s);
       const int64_t n = st.n[t];
-      const T_* hw = hh.view(h, n, g_t, hold);
+      const T_* hw = hh.view(h, n, g_t, hold, c, H);
       if (pc) pcg(c, n, false, pc);
       forward_cell<T_>(x + st.off[t] * G, p.b, hw, pc, w.kc, g_t, c, c_t, proj ? r : h_t, p.ci, p.cf, p.co, p.cc,
                        po != nullptr, T_(cell_clip), n, H);
@@ -1451,6 +1521,7 @@ std::string blas_info() {
     s << " " << std::get<2>(key) << "x" << std::get<4>(key) << "x" << std::get<3>(key)
       << (std::get<0>(key) == 8 ? "(f64)" : "") << "=" << path_name(path) << ";";
   }
+  s << " layer calls with h W_hh^T and c W_c^T in one GEMM: " << g_merged_calls.load() << ";";
   std::lock_guard<std::mutex> lock_tn(g_tn_mutex);
   s << " weight grads A^T B (m x n, k ~ 2^bits):";
   for (const auto& [key, t] : g_tn_time) {
