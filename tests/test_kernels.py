@@ -41,6 +41,24 @@ def test_float32_kernel_is_accurate_everywhere(backend, scale, H):
         torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("H", [5, 16])
+def test_float32_kernel_propagates_nan_and_saturates_at_inf(backend, H):
+    """Gate pre-activations of ±inf saturate (σ → 0 or 1, tanh → ±1) and a NaN stays in its
+    batch row, as in float64 (the float32 kernel has its own exp)."""
+    if backend == "reference":
+        pytest.skip("the reference backend does not use the fused op")
+    a32 = list(_args(4, 3, H, torch.float32, 1.0))
+    a32[0][1, 0, :] = torch.tensor([float("inf"), -float("inf")]).repeat(2 * H)  # row 0: ±inf
+    a32[0][2, 1, 3] = float("nan")  # row 1 from step 2 on
+    a64 = tuple(None if a is None else a.double() for a in a32)
+    with torch.no_grad():
+        o32 = _fused.recurrence(*a32, False)
+        o64 = _fused.recurrence(*a64, False)
+    assert o32[0][:2, 1].isfinite().all() and o32[0][2:, 1].isnan().any() and o32[0][:, [0, 2]].isfinite().all()
+    for got, want in zip(o32[:3], o64[:3]):
+        torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-6, equal_nan=True)
+
+
 def test_inference_path_equals_training_path(backend):
     if backend == "reference":
         pytest.skip("the reference backend does not use the fused op")

@@ -42,6 +42,7 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -251,9 +252,38 @@ class LoopThreads {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
+// exp. SLEEF's (at::vec's exp) is an out-of-line call, and every call makes the element-wise
+// kernel spill its live vector registers (all caller-saved); for float on AVX-512 an inline
+// one instead: n = round(x / ln 2), r = x - n ln 2 (Cody-Waite, two parts), e^r by Cephes'
+// degree-6 polynomial, 2^n by scalef (which gives inf and 0 past the range). Within 1.25 ulp
+// of exp over [-87, 88.5] (SLEEF's: 1 ulp); NaN, ±inf and the range ends as exp.
+template <typename T>
+inline Vec<T> vexp(const Vec<T>& x) {
+  return x.exp();
+}
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> vexp<float>(const Vec<float>& xv) {
+  // max/min return their second operand when either is NaN: a NaN x stays NaN
+  const __m512 x = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), __m512(xv)));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // exact: n has <= 8 bits
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
 template <typename T>
 inline Vec<T> sigmoid(const Vec<T>& x) {
-  return (Vec<T>(T(1)) + x.neg().exp()).reciprocal();  // as ATen's sigmoid kernel
+  return (Vec<T>(T(1)) + vexp(x.neg())).reciprocal();  // as ATen's sigmoid kernel
 }
 
 // tanh through expm1, which keeps full relative accuracy near 0 (a few ulp everywhere) and
@@ -272,7 +302,7 @@ template <>
 inline Vec<float> tanh<float>(const Vec<float>& x) {
   using V = Vec<float>;
   const V ax = x.abs();
-  const V big = V(1.f) - V(2.f) / (V(1.f) + (ax + ax).exp());
+  const V big = V(1.f) - V(2.f) / (V(1.f) + vexp(ax + ax));
   const V x2 = ax * ax;
   // Horner in x^2: 1 - x2/3 + 2x2^2/15 - 17x2^3/315 + 62x2^4/2835 - 1382x2^5/155925
   //               + 21844x2^6/6081075 - 929569x2^7/638512875 + 6404582x2^8/10854718875
