@@ -373,8 +373,8 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
       const T* cp = c_prev + b * H;
       T* cb = c + b * H;
       T* rb = r + b * H;
-      for (int64_t j = j_begin; j < j_end; j += W) {
-        const int64_t n = std::min<int64_t>(W, H - j);
+      // one vector of hidden units from j (n of them: W, a compile-time constant, except at a tail)
+      auto unit = [&](int64_t j, auto n) __attribute__((always_inline)) {
         const Vec<T> cpj = load(cp + j, n);
         const Vec<T> zo = load(xo + j, n) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(ho + j, n);
         const Vec<T> i = sigmoid(load(xi + j, n) + load_or(bi ? bi + j : nullptr, n, T(0)) + load(hi + j, n) +
@@ -400,7 +400,10 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
           store(o, go + j, n);
           store(o * tanh(cj), rb + j, n);
         }
-      }
+      };
+      int64_t j = j_begin;
+      for (; j + W <= j_end; j += W) unit(j, std::integral_constant<int64_t, W>());
+      if (j < j_end) unit(j, j_end - j);
     }
   });
 }
@@ -414,13 +417,15 @@ void forward_out(T* gates, const T* po, const T* c, T* r, int64_t B, int64_t H, 
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* go = gates + b * 4 * H + 3 * H;
-      for (int64_t j = j_begin; j < j_end; j += W) {
-        const int64_t n = std::min<int64_t>(W, H - j);
+      auto unit = [&](int64_t j, auto n) __attribute__((always_inline)) {  // as in forward_cell
         const Vec<T> cj = load(c + b * H + j, n);
         const Vec<T> o = sigmoid(load(go + j, n) + load(po + b * H + j, n));
         store(o, go + j, n);
         store(o * tanh(cj), r + b * H + j, n);
-      }
+      };
+      int64_t j = j_begin;
+      for (; j + W <= j_end; j += W) unit(j, std::integral_constant<int64_t, W>());
+      if (j < j_end) unit(j, j_end - j);
     }
   });
 }
