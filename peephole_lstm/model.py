@@ -271,6 +271,13 @@ class PeepholeLSTMRegressor(L.LightningModule):
             tell the series apart (DeepAR's categorical embedding; 0: none; one series: none).
             Measured on benchmarks/quality.py's six-series panel: 4 numbers brought the
             geometric mean of global / alone test MSE from 1.04-1.10x to 0.93-1.00x.
+        ensemble: train this many networks side by side, from different initial weights, each
+            on its own loss over the same batches, and forecast their mean (a deep ensemble,
+            Lakshminarayanan et al. 2017; N-BEATS forecast M4 with ensembles). The mean's error
+            is at most the members' average error and varies less from seed to seed; the cost is
+            ``ensemble`` times the training and forecasting arithmetic. Validation (early
+            stopping, checkpoints) and the intervals see the mean. The members share the fixed
+            AR term (it is fitted once).
     """
 
     def __init__(
@@ -287,17 +294,26 @@ class PeepholeLSTMRegressor(L.LightningModule):
         cell_clip: Optional[float] = None,
         ar_window: Union[int, Literal["auto"]] = 0,
         series_embedding: int = 0,
+        ensemble: int = 1,
     ) -> None:
         super().__init__()
         if isinstance(series_embedding, bool) or not isinstance(series_embedding, int) or series_embedding < 0:
             raise ValueError(f"series_embedding must be a non-negative integer, got {series_embedding!r}")
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+            raise ValueError(f"ensemble must be a positive integer, got {ensemble!r}")
         if ar_window != "auto" and (isinstance(ar_window, bool) or not isinstance(ar_window, int) or ar_window < 0):
             raise ValueError(f"ar_window must be a non-negative integer or 'auto', got {ar_window!r}")
         self.save_hyperparameters()
-        self.net = PeepholeLSTMNet(
-            input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip,
-            0 if ar_window == "auto" else ar_window,
-        )
+
+        def network() -> PeepholeLSTMNet:
+            return PeepholeLSTMNet(
+                input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip,
+                0 if ar_window == "auto" else ar_window,
+            )
+
+        self.net = network()
+        # members 2 .. ensemble (None for one network, whose checkpoints keep their keys)
+        self.ensemble_nets = nn.ModuleList([network() for _ in range(ensemble - 1)]) if ensemble > 1 else None
         self.val_metrics = _metrics("val_")
         self.test_metrics = _metrics("test_")
         self.baselines = nn.ModuleDict(
@@ -320,8 +336,15 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._test_sums: dict[str, Tensor] = {}
         self.test_per_series = None  # pandas.DataFrame after test
 
+    @property
+    def nets(self) -> list[PeepholeLSTMNet]:
+        """The networks: ``net`` and, with ``ensemble > 1``, the other members."""
+        return [self.net, *(self.ensemble_nets or [])]
+
     def forward(self, x: Tensor, series: Optional[Tensor] = None) -> Tensor:
-        return self.net(x, series)
+        if self.ensemble_nets is None:
+            return self.net(x, series)
+        return torch.stack([net(x, series) for net in self.nets]).mean(0)  # (K, N, horizon) -> (N, horizon)
 
     def setup(self, stage: str) -> None:
         """The parts that depend on the data, once, from the data module: the series embedding
@@ -336,7 +359,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
                                  f"order), but the data has the series {names}: forecast the series it was trained on")
             return
         self._series_names = names
-        self.net.set_series_embedding(max(1, len(names)), self.hparams.series_embedding)
+        for net in self.nets:
+            net.set_series_embedding(max(1, len(names)), self.hparams.series_embedding)
         if self.hparams.ar_window != 0:
             auto = self.hparams.ar_window == "auto"
             tabular = dm is not None and hasattr(dm, "series_season") and hasattr(dm, "hparams")
@@ -348,7 +372,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 rule = [min(window, 2 * int(m) + 1 if m > 1 else 3) for m in dm.series_season]
                 self._ar_lags = rule if auto else None
                 lags = max(rule) if auto else self.net.ar_window
-                self.net.set_ar_window(lags, series=max(1, len(names)))
+                for net in self.nets:
+                    net.set_ar_window(lags, series=max(1, len(names)))
                 self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
             if stage == "fit" and dm is not None:
                 self._fit_ar(dm.train_dataloader())
@@ -370,13 +395,16 @@ class PeepholeLSTMRegressor(L.LightningModule):
             raise ValueError("the autoregressive term needs training windows; the training data has none")
         sid = torch.cat(series).cpu() if self.net.ar_series > 1 else None
         self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu(), sid, self._ar_lags)
+        for net in self.nets[1:]:  # the same fit for every member
+            net.ar.load_state_dict(self.net.ar.state_dict())
 
     def on_train_start(self) -> None:
         if self.net.ar is not None and not self._prepared:  # fit without a data module
             self._fit_ar(self.trainer.train_dataloader)
         self._prepared = True
-        if self.net.ar is not None:  # fixed: the LSTM learns what the linear model leaves
-            self.net.ar.requires_grad_(False)
+        for net in self.nets:
+            if net.ar is not None:  # fixed: the LSTM learns what the linear model leaves
+                net.ar.requires_grad_(False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._calibration is not None:
@@ -388,14 +416,16 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._prepared = True  # a trained model keeps its data-dependent parts
         self._calibration = checkpoint.get("calibration_residuals")  # absent before rolling intervals
         state = checkpoint["state_dict"]
-        e = state.get("net.emb.weight")
-        if e is not None and (self.net.emb is None or self.net.emb.weight.shape != e.shape):
-            self.net.set_series_embedding(e.size(0), e.size(1))
-        w = state.get("net.ar.weight")
-        if w is not None:  # one term per series: its shape says how many
-            series = w.size(0) // self.hparams.horizon
-            if (w.size(1), series) != (self.net.ar_window, self.net.ar_series):
-                self.net.set_ar_window(w.size(1), series=series)
+        for k, net in enumerate(self.nets):
+            prefix = "net." if k == 0 else f"ensemble_nets.{k - 1}."
+            e = state.get(prefix + "emb.weight")
+            if e is not None and (net.emb is None or net.emb.weight.shape != e.shape):
+                net.set_series_embedding(e.size(0), e.size(1))
+            w = state.get(prefix + "ar.weight")
+            if w is not None:  # one term per series: its shape says how many
+                series = w.size(0) // self.hparams.horizon
+                if (w.size(1), series) != (net.ar_window, net.ar_series):
+                    net.set_ar_window(w.size(1), series=series)
         self._series_names = checkpoint.get("series_names", [])
         # checkpoints written before the intervals existed: no intervals, not an error
         checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
@@ -408,7 +438,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         torch.manual_seed((seed * 1_000_003 + self.global_step) * 64 + self.global_rank)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = F.mse_loss(self(batch["x"], batch.get("series")), batch["y"])
+        # each member on its own loss (their mean: Adam's steps do not depend on the 1/K)
+        series = batch.get("series")
+        loss = torch.stack([F.mse_loss(net(batch["x"], series), batch["y"]) for net in self.nets]).mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
         return loss
 

@@ -349,6 +349,57 @@ def test_series_embedding_feeds_each_window_its_series_vector(tmp_path):
         PeepholeLSTMNet().set_series_embedding(2, 1.5)
 
 
+def test_ensemble_trains_members_on_their_own_losses_and_forecasts_their_mean(tmp_path):
+    """ensemble=K: K networks from different initial weights, each with its own series vectors
+    and the one fitted AR term; the training loss gives each member the gradient of its own
+    MSE (over K); the forecast is the members' mean, also after a checkpoint; one network
+    keeps the checkpoint keys it always had."""
+    import torch.nn.functional as F
+
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=6, num_layers=1, horizon=2,
+                                  series_embedding=2, ar_window="auto", ensemble=3)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    nets = model.nets
+    assert len(nets) == 3 and nets[0] is model.net
+    for other in nets[1:]:  # own LSTM and series vectors, the same fixed AR term
+        assert not torch.allclose(other.lstm.weight_hh_l0, nets[0].lstm.weight_hh_l0)
+        assert not torch.allclose(other.emb.weight, nets[0].emb.weight)
+        torch.testing.assert_close(other.ar.weight, nets[0].ar.weight)
+        assert not other.ar.weight.requires_grad
+    b = next(iter(dm.train_dataloader()))
+    model.train()
+    model.trainer = None  # training_step outside the loop (its self.log then does nothing)
+    torch.manual_seed(1)  # dropout: the same draws for both computations
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = model.training_step(b, 0)
+    for k, net in enumerate(nets):
+        params = [p for p in net.parameters() if p.requires_grad]
+        got = torch.autograd.grad(loss, params, retain_graph=True)
+        torch.manual_seed(1)
+        for earlier in nets[:k]:  # replay the dropout draws of the members before it
+            earlier(b["x"], b["series"])
+        want = torch.autograd.grad(F.mse_loss(net(b["x"], b["series"]), b["y"]) / 3, params)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+    model.eval()
+    with torch.no_grad():
+        mean = torch.stack([net(b["x"], b["series"]) for net in nets]).mean(0)
+        torch.testing.assert_close(model(b["x"], b["series"]), mean)
+    trainer.save_checkpoint(tmp_path / "k.ckpt")
+    loaded = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "k.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(b["x"], b["series"]), mean)
+    assert not any(k.startswith("ensemble_nets") for k in PeepholeLSTMRegressor().state_dict())
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="ensemble must be a positive integer"):
+            PeepholeLSTMRegressor(ensemble=bad)
+
+
 def test_checkpoints_of_earlier_versions_still_forecast(tmp_path):
     """A checkpoint without the validation residuals (before the rolling pool) forecasts with
     its stored validation quantiles; one without those (before intervals) without intervals."""
