@@ -18,8 +18,8 @@ temperature (1950-2010), quarterly US unemployment (macrodata, 1959-2009), the y
 flow (1871-1970); from statsforecast: monthly air passengers (1949-1960).
 
     pip install -e ".[benchmarks]"   # statsforecast, statsmodels
-    python benchmarks/quality.py                  # ~8 minutes on 2 CPU cores (AutoARIMA on CO2: ~7)
-    python benchmarks/quality.py --seeds 42 1 2   # the LSTM over three seeds (classical fits once): ~10
+    python benchmarks/quality.py                  # ~11 minutes on 2 CPU cores (AutoARIMA on CO2: ~7)
+    python benchmarks/quality.py --seeds 42 1 2   # the LSTM over three seeds (classical fits once): ~17
     python benchmarks/quality.py --series co2 sunspots --no-panel
 """
 
