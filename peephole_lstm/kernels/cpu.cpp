@@ -337,6 +337,16 @@ inline void store(const Vec<T>& v, T* p, int64_t n) {
   }
 }
 
+// unit(j, n) for the vectors of hidden units [j_begin, j_end): whole ones with n the vector
+// width as a compile-time constant (so each load's tail test folds away), then the tail.
+template <typename T, typename F>
+__attribute__((always_inline)) inline void for_vectors(int64_t j_begin, int64_t j_end, const F& unit) {
+  constexpr int64_t W = Vec<T>::size();
+  int64_t j = j_begin;
+  for (; j + W <= j_end; j += W) unit(j, std::integral_constant<int64_t, W>());
+  if (j < j_end) unit(j, j_end - j);
+}
+
 // ----------------------------------------------------------------------- element-wise
 // One step's gates for rows [0, B): hw (B, 4H) = h_{t-1} W_hh^T (may alias gates); pc
 // (B, kc*H) or null = c_{t-1} [W_ci; W_cf; (W_cc)]^T (full peepholes, kc = 2 or 3). Writes
@@ -352,7 +362,6 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
   const T* bf = bias ? bias + H : nullptr;
   const T* bg = bias ? bias + 2 * H : nullptr;
   const T* bo = bias ? bias + 3 * H : nullptr;
-  constexpr int64_t W = Vec<T>::size();
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* gi = gates + b * 4 * H;
@@ -373,8 +382,7 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
       const T* cp = c_prev + b * H;
       T* cb = c + b * H;
       T* rb = r + b * H;
-      // one vector of hidden units from j (n of them: W, a compile-time constant, except at a tail)
-      auto unit = [&](int64_t j, auto n) __attribute__((always_inline)) {
+      for_vectors<T>(j_begin, j_end, [&](int64_t j, auto n) __attribute__((always_inline)) {
         const Vec<T> cpj = load(cp + j, n);
         const Vec<T> zo = load(xo + j, n) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(ho + j, n);
         const Vec<T> i = sigmoid(load(xi + j, n) + load_or(bi ? bi + j : nullptr, n, T(0)) + load(hi + j, n) +
@@ -400,10 +408,7 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
           store(o, go + j, n);
           store(o * tanh(cj), rb + j, n);
         }
-      };
-      int64_t j = j_begin;
-      for (; j + W <= j_end; j += W) unit(j, std::integral_constant<int64_t, W>());
-      if (j < j_end) unit(j, j_end - j);
+      });
     }
   });
 }
@@ -412,20 +417,16 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
 template <typename T>
 void forward_out(T* gates, const T* po, const T* c, T* r, int64_t B, int64_t H, int64_t j_begin = 0,
                  int64_t j_end = -1) {
-  constexpr int64_t W = Vec<T>::size();
   if (j_end < 0) j_end = H;
   at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* go = gates + b * 4 * H + 3 * H;
-      auto unit = [&](int64_t j, auto n) __attribute__((always_inline)) {  // as in forward_cell
+      for_vectors<T>(j_begin, j_end, [&](int64_t j, auto n) __attribute__((always_inline)) {
         const Vec<T> cj = load(c + b * H + j, n);
         const Vec<T> o = sigmoid(load(go + j, n) + load(po + b * H + j, n));
         store(o, go + j, n);
         store(o * tanh(cj), r + b * H + j, n);
-      };
-      int64_t j = j_begin;
-      for (; j + W <= j_end; j += W) unit(j, std::integral_constant<int64_t, W>());
-      if (j < j_end) unit(j, j_end - j);
+      });
     }
   });
 }
@@ -657,41 +658,21 @@ class VecGemm {
           for (int64_t kk = 0; kk < k2; ++kk) d[(p * k_ + k + kk) * V + v] = B2[col * k2 + kk];
       }
   }
-  // C = A op(B) (+ A2 op(B2) after pack2; A2's row stride lda2).
+  // C = A op(B) (+ A2 op(B2) after pack2; A2's row stride lda2). Threads take runs of panel
+  // groups of about equal multiply-adds: with two sources the groups past B2's columns have
+  // k1_ rows, not k_, and an even split of the groups would leave one thread more work (the
+  // article cell on 2 threads: 8 x 512 rows against 4 x 512 + 4 x 256). At least ~32k
+  // multiply-adds per task: below that a thread hand-off costs more.
   void run(const T* A, int64_t m, int64_t lda, bool accumulate, T* C, const T* A2 = nullptr,
            int64_t lda2 = 0) const {
     const int64_t groups = (panels_ + kNP - 1) / kNP;
-    if (two_sources()) {
-      run_weighted(A, m, lda, accumulate, C, A2, lda2);
-      return;
-    }
-    // ~32k multiply-adds per task at the least: below that a thread hand-off costs more
-    const int64_t per_group = std::max<int64_t>(1, m * k_ * kNP * V);
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / per_group);
-    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
-      for (int64_t g = g0; g < g1; ++g) {
-        const int64_t p0 = g * kNP;
-        panel_group(A, m, lda, A2, lda2, p0, std::min(kNP, panels_ - p0), accumulate, C);
-      }
-    });
-  }
-  bool two_sources() const { return k_ > k1_; }
-
- private:
-  // Two sources: the groups past B2's columns have k1_ rows, not k_, so an even split of the
-  // groups would leave one thread more work (the article cell on 2 threads: 8 x 512 vs
-  // 4 x 512 + 4 x 256); each thread takes a run of groups of about equal multiply-adds.
-  void run_weighted(const T* A, int64_t m, int64_t lda, bool accumulate, T* C, const T* A2, int64_t lda2) const {
-    const int64_t groups = (panels_ + kNP - 1) / kNP;
-    auto cost = [&](int64_t g) { return g * kNP < panels2_ ? k_ : k1_; };
-    std::vector<int64_t> start(groups + 1, 0);  // prefix sums of the groups' k rows
-    for (int64_t g = 0; g < groups; ++g) start[g + 1] = start[g] + cost(g);
-    const int64_t total = start[groups];
-    const int64_t tasks =
-        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), m * total * kNP * V >> 15));
-    // task i: the groups whose first row of k lies in [i, i + 1) * total / tasks
+    const int64_t g2 = std::min(groups, (panels2_ + kNP - 1) / kNP);  // groups with k_ rows, then k1_
+    const int64_t total = g2 * k_ + (groups - g2) * k1_;
+    const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), m * total * kNP * V >> 15));
+    // task i starts at the first group whose rows before it reach i * total / tasks
     auto first = [&](int64_t i) {
-      return int64_t(std::lower_bound(start.begin(), start.end() - 1, i * total / tasks) - start.begin());
+      const int64_t x = i * total / tasks;
+      return x <= g2 * k_ ? (x + k_ - 1) / k_ : g2 + (x - g2 * k_ + k1_ - 1) / k1_;
     };
     at::parallel_for(0, tasks, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t g = first(i0); g < first(i1); ++g) {
@@ -700,8 +681,7 @@ class VecGemm {
       }
     });
   }
-
- public:
+  bool two_sources() const { return k_ > k1_; }
 
   // Panels [p_begin, p_end) only, on the calling thread (C = A op(B) in those columns).
   void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C, const T* A2 = nullptr,
