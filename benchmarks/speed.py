@@ -11,7 +11,10 @@
 Variants: ``nn.LSTM``; ``naive loop`` (PeepholeLSTMCell called in a Python loop, the way
 people write custom LSTMs); ``reference`` (our autograd time loop); ``fused/python`` (the
 fused op, pure-PyTorch kernel); ``fused/cpp`` (the fused op, C++ kernel; the CPU default);
-``fused/triton`` (the fused op, Triton kernel; the CUDA default, ``--device cuda`` only);
+``fused/triton`` (the fused op, Triton kernel; the CUDA default, ``--device cuda`` only:
+CUDA graphs, one launch per layer for small H), ``fused/triton-steps`` (the same with the
+one-launch kernel off: per-step GEMM + element-wise kernel, graphed), ``fused/triton-eager``
+(CUDA graphs off: every per-step launch from Python);
 ``scripted`` (``torch.jit.script`` of the module). Times are the median of ``--runs``
 interleaved repetitions (each variant once per round), in ms; the ratio is to ``nn.LSTM``
 measured in the same rounds. Training = forward + backward of ``out.square().mean()``.
@@ -22,6 +25,7 @@ packed input for ``packed``) with ``reference``, ``fused/python`` and ``fused/cp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -47,7 +51,14 @@ SIZES = {
     "S3": (500, 16, 32, 128, 1),
     "S4": (50, 256, 64, 512, 1),
 }
-VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "fused/triton", "scripted"]
+VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "fused/triton", "fused/triton-steps",
+            "fused/triton-eager", "scripted"]
+# variant: environment it runs under (the Triton path's switches)
+VARIANT_ENV = {
+    "fused/triton-steps": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0"},
+    "fused/triton-eager": {"PEEPHOLE_LSTM_CUDA_GRAPHS": "0"},
+}
+TRITON_SWITCHES = ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_CUDA_GRAPHS")
 # name: (PeepholeLSTM keyword arguments, layers override, packed input)
 CONFIGS = {
     "default": ({}, None, False),
@@ -108,7 +119,7 @@ def build(variant: str, size: str, device: str, config: str = "default"):
             warnings.simplefilter("ignore")
             model = torch.jit.script(model)
     backend = {"reference": "reference", "fused/python": "python", "fused/cpp": "cpp", "fused/triton": "triton",
-               "scripted": "reference"}
+               "fused/triton-steps": "triton", "fused/triton-eager": "triton", "scripted": "reference"}
     if packed:  # random lengths in [T/4, T], the longest T, in no order
         g = torch.Generator().manual_seed(0)
         lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=g)
@@ -116,18 +127,25 @@ def build(variant: str, size: str, device: str, config: str = "default"):
         x = pack_sequence([torch.randn(int(n), I, device=device) for n in lengths], enforce_sorted=False)
     else:
         x = torch.randn(T, B, I, device=device)
-    return model, x, backend.get(variant, "auto")
+    return model, x, backend.get(variant, "auto"), VARIANT_ENV.get(variant, {})
 
 
-def step(model, x, backend: str, train: bool) -> None:
+AUTOCAST: dict = {}  # --autocast: torch.autocast keyword arguments around every step
+
+
+def step(model, x, backend: str, env: dict, train: bool) -> None:
     peephole_lstm.set_backend(backend)
-    if train:
-        out = model(x)[0]
-        out = out.data if isinstance(out, PackedSequence) else out
-        out.square().mean().backward()
-    else:
-        with torch.inference_mode():
-            model(x)
+    for k in TRITON_SWITCHES:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    with torch.autocast(**AUTOCAST) if AUTOCAST else contextlib.nullcontext():
+        if train:
+            out = model(x)[0]
+            out = out.data if isinstance(out, PackedSequence) else out
+            out.float().square().mean().backward()
+        else:
+            with torch.inference_mode():
+                model(x)
 
 
 def sync(device: str) -> None:
@@ -174,7 +192,7 @@ def peak_memory(variant: str, size: str, device: str, config: str = "default") -
         "from benchmarks.speed import build, step; "
         f"torch.cuda.init() if {device!r}.startswith('cuda') else None; "
         "base = hwm(); "
-        f"m, x, b = build({variant!r}, {size!r}, {device!r}, {config!r}); step(m, x, b, True); "
+        f"m, x, b, e = build({variant!r}, {size!r}, {device!r}, {config!r}); step(m, x, b, e, True); "
         f"peak = (torch.cuda.max_memory_allocated() / 2**20) if {device!r}.startswith('cuda') else "
         "(hwm() - base) / 1024; print(json.dumps(peak))"
     )
@@ -192,19 +210,36 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="also peak memory of a training step")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], help="run every step under torch.autocast")
+    parser.add_argument("--tf32", choices=["on", "off"], help="CUDA: set torch.backends.cudnn.allow_tf32 (cuDNN) and "
+                        "torch.backends.cuda.matmul.allow_tf32 (cuBLAS, our Triton dots) both (default: as PyTorch)")
     args = parser.parse_args()
+    if args.tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+    if args.autocast:
+        AUTOCAST.update(device_type=args.device.split(":")[0], dtype=getattr(torch, args.autocast))
     chosen = args.variants or (VARIANTS if args.config == "default" else CONFIG_VARIANTS)
     variants = list(dict.fromkeys(["nn.LSTM", *chosen]))
     if args.device != "cpu":
         variants = [v for v in variants if v != "fused/cpp"]  # the C++ kernel is CPU-only
     else:
-        variants = [v for v in variants if v != "fused/triton"]  # GPU (CPU only under the interpreter)
+        variants = [v for v in variants if not v.startswith("fused/triton")]  # GPU (CPU: interpreter only)
     if "fused/cpp" in variants:
         peephole_lstm.set_backend("cpp")
         peephole_lstm.build_extension()
 
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model()
-    print(f"# torch {torch.__version__}, {args.device} ({dev}), {torch.get_num_threads()} threads, float32, "
+    prec = f"autocast {args.autocast}" if args.autocast else "float32"
+    if args.device.startswith("cuda"):
+        prec += (f" (TF32: cuDNN {torch.backends.cudnn.allow_tf32}, cuBLAS/Triton "
+                 f"{torch.backends.cuda.matmul.allow_tf32})")
+        try:
+            import triton
+
+            prec += f", triton {triton.__version__}"
+        except ImportError:
+            pass
+    print(f"# torch {torch.__version__}, {args.device} ({dev}), {torch.get_num_threads()} threads, {prec}, "
           f"config {args.config} {CONFIGS[args.config]}, median of {args.runs} interleaved runs")
     rows = time_all(args.sizes, variants, args.runs, args.device, args.config)
     print("\n| size | mode | " + " | ".join(variants) + " |")

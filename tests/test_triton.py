@@ -109,3 +109,65 @@ def test_forcing_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypa
             PeepholeLSTM(3, 5)(torch.randn(4, 2, 3))
     finally:
         peephole_lstm.set_backend(old)
+
+
+PERSISTENT = [
+    dict(peephole="diagonal"),
+    dict(peephole="none"),
+    dict(peephole="diagonal", candidate_peephole=True, cell_clip=0.5, bidirectional=True),
+]
+
+
+@pytest.mark.parametrize("kw", PERSISTENT, ids=[str(k) for k in PERSISTENT])
+def test_one_launch_kernel_float32_against_float64(triton_backend, kw, monkeypatch):
+    """Small H in float32 runs the whole time loop in one launch (_persist_fwd): outputs,
+    states and every gradient (its saved gates feed the per-step backward) against the
+    float64 reference loop; counted, so a silent fallback to the per-step kernel fails."""
+    from peephole_lstm.kernels import triton as tr
+
+    launches = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return tr._persist_fwd_kernel[grid]
+
+    monkeypatch.setattr(tr, "_persist_fwd_kernel", tr._persist_fwd, raising=False)
+    monkeypatch.setattr(tr, "_persist_fwd", Spy())
+    m = PeepholeLSTM(3, 20, 2, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.6, 0.6)
+    m64 = PeepholeLSTM(3, 20, 2, dtype=torch.float64, **kw)
+    m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    D = 2 if kw.get("bidirectional") else 1
+    x = 1.5 * torch.randn(9, 17, 3)  # 17 rows: two programs, the second one mostly padding
+    h0, c0 = torch.randn(2 * D, 17, 20), torch.randn(2 * D, 17, 20)
+    inputs = [t.clone().requires_grad_() for t in (x, h0, c0)]
+    out, (h, c) = m(inputs[0], (inputs[1], inputs[2]))
+    assert len(launches) == 2 * D
+    loss = out.square().sum() + h.sum() + (c * torch.linspace(-1, 1, 20)).sum()
+    grads = torch.autograd.grad(loss, [*inputs, *m.parameters()])
+    peephole_lstm.set_backend("reference")
+    inputs64 = [t.double().requires_grad_() for t in (x, h0, c0)]
+    out_r, (h_r, c_r) = m64(inputs64[0], (inputs64[1], inputs64[2]))
+    for got, want in ((out, out_r), (h, h_r), (c, c_r)):
+        torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=2e-6)
+    loss = out_r.square().sum() + h_r.sum() + (c_r * torch.linspace(-1, 1, 20, dtype=torch.float64)).sum()
+    want = torch.autograd.grad(loss, [*inputs64, *m64.parameters()])
+    names = ["x", "h0", "c0", *(n for n, _ in m.named_parameters())]
+    for name, g, w in zip(names, grads, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_one_launch_kernel_can_be_turned_off(triton_backend, monkeypatch):
+    from peephole_lstm.kernels import triton as tr
+
+    monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_PERSISTENT", "0")
+    monkeypatch.setattr(tr, "_persist_fwd", None)  # would raise if launched
+    m = PeepholeLSTM(3, 5)
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        got = m(x)[0]
+        peephole_lstm.set_backend("reference")
+        torch.testing.assert_close(got, m(x)[0], rtol=1e-5, atol=1e-6)

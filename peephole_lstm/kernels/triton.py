@@ -28,7 +28,9 @@ Tested without a GPU through Triton's interpreter (``TRITON_INTERPRET=1``, CPU t
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from collections import OrderedDict
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -41,6 +43,7 @@ __all__ = ["backward", "forward"]
 
 BLOCK_B = 16
 BLOCK_H = 32
+PERSISTENT_MAX_H = 64  # the one-launch kernel holds 4 (H x H) weight tiles per step: 64 KiB at H = 64
 
 
 @triton.jit
@@ -173,6 +176,77 @@ def _bwd_cell(gates_ptr, c_ptr, cprev_ptr, dr_ptr, dc_ptr, dgates_ptr, wci_ptr, 
         tl.store(dc_ptr + h1, dcp.to(dc_ptr.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, out_ptr, hn_ptr,
+                 cn_ptr, gates_ptr, cs_ptr, T, B, H, clip,
+                 HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
+                 CLIP: tl.constexpr, SAVE: tl.constexpr, REV: tl.constexpr, CT: tl.constexpr,
+                 PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HB: tl.constexpr):
+    """The whole time loop in one launch (small H): program p owns batch rows p*BLOCK_B..,
+    all H units, and keeps h and c in registers from step to step; z_k = xw_t + h W_k^T
+    is a (BLOCK_B, HB) x (HB, HB) tl.dot per gate k. The caller pads H to HB (a power of
+    two) and transposes W_hh into ``wT`` (4, HB, HB): unmasked, contiguous tile loads (a
+    masked, strided 64 x 64 load held 64-bit addresses per element and spilled registers),
+    re-read from L1/L2 each step."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    u = tl.arange(0, HB)
+    um = u < H
+    m = (rows < B)[:, None] & um[None, :]
+    wt = u[:, None] * HB + u[None, :]  # into wT (4, HB, HB): wT[k, v, u] = W_hh[k H + u, v], zero-padded
+    h1 = rows[:, None] * H + u[None, :]
+    h = tl.load(h0_ptr + h1, mask=m, other=0.0).to(CT)  # padded units stay 0 (their z are 0, c 0)
+    c = tl.load(c0_ptr + h1, mask=m, other=0.0).to(CT)
+    b_i = tl.full([1, HB], 0.0, CT)
+    b_f = tl.full([1, HB], 0.0, CT)
+    b_g = tl.full([1, HB], 0.0, CT)
+    b_o = tl.full([1, HB], 0.0, CT)
+    if HAS_BIAS:
+        b_i += tl.load(bias_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+        b_f += tl.load(bias_ptr + H + u, mask=um, other=0.0).to(CT)[None, :]
+        b_g += tl.load(bias_ptr + 2 * H + u, mask=um, other=0.0).to(CT)[None, :]
+        b_o += tl.load(bias_ptr + 3 * H + u, mask=um, other=0.0).to(CT)[None, :]
+    p_i = tl.full([1, HB], 0.0, CT)
+    p_f = tl.full([1, HB], 0.0, CT)
+    p_g = tl.full([1, HB], 0.0, CT)
+    p_o = tl.full([1, HB], 0.0, CT)
+    if DIAG:
+        p_i += tl.load(wci_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+        p_f += tl.load(wcf_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+        if HAS_CC:
+            p_g += tl.load(wcc_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+        if HAS_CO:
+            p_o += tl.load(wco_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+    for s in range(T):
+        t = s + REV * (T - 1 - 2 * s)  # REV: 0 forward, 1 reverse
+        g4 = (t * B + rows)[:, None] * (4 * H) + u[None, :]  # (BLOCK_B, HB) into xw / gates (N, 4H)
+        ht = (t * B + rows)[:, None] * H + u[None, :]  # into out / cs (N, H)
+        w = tl.load(wt_ptr + 0 * HB * HB + wt).to(CT)
+        z_i = tl.load(xw_ptr + g4, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
+        w = tl.load(wt_ptr + 1 * HB * HB + wt).to(CT)
+        z_f = tl.load(xw_ptr + g4 + H, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
+        w = tl.load(wt_ptr + 2 * HB * HB + wt).to(CT)
+        z_g = tl.load(xw_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
+        w = tl.load(wt_ptr + 3 * HB * HB + wt).to(CT)
+        z_o = tl.load(xw_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
+        i = _sigmoid(z_i + b_i + p_i * c)
+        f = _sigmoid(z_f + b_f + p_f * c)
+        g = _tanh(z_g + b_g + p_g * c)
+        c = f * c + i * g
+        if CLIP:
+            c = tl.minimum(tl.maximum(c, -clip), clip)
+        o = _sigmoid(z_o + b_o + p_o * c)
+        h = o * _tanh(c)
+        tl.store(out_ptr + ht, h.to(out_ptr.dtype.element_ty), mask=m)
+        if SAVE:
+            tl.store(gates_ptr + g4, i.to(gates_ptr.dtype.element_ty), mask=m)
+            tl.store(gates_ptr + g4 + H, f.to(gates_ptr.dtype.element_ty), mask=m)
+            tl.store(gates_ptr + g4 + 2 * H, g.to(gates_ptr.dtype.element_ty), mask=m)
+            tl.store(gates_ptr + g4 + 3 * H, o.to(gates_ptr.dtype.element_ty), mask=m)
+            tl.store(cs_ptr + ht, c.to(cs_ptr.dtype.element_ty), mask=m)
+    tl.store(hn_ptr + h1, h.to(hn_ptr.dtype.element_ty), mask=m)
+    tl.store(cn_ptr + h1, c.to(cn_ptr.dtype.element_ty), mask=m)
+
+
 def _compute(t: Tensor):
     """The element-wise math's dtype: float64 for float64 tensors, else float32."""
     return tl.float64 if t.dtype == torch.float64 else tl.float32
@@ -189,19 +263,60 @@ def _full_wc(w_ci, w_cf, w_cc, H, like):
     return torch.cat(parts, 0)  # (kc H, H)
 
 
-def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
-            w_ci: Optional[Tensor], w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor],
-            batch_sizes: Optional[Tensor], reverse: bool, save: bool, cell_clip: float = 0.0):
-    """Same contract as :func:`peephole_lstm.kernels.python.forward`."""
+def _persistent_ok(xw: Tensor, w_hr: Optional[Tensor], full: bool, uniform: bool, H: int) -> bool:
+    """Whether the one-launch kernel runs this layer: ``PEEPHOLE_LSTM_TRITON_PERSISTENT`` ``0``
+    never, otherwise (``auto``) for H <= ``PERSISTENT_MAX_H`` without a projection or full
+    peepholes, on unpacked (or equal-length) float32/16-bit input."""
+    if os.environ.get("PEEPHOLE_LSTM_TRITON_PERSISTENT", "auto") == "0":
+        return False
+    return w_hr is None and not full and uniform and xw.dtype != torch.float64 and H <= PERSISTENT_MAX_H
+
+
+def _dot_precision(t: Tensor) -> str:
+    """tl.dot's float32 mode: ``tf32`` where PyTorch lets cuBLAS use TF32 (``torch.backends.
+    cuda.matmul.allow_tf32``, as for the GEMMs of the alternating design); otherwise
+    ``tf32x3`` (three TF32 products, float32's accuracy on the tensor cores; exact ``ieee``
+    FMA spilled registers at H = 64). ``PEEPHOLE_LSTM_TRITON_DOT`` overrides it."""
+    if not t.is_cuda:
+        return "ieee"
+    return os.environ.get("PEEPHOLE_LSTM_TRITON_DOT") or ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3")
+
+
+def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
+                   w_ci: Optional[Tensor], w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor],
+                   batch_sizes: Optional[Tensor], reverse: bool, save: bool, cell_clip: float = 0.0):
     G = xw.size(-1)
     H = G // 4
     B, P = h0.shape
     T = xw.size(0) if batch_sizes is None else batch_sizes.size(0)
     n, off = steps(T, B, batch_sizes)
+    uniform = all(v == B for v in n)  # every step on all B rows: states are read where they were written
     x = xw.reshape(-1, G).contiguous()  # (N, 4H)
     N = x.size(0)
     full = any(w is not None and w.dim() == 2 for w in (w_ci, w_cf, w_co, w_cc))
     diag = not full and w_ci is not None
+    dummy = x.new_empty(1)
+    if T > 0 and _persistent_ok(x, w_hr, full, uniform, H):
+        out = x.new_empty(N, P)
+        h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
+        gates = x.new_empty(N if save else 0, G)
+        cs = x.new_empty(N if save else 0, H)
+        HB = max(16, triton.next_power_of_2(H))
+        w_t = w_hh.new_zeros(4, HB, HB)
+        w_t[:, :H, :H] = w_hh.view(4, H, H).transpose(1, 2)  # (4, HB, HB): [k, v, u] = W_hh[k H + u, v]
+        _persist_fwd[(triton.cdiv(B, BLOCK_B),)](
+            x, h0, c0, w_t, bias if bias is not None else dummy, w_ci if diag else dummy, w_cf if diag else dummy,
+            w_cc if (diag and w_cc is not None) else dummy, w_co if diag and w_co is not None else dummy, out, h_n,
+            c_n, gates if save else dummy, cs if save else dummy, T, B, H, float(cell_clip),
+            HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None, CLIP=cell_clip > 0,
+            SAVE=save, REV=int(reverse), CT=_compute(x), PRECISION=_dot_precision(x), BLOCK_B=BLOCK_B, HB=HB,
+            num_warps=8 if HB >= 64 else 4,  # 64: 4 warps spilled registers (ptxas, sm_90)
+        )
+        if not save:
+            gates, cs = x.new_empty(0), x.new_empty(0)
+        elif batch_sizes is None:
+            gates, cs = gates.view(T, B, G), cs.view(T, B, H)
+        return (out.view(T, B, P) if batch_sizes is None else out), h_n, c_n, gates, cs
     gates = x.new_empty(N if save else B, G)
     cs = x.new_empty(N if save else 2 * B, H)
     out = x.new_empty(N, P)
@@ -210,9 +325,9 @@ def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Ten
     kc = wc.size(0) // H if wc is not None else 0
     split_o = full and w_co is not None
     w_hh_t = w_hh.t()
-    h_state = h0.clone()
-    c_state = c0.clone()
-    dummy = x.new_empty(1)
+    # Equal-length steps read h_{t-1} and c_{t-1} where step t-1 wrote them (no copies);
+    # packed steps keep every sequence's state in (B, ·) buffers, their first n_t rows updated.
+    h_state, c_state = (h0, c0) if uniform else (h0.clone(), c0.clone())
     for s in range(T):
         t = T - 1 - s if reverse else s
         rows, r0 = n[t], off[t]
@@ -235,8 +350,13 @@ def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Ten
             _fwd_out[_grid(rows, H)](g_t, po, c_t, r, rows, H, CT=_compute(x), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H)
         if w_hr is not None:
             torch.mm(r, w_hr.t(), out=out[r0 : r0 + rows])  # (n, P)
-        h_state[:rows] = out[r0 : r0 + rows]
-        c_state[:rows] = c_t
+        if uniform:
+            h_state, c_state = out[r0 : r0 + rows], c_t
+        else:
+            h_state[:rows] = out[r0 : r0 + rows]
+            c_state[:rows] = c_t
+    if uniform:
+        h_state, c_state = h_state.clone(), c_state.clone()
     if not save:
         gates, cs = x.new_empty(0), x.new_empty(0)
     if batch_sizes is None:
@@ -246,11 +366,19 @@ def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Ten
     return out, h_state, c_state, gates, cs
 
 
-def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, gates: Tensor, cs: Tensor, h0: Tensor,
+def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
+            w_ci: Optional[Tensor], w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor],
+            batch_sizes: Optional[Tensor], reverse: bool, save: bool, cell_clip: float = 0.0):
+    """Same contract as :func:`peephole_lstm.kernels.python.forward`; on CUDA replayed from
+    a CUDA graph (see :func:`_graphed`)."""
+    return _graphed(_forward_eager, (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc),
+                    (batch_sizes, reverse, save, cell_clip))
+
+
+def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, gates: Tensor, cs: Tensor, h0: Tensor,
              c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor], w_ci: Optional[Tensor],
              w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor], batch_sizes: Optional[Tensor],
              reverse: bool, cell_clip: float = 0.0):
-    """Same contract as :func:`peephole_lstm.kernels.python.backward`."""
     G = gates.size(-1)
     H = G // 4
     B, P = h0.shape
@@ -293,12 +421,11 @@ def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, ga
             _bwd_cell[_grid(rows, H)](*args, PHASE=0, **flags)
         if wc is not None:
             dc[:rows].addmm_(dg_t[:, : wc.size(0)], wc)  # dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
-        dh = dg_t @ w_hh  # (n, P)
-        n_from = carried(n, t, t_prev)
+        n_from = carried(n, t, t_prev)  # dh_{t-1} = dG W_hh, added in place (one GEMM)
         if n_from > 0:
-            dH[off[t_prev] : off[t_prev] + n_from] += dh[:n_from]
+            dH[off[t_prev] : off[t_prev] + n_from].addmm_(dg_t[:n_from], w_hh)
         if rows > n_from:
-            dh0[n_from:rows] = dh[n_from:]
+            torch.mm(dg_t[n_from:], w_hh, out=dh0[n_from:rows])  # (n - n_from, P)
     o_all = g2[:, 3 * H :]
     dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc = weight_grads(
         dgates, dH, out2, cs2, c_prev, o_all * torch.tanh(cs2), h0, n, off, reverse, bias, w_hr, w_ci, w_cf, w_co,
@@ -306,3 +433,73 @@ def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, ga
     )
     d_xw = dgates if batch_sizes is not None else dgates.view(T, B, G)
     return d_xw, dh0, dc, dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc
+
+
+def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, gates: Tensor, cs: Tensor, h0: Tensor,
+             c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor], w_ci: Optional[Tensor],
+             w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor], batch_sizes: Optional[Tensor],
+             reverse: bool, cell_clip: float = 0.0):
+    """Same contract as :func:`peephole_lstm.kernels.python.backward`; on CUDA replayed from
+    a CUDA graph (see :func:`_graphed`)."""
+    return _graphed(_backward_eager, (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci,
+                                      w_cf, w_co, w_cc), (batch_sizes, reverse, cell_clip))
+
+
+# ------------------------------------------------------------------ CUDA graphs
+# A step loop is T x (2-5) small launches; from Python each costs more CPU time than the GPU
+# spends on it. On CUDA a loop's launches are captured once per shape in a CUDA graph and
+# replayed: every tensor argument (data, states, weights: the combined bias is a new tensor
+# each call) is copied into the graph's own input buffers in one foreach copy, and the
+# outputs are cloned out of the graph's memory pool. A shape is captured the second time it
+# is seen (one-off shapes run eagerly); at most MAX_GRAPHS graphs are kept (least recently
+# used dropped). PEEPHOLE_LSTM_CUDA_GRAPHS=0 turns this off; a call made while the caller is
+# itself capturing a graph runs eagerly.
+MAX_GRAPHS = 16
+_GRAPHS: OrderedDict[tuple, tuple] = OrderedDict()
+_SEEN: dict[tuple, int] = {}
+
+
+def _sig(t: Optional[Tensor]):
+    return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+def _graphed(fn: Callable, tensors: tuple, args: tuple):
+    """``fn(*tensors, *args)`` (tensors: Tensor or None), replayed from a CUDA graph where
+    that applies."""
+    x = tensors[0]
+    if not x.is_cuda or os.environ.get("PEEPHOLE_LSTM_CUDA_GRAPHS", "1") == "0" \
+            or torch.cuda.is_current_stream_capturing():
+        return fn(*tensors, *args)
+    bs = args[0]
+    # Under torch.inference_mode the buffers are inference tensors, written only there.
+    key = (fn.__name__, tuple(_sig(t) for t in tensors), tuple(bs.tolist()) if bs is not None else None, args[1:],
+           torch.is_inference_mode_enabled(), torch.backends.cuda.matmul.allow_tf32,
+           os.environ.get("PEEPHOLE_LSTM_TRITON_PERSISTENT", "auto"), os.environ.get("PEEPHOLE_LSTM_TRITON_DOT"))
+    present = [t for t in tensors if t is not None]
+    entry = _GRAPHS.get(key)
+    if entry is None:
+        if len(_SEEN) > 4096:
+            _SEEN.clear()
+        _SEEN[key] = _SEEN.get(key, 0) + 1
+        if _SEEN[key] < 2:
+            return fn(*tensors, *args)
+        static = [t.clone() for t in present]
+        it = iter(static)
+        static_args = tuple(next(it) if t is not None else None for t in tensors)
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up where the capture runs (cuBLAS workspace)
+            fn(*static_args, *args)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            outs = fn(*static_args, *args)
+        entry = _GRAPHS[key] = (graph, static, outs)
+        if len(_GRAPHS) > MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)
+    else:
+        _GRAPHS.move_to_end(key)
+    graph, static, outs = entry
+    torch._foreach_copy_(static, present)
+    graph.replay()
+    return tuple(o.clone() for o in outs)
