@@ -12,8 +12,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torc
 PYTEST="python3 -m pytest -q -p no:cacheprovider -o addopts="
 PEEPHOLE_LSTM_BACKEND=auto timeout 240 $PYTEST tests/test_cuda.py 2>&1 | tail -25
 SPEED="python3 benchmarks/speed.py --device cuda --runs 5"
-timeout 200 $SPEED --tf32 off --variants fused/triton fused/triton-steps fused/triton-eager 2>&1 | tee $OUT/speed_fp32.txt
-timeout 150 python3 benchmarks/cuda_exactness.py 2>&1 | tee $OUT/exactness.txt
-timeout 100 $SPEED --tf32 on --variants fused/triton 2>&1 | tee $OUT/speed_tf32.txt
-timeout 100 $SPEED --tf32 off --sizes S2 S4 --autocast bfloat16 --variants fused/triton 2>&1 | tee $OUT/speed_bf16.txt
-timeout 100 $SPEED --tf32 on --config article --variants fused/triton 2>&1 | tee $OUT/speed_article.txt
+timeout 150 $SPEED --tf32 off --variants fused/triton fused/triton-steps fused/triton-gemm fused/triton-fused 2>&1 | tee $OUT/speed_fp32.txt
+timeout 60 python3 benchmarks/cuda_profile.py --sizes S1 S3 2>&1 | tee $OUT/profile.txt | grep -E "^##|Name|^ *[a-zA-Z_]" | cut -c1-150 | head -40
+timeout 100 python3 benchmarks/cuda_exactness.py 2>&1 | tee $OUT/exactness.txt
+timeout 100 $SPEED --tf32 on --variants fused/triton fused/triton-gemm fused/triton-fused 2>&1 | tee $OUT/speed_tf32.txt
+timeout 100 $SPEED --tf32 off --config article --variants fused/triton fused/triton-gemm 2>&1 | tee $OUT/speed_article.txt
+timeout 60 $SPEED --tf32 off --sizes S2 S4 --autocast bfloat16 --variants fused/triton 2>&1 | tee $OUT/speed_bf16.txt

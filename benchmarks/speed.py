@@ -12,9 +12,11 @@ Variants: ``nn.LSTM``; ``naive loop`` (PeepholeLSTMCell called in a Python loop,
 people write custom LSTMs); ``reference`` (our autograd time loop); ``fused/python`` (the
 fused op, pure-PyTorch kernel); ``fused/cpp`` (the fused op, C++ kernel; the CPU default);
 ``fused/triton`` (the fused op, Triton kernel; the CUDA default, ``--device cuda`` only:
-CUDA graphs, one launch per layer for small H), ``fused/triton-steps`` (the same with the
-one-launch kernel off: per-step GEMM + element-wise kernel, graphed), ``fused/triton-eager``
-(CUDA graphs off: every per-step launch from Python);
+CUDA graphs, one launch per layer for small H, else per step one launch up to 64 rows and
+cuBLAS + a cell kernel above), ``fused/triton-steps`` (the one-launch kernel off, steps as
+``auto`` picks), ``fused/triton-gemm`` / ``fused/triton-fused`` (the one-launch kernel off,
+every step's GEMM through cuBLAS / inside the cell kernel), ``fused/triton-eager`` (CUDA
+graphs off: every per-step launch from Python);
 ``scripted`` (``torch.jit.script`` of the module). Times are the median of ``--runs``
 interleaved repetitions (each variant once per round), in ms; the ratio is to ``nn.LSTM``
 measured in the same rounds. Training = forward + backward of ``out.square().mean()``.
@@ -52,13 +54,15 @@ SIZES = {
     "S4": (50, 256, 64, 512, 1),
 }
 VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "fused/triton", "fused/triton-steps",
-            "fused/triton-eager", "scripted"]
+            "fused/triton-gemm", "fused/triton-fused", "fused/triton-eager", "scripted"]
 # variant: environment it runs under (the Triton path's switches)
 VARIANT_ENV = {
     "fused/triton-steps": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0"},
+    "fused/triton-gemm": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0", "PEEPHOLE_LSTM_TRITON_STEP": "gemm"},
+    "fused/triton-fused": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0", "PEEPHOLE_LSTM_TRITON_STEP": "fused"},
     "fused/triton-eager": {"PEEPHOLE_LSTM_CUDA_GRAPHS": "0"},
 }
-TRITON_SWITCHES = ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_CUDA_GRAPHS")
+TRITON_SWITCHES = ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_CUDA_GRAPHS", "PEEPHOLE_LSTM_TRITON_STEP")
 # name: (PeepholeLSTM keyword arguments, layers override, packed input)
 CONFIGS = {
     "default": ({}, None, False),
@@ -119,7 +123,8 @@ def build(variant: str, size: str, device: str, config: str = "default"):
             warnings.simplefilter("ignore")
             model = torch.jit.script(model)
     backend = {"reference": "reference", "fused/python": "python", "fused/cpp": "cpp", "fused/triton": "triton",
-               "fused/triton-steps": "triton", "fused/triton-eager": "triton", "scripted": "reference"}
+               "fused/triton-steps": "triton", "fused/triton-gemm": "triton", "fused/triton-fused": "triton",
+               "fused/triton-eager": "triton", "scripted": "reference"}
     if packed:  # random lengths in [T/4, T], the longest T, in no order
         g = torch.Generator().manual_seed(0)
         lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=g)

@@ -38,11 +38,14 @@ def test_cuda_gradcheck_with_peepholes(backend):
     assert gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("step", ["fused", "gemm"])
 @pytest.mark.parametrize("kw", [dict(), dict(peephole="full", candidate_peephole=True, cell_clip=2.0),
                                 dict(bidirectional=True, proj_size=3)])
-def test_cuda_auto_runs_the_triton_kernel_and_matches_the_reference(kw):
-    """backend "auto" on CUDA tensors: the Triton kernel (kernels/triton.py), float64 exact."""
+def test_cuda_auto_runs_the_triton_kernel_and_matches_the_reference(kw, step, monkeypatch):
+    """backend "auto" on CUDA tensors: the Triton kernel (kernels/triton.py), float64 exact,
+    each step's GEMM in the cell kernel (tl.dot, float64) or through cuBLAS."""
     pytest.importorskip("triton")
+    monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_STEP", step)
     import peephole_lstm
     from peephole_lstm import _backend
 
@@ -115,10 +118,11 @@ def test_cuda_graph_replays_new_inputs_and_updated_weights(kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(candidate_peephole=True, cell_clip=1.0, bidirectional=True)])
-def test_cuda_one_launch_kernel_float32_against_float64(kw):
+def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch):
     """H = 50 in float32 (TF32 off) runs the one-launch kernel: outputs within 1e-4 and
     gradients within 1e-3 (relative, in norm) of the float64 reference."""
     pytest.importorskip("triton")
+    monkeypatch.setenv("PEEPHOLE_LSTM_CUDA_GRAPHS", "0")  # count the launches themselves
     import peephole_lstm
     from peephole_lstm.kernels import triton as tr
 

@@ -46,8 +46,15 @@ def _model(kw):
     return m
 
 
+@pytest.fixture(params=["fused", "gemm"])
+def step(request, monkeypatch):
+    """Each step's GEMM inside the cell kernel (tl.dot) or through torch.addmm."""
+    monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_STEP", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("kw", CONFIGS, ids=[str(k) for k in CONFIGS])
-def test_forward_and_gradients_match_the_references(triton_backend, kw):
+def test_forward_and_gradients_match_the_references(triton_backend, step, kw):
     m = _model(kw)
     x = (1.5 * torch.randn(6, 3, 3, dtype=torch.float64)).requires_grad_()
     H_out = kw.get("proj_size") or 5
@@ -70,7 +77,7 @@ def test_forward_and_gradients_match_the_references(triton_backend, kw):
 
 
 @pytest.mark.parametrize("kw", CONFIGS[:3], ids=[str(k) for k in CONFIGS[:3]])
-def test_packed_input(triton_backend, kw):
+def test_packed_input(triton_backend, step, kw):
     m = _model(kw)
     seqs = [torch.randn(k, 3, dtype=torch.float64, requires_grad=True) for k in (3, 5, 1, 4)]
     out, (h, c) = m(pack_sequence(seqs, enforce_sorted=False))

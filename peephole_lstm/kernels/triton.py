@@ -43,6 +43,8 @@ __all__ = ["backward", "forward"]
 
 BLOCK_B = 16
 BLOCK_H = 32
+BK = 32  # K block of the in-kernel GEMMs
+FUSED_STEP_MAX_ROWS = 64
 PERSISTENT_MAX_H = 64  # the one-launch kernel holds 4 (H x H) weight tiles per step: 64 KiB at H = 64
 
 
@@ -59,39 +61,24 @@ def _tanh(x):
 
 
 @triton.jit
-def _fwd_cell(z_ptr, bias_ptr, cprev_ptr, pc_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr, c_ptr, r_ptr,
-              n, H, kc, clip,
-              HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
-              HAS_PC: tl.constexpr, SPLIT_O: tl.constexpr, CLIP: tl.constexpr, CT: tl.constexpr,
-              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rm = rows < n
-    cm = cols < H
-    m = rm[:, None] & cm[None, :]
+def _cell(z_i, z_f, z_g, z_o, cp, rows, cols, m, cm, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr, c_ptr,
+          r_ptr, H, clip, HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
+          SPLIT_O: tl.constexpr, CLIP: tl.constexpr, CT: tl.constexpr):
+    """The cell from the pre-activations z (BLOCK_B, BLOCK_H) without bias and diagonal
+    peepholes: adds them, activates, stores gates [i, f, g, o], c_t and r = o tanh(c_t)
+    (SPLIT_O: stores z_o for _fwd_out, which needs c_t W_co^T first)."""
     g4 = rows[:, None] * 4 * H + cols[None, :]
-    z_i = tl.load(z_ptr + g4, mask=m, other=0.0).to(CT)
-    z_f = tl.load(z_ptr + g4 + H, mask=m, other=0.0).to(CT)
-    z_g = tl.load(z_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT)
-    z_o = tl.load(z_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
+    h1 = rows[:, None] * H + cols[None, :]
     if HAS_BIAS:
         z_i += tl.load(bias_ptr + cols, mask=cm, other=0.0).to(CT)[None, :]
         z_f += tl.load(bias_ptr + H + cols, mask=cm, other=0.0).to(CT)[None, :]
         z_g += tl.load(bias_ptr + 2 * H + cols, mask=cm, other=0.0).to(CT)[None, :]
         z_o += tl.load(bias_ptr + 3 * H + cols, mask=cm, other=0.0).to(CT)[None, :]
-    h1 = rows[:, None] * H + cols[None, :]
-    cp = tl.load(cprev_ptr + h1, mask=m, other=0.0).to(CT)
     if DIAG:
         z_i += tl.load(wci_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * cp
         z_f += tl.load(wcf_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * cp
         if HAS_CC:
             z_g += tl.load(wcc_ptr + cols, mask=cm, other=0.0).to(CT)[None, :] * cp
-    if HAS_PC:  # full peepholes: pc = c_{t-1} [W_ci; W_cf; (W_cc)]^T, (n, kc H)
-        pk = rows[:, None] * kc * H + cols[None, :]
-        z_i += tl.load(pc_ptr + pk, mask=m, other=0.0).to(CT)
-        z_f += tl.load(pc_ptr + pk + H, mask=m, other=0.0).to(CT)
-        if HAS_CC:
-            z_g += tl.load(pc_ptr + pk + 2 * H, mask=m, other=0.0).to(CT)
     i = _sigmoid(z_i)
     f = _sigmoid(z_f)
     g = _tanh(z_g)
@@ -113,6 +100,81 @@ def _fwd_cell(z_ptr, bias_ptr, cprev_ptr, pc_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco
 
 
 @triton.jit
+def _fwd_cell(z_ptr, bias_ptr, cprev_ptr, pc_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr, c_ptr, r_ptr,
+              n, H, kc, clip,
+              HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
+              HAS_PC: tl.constexpr, SPLIT_O: tl.constexpr, CLIP: tl.constexpr, CT: tl.constexpr,
+              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The cell after the step's GEMM: z = xw_t + h_{t-1} W_hh^T (n, 4H) from cuBLAS, and for
+    full peepholes pc = c_{t-1} [W_ci; W_cf; (W_cc)]^T (n, kc H)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cm = cols < H
+    m = (rows < n)[:, None] & cm[None, :]
+    g4 = rows[:, None] * 4 * H + cols[None, :]
+    z_i = tl.load(z_ptr + g4, mask=m, other=0.0).to(CT)
+    z_f = tl.load(z_ptr + g4 + H, mask=m, other=0.0).to(CT)
+    z_g = tl.load(z_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT)
+    z_o = tl.load(z_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
+    if HAS_PC:
+        pk = rows[:, None] * kc * H + cols[None, :]
+        z_i += tl.load(pc_ptr + pk, mask=m, other=0.0).to(CT)
+        z_f += tl.load(pc_ptr + pk + H, mask=m, other=0.0).to(CT)
+        if HAS_CC:
+            z_g += tl.load(pc_ptr + pk + 2 * H, mask=m, other=0.0).to(CT)
+    cp = tl.load(cprev_ptr + rows[:, None] * H + cols[None, :], mask=m, other=0.0).to(CT)
+    _cell(z_i, z_f, z_g, z_o, cp, rows, cols, m, cm, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr, c_ptr,
+          r_ptr, H, clip, HAS_BIAS, DIAG, HAS_CC, HAS_CO, SPLIT_O, CLIP, CT)
+
+
+@triton.jit
+def _step_fwd(xw_ptr, h_ptr, wt_ptr, cprev_ptr, wct_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr,
+              c_ptr, r_ptr, n, H, P, kc, clip,
+              HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
+              HAS_PC: tl.constexpr, SPLIT_O: tl.constexpr, CLIP: tl.constexpr, CT: tl.constexpr,
+              PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BK: tl.constexpr):
+    """One step in one launch: the program's four gate columns of z = xw_t + h_{t-1} W_hh^T
+    (+ c_{t-1} [W_ci; W_cf; (W_cc)]^T) as tl.dots over K blocks of BK, then the cell.
+    ``wt`` = W_hh^T (P, 4H) and ``wct`` = [W_ci; W_cf; (W_cc)]^T (H, kc H), contiguous."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rm = rows < n
+    cm = cols < H
+    m = rm[:, None] & cm[None, :]
+    g4 = rows[:, None] * 4 * H + cols[None, :]
+    z_i = tl.load(xw_ptr + g4, mask=m, other=0.0).to(CT)
+    z_f = tl.load(xw_ptr + g4 + H, mask=m, other=0.0).to(CT)
+    z_g = tl.load(xw_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT)
+    z_o = tl.load(xw_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
+    kk = tl.arange(0, BK)
+    for k0 in range(0, P, BK):
+        ka = k0 + kk
+        km = ka < P
+        a = tl.load(h_ptr + rows[:, None] * P + ka[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(CT)
+        wp = wt_ptr + ka[:, None] * (4 * H) + cols[None, :]  # (BK, BLOCK_H) of W_hh^T
+        wm = km[:, None] & cm[None, :]
+        z_i += tl.dot(a, tl.load(wp, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+        z_f += tl.dot(a, tl.load(wp + H, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+        z_g += tl.dot(a, tl.load(wp + 2 * H, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+        z_o += tl.dot(a, tl.load(wp + 3 * H, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+    if HAS_PC:  # full peepholes: the c_{t-1} columns of the same dots
+        for k0 in range(0, H, BK):
+            ka = k0 + kk
+            km = ka < H
+            a = tl.load(cprev_ptr + rows[:, None] * H + ka[None, :], mask=rm[:, None] & km[None, :], other=0.0)
+            a = a.to(CT)
+            wp = wct_ptr + ka[:, None] * (kc * H) + cols[None, :]
+            wm = km[:, None] & cm[None, :]
+            z_i += tl.dot(a, tl.load(wp, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+            z_f += tl.dot(a, tl.load(wp + H, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+            if HAS_CC:
+                z_g += tl.dot(a, tl.load(wp + 2 * H, mask=wm, other=0.0).to(CT), input_precision=PRECISION)
+    cp = tl.load(cprev_ptr + rows[:, None] * H + cols[None, :], mask=m, other=0.0).to(CT)
+    _cell(z_i, z_f, z_g, z_o, cp, rows, cols, m, cm, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, gates_ptr, c_ptr,
+          r_ptr, H, clip, HAS_BIAS, DIAG, HAS_CC, HAS_CO, SPLIT_O, CLIP, CT)
+
+
+@triton.jit
 def _fwd_out(gates_ptr, po_ptr, c_ptr, r_ptr, n, H, CT: tl.constexpr, BLOCK_B: tl.constexpr,
              BLOCK_H: tl.constexpr):
     """o = σ(z_o + po), po = c_t W_co^T; r = o tanh(c_t)."""
@@ -130,15 +192,29 @@ def _fwd_out(gates_ptr, po_ptr, c_ptr, r_ptr, n, H, CT: tl.constexpr, BLOCK_B: t
 
 @triton.jit
 def _bwd_cell(gates_ptr, c_ptr, cprev_ptr, dr_ptr, dc_ptr, dgates_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr,
-              n, H, clip,
+              dgn_ptr, w_ptr, n, n_gemm, H, clip,
               DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr, PHASE: tl.constexpr,
-              CLIP: tl.constexpr, CT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+              CLIP: tl.constexpr, CT: tl.constexpr, GEMM: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BK: tl.constexpr):
     """dc (n, H): dL/dc_t in, dL/dc_{t-1} out (without full-peephole terms). PHASE 0: the
-    whole step; 1: d_o and dc = dL/dc_t without the W_co term; 2: the rest."""
+    whole step; 1: d_o and dc = dL/dc_t without the W_co term; 2: the rest. GEMM (PHASE 0,
+    no projection): dr = dH_t + dG_{t+1} W_hh for the program's units, the dot over the
+    4H columns of the step processed before (``dgn`` (n_gemm, 4H), ``w`` = W_hh (4H, H))
+    in the same launch."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cm = cols < H
     m = (rows < n)[:, None] & cm[None, :]
+    if GEMM:
+        acc = tl.full([BLOCK_B, BLOCK_H], 0.0, CT)
+        kk = tl.arange(0, BK)
+        for k0 in range(0, 4 * H, BK):
+            ka = k0 + kk
+            km = ka < 4 * H
+            a = tl.load(dgn_ptr + rows[:, None] * (4 * H) + ka[None, :], mask=(rows < n_gemm)[:, None] & km[None, :],
+                        other=0.0).to(CT)
+            w = tl.load(w_ptr + ka[:, None] * H + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0).to(CT)
+            acc += tl.dot(a, w, input_precision=PRECISION)
     g4 = rows[:, None] * 4 * H + cols[None, :]
     h1 = rows[:, None] * H + cols[None, :]
     c = tl.load(c_ptr + h1, mask=m, other=0.0).to(CT)
@@ -147,6 +223,8 @@ def _bwd_cell(gates_ptr, c_ptr, cprev_ptr, dr_ptr, dc_ptr, dgates_ptr, wci_ptr, 
         o = tl.load(gates_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
         tc = _tanh(c)
         dr = tl.load(dr_ptr + h1, mask=m, other=0.0).to(CT)
+        if GEMM:
+            dr += acc
         d_o = dr * tc * o * (1.0 - o)
         dc += dr * o * (1.0 - tc * tc)
         if HAS_CO:
@@ -272,6 +350,21 @@ def _persistent_ok(xw: Tensor, w_hr: Optional[Tensor], full: bool, uniform: bool
     return w_hr is None and not full and uniform and xw.dtype != torch.float64 and H <= PERSISTENT_MAX_H
 
 
+def _fused_step(x: Tensor, rows: int, H: int) -> bool:
+    """Whether a step's GEMM runs inside its cell kernel (tl.dot) instead of cuBLAS:
+    ``PEEPHOLE_LSTM_TRITON_STEP`` ``fused`` or ``gemm`` forces it; ``auto``: up to
+    FUSED_STEP_MAX_ROWS rows per step."""
+    mode = os.environ.get("PEEPHOLE_LSTM_TRITON_STEP", "auto")
+    if mode in ("fused", "gemm"):
+        return mode == "fused"
+    return rows <= FUSED_STEP_MAX_ROWS
+
+
+def _step_block_h(rows: int, H: int) -> int:
+    """Units per program of the fused step: 32, or 16 when that leaves under 64 programs."""
+    return 32 if triton.cdiv(rows, BLOCK_B) * triton.cdiv(H, 32) >= 64 else 16
+
+
 def _dot_precision(t: Tensor) -> str:
     """tl.dot's float32 mode: ``tf32`` where PyTorch lets cuBLAS use TF32 (``torch.backends.
     cuda.matmul.allow_tf32``, as for the GEMMs of the alternating design); otherwise
@@ -325,6 +418,10 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
     kc = wc.size(0) // H if wc is not None else 0
     split_o = full and w_co is not None
     w_hh_t = w_hh.t()
+    fuse = _fused_step(x, B, H)  # one launch per step (GEMM in the cell kernel)
+    prec = _dot_precision(x)
+    wt = w_hh_t.contiguous() if fuse else None  # (P, 4H)
+    wct = wc.t().contiguous() if fuse and wc is not None else None  # (H, kc H)
     # Equal-length steps read h_{t-1} and c_{t-1} where step t-1 wrote them (no copies);
     # packed steps keep every sequence's state in (B, ·) buffers, their first n_t rows updated.
     h_state, c_state = (h0, c0) if uniform else (h0.clone(), c0.clone())
@@ -332,19 +429,25 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
         t = T - 1 - s if reverse else s
         rows, r0 = n[t], off[t]
         hp, cp = h_state[:rows], c_state[:rows]
-        z = torch.addmm(x[r0 : r0 + rows], hp, w_hh_t)  # (n, 4H)
-        pc = cp @ wc.t() if wc is not None else None  # (n, kc H)
         g_t = gates[r0 : r0 + rows] if save else gates[:rows]
         c_t = cs[r0 : r0 + rows] if save else cs[(s % 2) * B : (s % 2) * B + rows]
         r = r_buf[:rows] if r_buf is not None else out[r0 : r0 + rows]
-        _fwd_cell[_grid(rows, H)](
-            z, bias if bias is not None else dummy, cp, pc if pc is not None else dummy,
-            w_ci if diag else dummy, w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
-            w_co if (w_co is not None and not full) else dummy, g_t, c_t, r, rows, H, kc, float(cell_clip),
-            HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full,
-            HAS_PC=pc is not None, SPLIT_O=split_o, CLIP=cell_clip > 0, CT=_compute(x), BLOCK_B=BLOCK_B,
-            BLOCK_H=BLOCK_H,
-        )
+        weights = (bias if bias is not None else dummy, w_ci if diag else dummy, w_cf if diag else dummy,
+                   w_cc if (diag and w_cc is not None) else dummy, w_co if (w_co is not None and not full) else dummy)
+        flags = dict(HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None,
+                     HAS_CO=w_co is not None and not full, HAS_PC=wc is not None, SPLIT_O=split_o, CLIP=cell_clip > 0,
+                     CT=_compute(x), BLOCK_B=BLOCK_B)
+        if fuse:
+            bh = _step_block_h(rows, H)
+            _step_fwd[(triton.cdiv(rows, BLOCK_B), triton.cdiv(H, bh))](
+                x[r0 : r0 + rows], hp, wt, cp, wct if wct is not None else dummy, *weights, g_t, c_t, r, rows, H, P,
+                kc, float(cell_clip), PRECISION=prec, BLOCK_H=bh, BK=BK, **flags,
+            )
+        else:
+            z = torch.addmm(x[r0 : r0 + rows], hp, w_hh_t)  # (n, 4H)
+            pc = cp @ wc.t() if wc is not None else dummy  # (n, kc H)
+            _fwd_cell[_grid(rows, H)](z, weights[0], cp, pc, *weights[1:], g_t, c_t, r, rows, H, kc, float(cell_clip),
+                                      BLOCK_H=BLOCK_H, **flags)
         if split_o:
             po = c_t @ w_co.t()  # (n, H)
             _fwd_out[_grid(rows, H)](g_t, po, c_t, r, rows, H, CT=_compute(x), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H)
@@ -396,6 +499,12 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
     dc = torch.zeros_like(c0)
     dh0 = torch.zeros_like(h0)
     dummy = g2.new_empty(1)
+    # Without a projection, each step's cell kernel forms its own units' dh_t = dH_t +
+    # dG_{t+1} W_hh (GEMM prologue) where the fused step is chosen; dH keeps only the
+    # output gradients then. Otherwise one addmm per step adds dG_t W_hh into dH_{t-1}.
+    fuse = w_hr is None and _fused_step(g2, B, H)
+    prec = _dot_precision(g2)
+    dg_next = dummy
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         t_prev = t + 1 if reverse else t - 1
@@ -408,24 +517,27 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
         dh_t = dH[r0 : r0 + rows]
         dr = (dh_t @ w_hr).contiguous() if w_hr is not None else dh_t  # (n, H)
         dg_t = dgates[r0 : r0 + rows]
+        gemm = fuse and n_enter > 0
         args = (g2[r0 : r0 + rows], cs2[r0 : r0 + rows], c_prev[r0 : r0 + rows], dr, dc, dg_t,
                 w_ci if diag else dummy, w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
-                w_co if (w_co is not None and not full) else dummy, rows, H, float(cell_clip))
+                w_co if (w_co is not None and not full) else dummy, dg_next if gemm else dummy,
+                w_hh if gemm else dummy, rows, n_enter, H, float(cell_clip))
         flags = dict(DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full, CLIP=cell_clip > 0,
-                     CT=_compute(g2), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H)
+                     CT=_compute(g2), PRECISION=prec, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BK=BK)
         if full and w_co is not None:
-            _bwd_cell[_grid(rows, H)](*args, PHASE=1, **flags)
+            _bwd_cell[_grid(rows, H)](*args, PHASE=1, GEMM=gemm, **flags)
             dc[:rows].addmm_(dg_t[:, 3 * H :], w_co)  # dc += d_o W_co
-            _bwd_cell[_grid(rows, H)](*args, PHASE=2, **flags)
+            _bwd_cell[_grid(rows, H)](*args, PHASE=2, GEMM=False, **flags)
         else:
-            _bwd_cell[_grid(rows, H)](*args, PHASE=0, **flags)
+            _bwd_cell[_grid(rows, H)](*args, PHASE=0, GEMM=gemm, **flags)
         if wc is not None:
             dc[:rows].addmm_(dg_t[:, : wc.size(0)], wc)  # dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
-        n_from = carried(n, t, t_prev)  # dh_{t-1} = dG W_hh, added in place (one GEMM)
-        if n_from > 0:
+        n_from = carried(n, t, t_prev)  # dh_{t-1} = dG W_hh: in the next kernel, or one GEMM here
+        if n_from > 0 and not fuse:
             dH[off[t_prev] : off[t_prev] + n_from].addmm_(dg_t[:n_from], w_hh)
         if rows > n_from:
             torch.mm(dg_t[n_from:], w_hh, out=dh0[n_from:rows])  # (n - n_from, P)
+        dg_next = dg_t
     o_all = g2[:, 3 * H :]
     dw_hh, d_bias, dw_hr, dw_ci, dw_cf, dw_co, dw_cc = weight_grads(
         dgates, dH, out2, cs2, c_prev, o_all * torch.tanh(cs2), h0, n, off, reverse, bias, w_hr, w_ci, w_cf, w_co,
