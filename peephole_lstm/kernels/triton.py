@@ -43,7 +43,8 @@ __all__ = ["backward", "forward"]
 
 BLOCK_B = 16
 BLOCK_H = 32
-BK = 32  # K block of the in-kernel GEMMs
+BK = 32  # K block of the forward step's in-kernel GEMM (64 spilled registers at tf32x3, sm_90)
+BK_BWD = 128  # K block of the backward prologue's GEMM over 4H (4 serial blocks at H = 128, not 16)
 FUSED_STEP_MAX_ROWS = 64
 PERSISTENT_MAX_H = 64  # the one-launch kernel holds 4 (H x H) weight tiles per step: 64 KiB at H = 64
 
@@ -265,7 +266,8 @@ def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc
     is a (BLOCK_B, HB) x (HB, HB) tl.dot per gate k. The caller pads H to HB (a power of
     two) and transposes W_hh into ``wT`` (4, HB, HB): unmasked, contiguous tile loads (a
     masked, strided 64 x 64 load held 64-bit addresses per element and spilled registers),
-    re-read from L1/L2 each step."""
+    loaded once before the loop (the compiler keeps them in shared memory: 4 x 16 KiB at
+    HB = 64, x2 for tf32x3's split; sm_90, no spills at 8 warps)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     u = tl.arange(0, HB)
     um = u < H
@@ -294,18 +296,18 @@ def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc
             p_g += tl.load(wcc_ptr + u, mask=um, other=0.0).to(CT)[None, :]
         if HAS_CO:
             p_o += tl.load(wco_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+    w_0 = tl.load(wt_ptr + wt).to(CT)
+    w_1 = tl.load(wt_ptr + HB * HB + wt).to(CT)
+    w_2 = tl.load(wt_ptr + 2 * HB * HB + wt).to(CT)
+    w_3 = tl.load(wt_ptr + 3 * HB * HB + wt).to(CT)
     for s in range(T):
         t = s + REV * (T - 1 - 2 * s)  # REV: 0 forward, 1 reverse
         g4 = (t * B + rows)[:, None] * (4 * H) + u[None, :]  # (BLOCK_B, HB) into xw / gates (N, 4H)
         ht = (t * B + rows)[:, None] * H + u[None, :]  # into out / cs (N, H)
-        w = tl.load(wt_ptr + 0 * HB * HB + wt).to(CT)
-        z_i = tl.load(xw_ptr + g4, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
-        w = tl.load(wt_ptr + 1 * HB * HB + wt).to(CT)
-        z_f = tl.load(xw_ptr + g4 + H, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
-        w = tl.load(wt_ptr + 2 * HB * HB + wt).to(CT)
-        z_g = tl.load(xw_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
-        w = tl.load(wt_ptr + 3 * HB * HB + wt).to(CT)
-        z_o = tl.load(xw_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w, input_precision=PRECISION)
+        z_i = tl.load(xw_ptr + g4, mask=m, other=0.0).to(CT) + tl.dot(h, w_0, input_precision=PRECISION)
+        z_f = tl.load(xw_ptr + g4 + H, mask=m, other=0.0).to(CT) + tl.dot(h, w_1, input_precision=PRECISION)
+        z_g = tl.load(xw_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w_2, input_precision=PRECISION)
+        z_o = tl.load(xw_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w_3, input_precision=PRECISION)
         i = _sigmoid(z_i + b_i + p_i * c)
         f = _sigmoid(z_f + b_f + p_f * c)
         g = _tanh(z_g + b_g + p_g * c)
@@ -523,7 +525,7 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
                 w_co if (w_co is not None and not full) else dummy, dg_next if gemm else dummy,
                 w_hh if gemm else dummy, rows, n_enter, H, float(cell_clip))
         flags = dict(DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full, CLIP=cell_clip > 0,
-                     CT=_compute(g2), PRECISION=prec, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BK=BK)
+                     CT=_compute(g2), PRECISION=prec, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BK=BK_BWD)
         if full and w_co is not None:
             _bwd_cell[_grid(rows, H)](*args, PHASE=1, GEMM=gemm, **flags)
             dc[:rows].addmm_(dg_t[:, 3 * H :], w_co)  # dc += d_o W_co
