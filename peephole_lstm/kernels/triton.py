@@ -1,29 +1,38 @@
-"""The fused recurrence for GPUs: per step one GEMM and one fused Triton element-wise kernel.
+"""The fused recurrence for GPUs: Triton kernels, the whole step loop replayed from a CUDA graph.
 
-Algorithm ("alternating", haste's layout): the caller computes ``xw = x W_ih^T`` for every
-step (one GEMM). Per step ``t`` (on its ``n_t`` rows):
+Algorithm: the caller computes ``xw = x W_ih^T`` for every step (one GEMM). Three ways to
+run the steps, picked per layer:
 
-    z    = xw_t + h_{t-1} W_hh^T                  torch.addmm (cuBLAS)
-    full peepholes: pc = c_{t-1} [W_ci; W_cf; W_cc]^T   torch.mm
-    _fwd_cell: bias, diagonal peepholes (or pc), σ/tanh, c_t (clipped with cell_clip),
-               o and r = o tanh(c_t) unless a full W_co needs c_t first:
-    full W_co: po = c_t W_co^T (torch.mm), then _fwd_out: o, r
-    projection: h_t = r W_hr^T                    torch.mm
+* **One launch for the whole loop** (``_persist_fwd``; forward, H <= 64, no projection or
+  full peepholes, equal-length steps, float32/16-bit): program p owns BLOCK_B batch rows
+  and all H units, loads W_hh once (kept on chip), keeps h and c in registers, and per step
+  forms z = xw_t + h W_hh^T as four (BLOCK_B, HB) x (HB, HB) tl.dots, then the cell.
+* **One launch per step** (``_step_fwd``; up to FUSED_STEP_MAX_ROWS rows): each program's
+  four gate columns of ``h_{t-1} W_hh^T`` (and ``c_{t-1} [W_ci; W_cf; W_cc]^T`` for full
+  peepholes) as tl.dots over K blocks, then the cell (``_cell``).
+* **cuBLAS + cell kernel** (larger batches): ``z = torch.addmm(xw_t, h_{t-1}, W_hh^T)``,
+  ``pc = c_{t-1} [W_ci; W_cf; W_cc]^T``, then ``_fwd_cell``.
 
-The backward walks the steps in reverse with the mirror image (``_bwd_cell``: d_o, the
-cell gradient through tanh, the clip mask and the diagonal peepholes, d_i, d_f, d_g and
-dc_{t-1}; a full W_co splits it in two phases around ``dc += d_o W_co``), one GEMM for
-``dh_{t-1} = dG W_hh`` per step, and forms every weight gradient after the loop with one
-GEMM or sum over all steps. The element-wise math runs in float32 (float64 for float64
-tensors) whatever the storage dtype (bf16/fp16 tensors are read and written in their own
-dtype).
+A full W_co needs c_t first: ``po = c_t W_co^T`` (torch.mm), then ``_fwd_out``; a projection
+``h_t = r W_hr^T`` (torch.mm). The backward walks the steps in reverse (``_bwd_cell``: d_o,
+the cell gradient through tanh, the clip mask and the diagonal peepholes, d_i, d_f, d_g and
+dc_{t-1}; a full W_co splits it in two phases around ``dc += d_o W_co``). Without a
+projection and where the per-step launch is picked, ``_bwd_cell`` starts with its units'
+``dh_t = dH_t + dG_{t+1} W_hh`` (tl.dot over 4H); otherwise one addmm per step adds
+``dG_t W_hh`` into ``dH_{t-1}``. Every weight gradient is one GEMM or sum after the loop.
+The element-wise math runs in float32 (float64 for float64 tensors) whatever the storage
+dtype. On CUDA each loop (forward, backward) is captured once per shape in a CUDA graph and
+replayed (``_graphed``): T small launches cost one replay.
 
 Memory layout: the same flat rows as ``python.py``: step ``t`` owns rows
 ``off[t] .. off[t] + n[t]`` of ``xw (N, 4H)``, ``out (N, P)``, ``gates (N, 4H)`` (activated
 ``[i, f, g, o]``) and ``cs (N, H)``; packed input runs step ``t`` on its first ``n[t]``
-sequences only. Each kernel program handles ``BLOCK_B`` rows x ``BLOCK_H`` units.
+sequences only. Element-wise programs handle ``BLOCK_B`` rows x ``BLOCK_H`` units; the
+in-kernel GEMMs read ``W_hh^T (P, 4H)`` (per step) or ``wT (4, HB, HB)`` (one launch),
+zero-padded to a power of two, both contiguous.
 
-Tested without a GPU through Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors).
+Tested without a GPU through Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors);
+measured on an H100 (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -267,7 +276,7 @@ def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc
     two) and transposes W_hh into ``wT`` (4, HB, HB): unmasked, contiguous tile loads (a
     masked, strided 64 x 64 load held 64-bit addresses per element and spilled registers),
     loaded once before the loop (the compiler keeps them in shared memory: 4 x 16 KiB at
-    HB = 64, x2 for tf32x3's split; sm_90, no spills at 8 warps)."""
+    HB = 64; sm_90 ptxas: no spills at 8 warps, ieee or tf32)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     u = tl.arange(0, HB)
     um = u < H
@@ -369,12 +378,13 @@ def _step_block_h(rows: int, H: int) -> int:
 
 def _dot_precision(t: Tensor) -> str:
     """tl.dot's float32 mode: ``tf32`` where PyTorch lets cuBLAS use TF32 (``torch.backends.
-    cuda.matmul.allow_tf32``, as for the GEMMs of the alternating design); otherwise
-    ``tf32x3`` (three TF32 products, float32's accuracy on the tensor cores; exact ``ieee``
-    FMA spilled registers at H = 64). ``PEEPHOLE_LSTM_TRITON_DOT`` overrides it."""
+    cuda.matmul.allow_tf32``, as for the GEMMs of the alternating design), otherwise exact
+    float32 (``ieee``, FMA; on an H100 faster than ``tf32x3``'s three tensor-core products at
+    S3: 7.75 vs 9.37 ms a training step, and even at S1). ``PEEPHOLE_LSTM_TRITON_DOT``
+    overrides it."""
     if not t.is_cuda:
         return "ieee"
-    return os.environ.get("PEEPHOLE_LSTM_TRITON_DOT") or ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3")
+    return os.environ.get("PEEPHOLE_LSTM_TRITON_DOT") or ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
 
 
 def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
@@ -588,7 +598,8 @@ def _graphed(fn: Callable, tensors: tuple, args: tuple):
     # Under torch.inference_mode the buffers are inference tensors, written only there.
     key = (fn.__name__, tuple(_sig(t) for t in tensors), tuple(bs.tolist()) if bs is not None else None, args[1:],
            torch.is_inference_mode_enabled(), torch.backends.cuda.matmul.allow_tf32,
-           os.environ.get("PEEPHOLE_LSTM_TRITON_PERSISTENT", "auto"), os.environ.get("PEEPHOLE_LSTM_TRITON_DOT"))
+           *(os.environ.get(k) for k in ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_TRITON_STEP",
+                                          "PEEPHOLE_LSTM_TRITON_DOT")))
     present = [t for t in tensors if t is not None]
     entry = _GRAPHS.get(key)
     if entry is None:
