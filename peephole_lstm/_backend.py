@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import warnings
 
@@ -332,11 +333,16 @@ def release_scratch() -> None:
 
 
 def release_buffers() -> int:
-    """Free the memory the CPU kernel keeps for its next calls: this thread's inference
-    scratch and the C++ kernel's pool of free large buffers (saved gates, gate gradients; at
+    """Free the memory the kernels keep for their next calls: this thread's inference
+    scratch, the C++ kernel's pool of free large buffers (saved gates, gate gradients; at
     most ``PEEPHOLE_LSTM_POOL_MB``, default 1024, kept so that the next training step does not
-    fault fresh pages in). Returns the pool's bytes freed. Nothing in use is touched."""
+    fault fresh pages in) and, on CUDA, the Triton path's cached CUDA graphs with their
+    buffers. Returns the CPU pool's bytes freed. Nothing in use is touched."""
     release_scratch()
+    tr = sys.modules.get("peephole_lstm.kernels.triton")  # loaded only if it ever ran
+    if tr is not None:
+        tr._GRAPHS.clear()
+        tr._SEEN.clear()
     if _ext_state["ok"]:
         return int(torch.ops.peephole_lstm_cpp.release_pool())
     return 0

@@ -178,3 +178,12 @@ def test_one_launch_kernel_can_be_turned_off(triton_backend, monkeypatch):
         got = m(x)[0]
         peephole_lstm.set_backend("reference")
         torch.testing.assert_close(got, m(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_release_buffers_drops_the_cuda_graphs():
+    from peephole_lstm.kernels import triton as tr
+
+    tr._GRAPHS["key"] = ("graph", (), ())
+    tr._SEEN["key"] = 1
+    peephole_lstm.release_buffers()
+    assert not tr._GRAPHS and not tr._SEEN

@@ -617,7 +617,7 @@ def _graphed(fn: Callable, tensors: tuple, args: tuple):
             fn(*static_args, *args)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=side):
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):  # other threads may use CUDA
             outs = fn(*static_args, *args)
         entry = _GRAPHS[key] = (graph, static, outs)
         if len(_GRAPHS) > MAX_GRAPHS:
