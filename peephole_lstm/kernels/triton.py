@@ -437,6 +437,10 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
     # Equal-length steps read h_{t-1} and c_{t-1} where step t-1 wrote them (no copies);
     # packed steps keep every sequence's state in (B, ·) buffers, their first n_t rows updated.
     h_state, c_state = (h0, c0) if uniform else (h0.clone(), c0.clone())
+    weights = (bias if bias is not None else dummy, w_ci if diag else dummy, w_cf if diag else dummy,
+               w_cc if (diag and w_cc is not None) else dummy, w_co if (w_co is not None and not full) else dummy)
+    flags = dict(HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full,
+                 HAS_PC=wc is not None, SPLIT_O=split_o, CLIP=cell_clip > 0, CT=_compute(x), BLOCK_B=BLOCK_B)
     for s in range(T):
         t = T - 1 - s if reverse else s
         rows, r0 = n[t], off[t]
@@ -444,11 +448,6 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
         g_t = gates[r0 : r0 + rows] if save else gates[:rows]
         c_t = cs[r0 : r0 + rows] if save else cs[(s % 2) * B : (s % 2) * B + rows]
         r = r_buf[:rows] if r_buf is not None else out[r0 : r0 + rows]
-        weights = (bias if bias is not None else dummy, w_ci if diag else dummy, w_cf if diag else dummy,
-                   w_cc if (diag and w_cc is not None) else dummy, w_co if (w_co is not None and not full) else dummy)
-        flags = dict(HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None,
-                     HAS_CO=w_co is not None and not full, HAS_PC=wc is not None, SPLIT_O=split_o, CLIP=cell_clip > 0,
-                     CT=_compute(x), BLOCK_B=BLOCK_B)
         if fuse:
             bh = _step_block_h(rows, H)
             _step_fwd[(triton.cdiv(rows, BLOCK_B), triton.cdiv(H, bh))](
@@ -517,6 +516,8 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
     fuse = w_hr is None and _fused_step(g2, B, H)
     prec = _dot_precision(g2)
     dg_next = dummy
+    flags = dict(DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full, CLIP=cell_clip > 0,
+                 CT=_compute(g2), PRECISION=prec, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BK=BK_BWD)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         t_prev = t + 1 if reverse else t - 1
@@ -534,8 +535,6 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
                 w_ci if diag else dummy, w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
                 w_co if (w_co is not None and not full) else dummy, dg_next if gemm else dummy,
                 w_hh if gemm else dummy, rows, n_enter, H, float(cell_clip))
-        flags = dict(DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full, CLIP=cell_clip > 0,
-                     CT=_compute(g2), PRECISION=prec, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BK=BK_BWD)
         if full and w_co is not None:
             _bwd_cell[_grid(rows, H)](*args, PHASE=1, GEMM=gemm, **flags)
             dc[:rows].addmm_(dg_t[:, 3 * H :], w_co)  # dc += d_o W_co
