@@ -265,6 +265,15 @@ def _bwd_cell(gates_ptr, c_ptr, cprev_ptr, dr_ptr, dc_ptr, dgates_ptr, wci_ptr, 
 
 
 @triton.jit
+def _row(ptr, u, um, ON: tl.constexpr, CT: tl.constexpr, HB: tl.constexpr):
+    """A (1, HB) row of ``ptr[u]``: zeros where ``um`` is false or when not ``ON``."""
+    v = tl.full([1, HB], 0.0, CT)
+    if ON:
+        v += tl.load(ptr + u, mask=um, other=0.0).to(CT)[None, :]
+    return v
+
+
+@triton.jit
 def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, out_ptr, hn_ptr,
                  cn_ptr, gates_ptr, cs_ptr, T, B, H, clip,
                  HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
@@ -285,26 +294,14 @@ def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc
     h1 = rows[:, None] * H + u[None, :]
     h = tl.load(h0_ptr + h1, mask=m, other=0.0).to(CT)  # padded units stay 0 (their z are 0, c 0)
     c = tl.load(c0_ptr + h1, mask=m, other=0.0).to(CT)
-    b_i = tl.full([1, HB], 0.0, CT)
-    b_f = tl.full([1, HB], 0.0, CT)
-    b_g = tl.full([1, HB], 0.0, CT)
-    b_o = tl.full([1, HB], 0.0, CT)
-    if HAS_BIAS:
-        b_i += tl.load(bias_ptr + u, mask=um, other=0.0).to(CT)[None, :]
-        b_f += tl.load(bias_ptr + H + u, mask=um, other=0.0).to(CT)[None, :]
-        b_g += tl.load(bias_ptr + 2 * H + u, mask=um, other=0.0).to(CT)[None, :]
-        b_o += tl.load(bias_ptr + 3 * H + u, mask=um, other=0.0).to(CT)[None, :]
-    p_i = tl.full([1, HB], 0.0, CT)
-    p_f = tl.full([1, HB], 0.0, CT)
-    p_g = tl.full([1, HB], 0.0, CT)
-    p_o = tl.full([1, HB], 0.0, CT)
-    if DIAG:
-        p_i += tl.load(wci_ptr + u, mask=um, other=0.0).to(CT)[None, :]
-        p_f += tl.load(wcf_ptr + u, mask=um, other=0.0).to(CT)[None, :]
-        if HAS_CC:
-            p_g += tl.load(wcc_ptr + u, mask=um, other=0.0).to(CT)[None, :]
-        if HAS_CO:
-            p_o += tl.load(wco_ptr + u, mask=um, other=0.0).to(CT)[None, :]
+    b_i = _row(bias_ptr, u, um, HAS_BIAS, CT, HB)
+    b_f = _row(bias_ptr + H, u, um, HAS_BIAS, CT, HB)
+    b_g = _row(bias_ptr + 2 * H, u, um, HAS_BIAS, CT, HB)
+    b_o = _row(bias_ptr + 3 * H, u, um, HAS_BIAS, CT, HB)
+    p_i = _row(wci_ptr, u, um, DIAG, CT, HB)
+    p_f = _row(wcf_ptr, u, um, DIAG, CT, HB)
+    p_g = _row(wcc_ptr, u, um, DIAG and HAS_CC, CT, HB)
+    p_o = _row(wco_ptr, u, um, DIAG and HAS_CO, CT, HB)
     w_0 = tl.load(wt_ptr + wt).to(CT)
     w_1 = tl.load(wt_ptr + HB * HB + wt).to(CT)
     w_2 = tl.load(wt_ptr + 2 * HB * HB + wt).to(CT)
