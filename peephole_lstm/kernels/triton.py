@@ -583,12 +583,30 @@ def _sig(t: Optional[Tensor]):
     return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
+def _use_graphs(x: Tensor) -> bool:
+    return x.is_cuda and os.environ.get("PEEPHOLE_LSTM_CUDA_GRAPHS", "1") != "0" \
+        and not torch.cuda.is_current_stream_capturing()
+
+
+def _capture(fn: Callable, static_args: tuple, args: tuple, device: torch.device) -> tuple[Callable[[], None], tuple]:
+    """``fn(*static_args, *args)`` captured in a CUDA graph after a warm-up on the capture's
+    side stream (cuBLAS workspace, Triton's compiles): ``(replay, outputs)``."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn(*static_args, *args)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):  # other threads may use CUDA
+        outs = fn(*static_args, *args)
+    return graph.replay, outs
+
+
 def _graphed(fn: Callable, tensors: tuple, args: tuple):
     """``fn(*tensors, *args)`` (tensors: Tensor or None), replayed from a CUDA graph where
     that applies."""
     x = tensors[0]
-    if not x.is_cuda or os.environ.get("PEEPHOLE_LSTM_CUDA_GRAPHS", "1") == "0" \
-            or torch.cuda.is_current_stream_capturing():
+    if not _use_graphs(x):
         return fn(*tensors, *args)
     bs = args[0]
     # Under torch.inference_mode the buffers are inference tensors, written only there.
@@ -607,20 +625,13 @@ def _graphed(fn: Callable, tensors: tuple, args: tuple):
         static = [t.clone() for t in present]
         it = iter(static)
         static_args = tuple(next(it) if t is not None else None for t in tensors)
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up where the capture runs (cuBLAS workspace)
-            fn(*static_args, *args)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):  # other threads may use CUDA
-            outs = fn(*static_args, *args)
-        entry = _GRAPHS[key] = (graph, static, outs)
+        replay, outs = _capture(fn, static_args, args, x.device)
+        entry = _GRAPHS[key] = (replay, static, outs)
         if len(_GRAPHS) > MAX_GRAPHS:
             _GRAPHS.popitem(last=False)
     else:
         _GRAPHS.move_to_end(key)
-    graph, static, outs = entry
+    replay, static, outs = entry
     torch._foreach_copy_(static, present)
-    graph.replay()
+    replay()
     return tuple(o.clone() for o in outs)
