@@ -63,6 +63,7 @@ VARIANT_ENV = {
     "fused/triton-eager": {"PEEPHOLE_LSTM_CUDA_GRAPHS": "0"},
 }
 TRITON_SWITCHES = ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_CUDA_GRAPHS", "PEEPHOLE_LSTM_TRITON_STEP")
+_BASE_ENV = {k: os.environ.get(k) for k in TRITON_SWITCHES}  # what the caller set: every variant starts from it
 # name: (PeepholeLSTM keyword arguments, layers override, packed input)
 CONFIGS = {
     "default": ({}, None, False),
@@ -140,9 +141,11 @@ AUTOCAST: dict = {}  # --autocast: torch.autocast keyword arguments around every
 
 def step(model, x, backend: str, env: dict, train: bool) -> None:
     peephole_lstm.set_backend(backend)
-    for k in TRITON_SWITCHES:
-        os.environ.pop(k, None)
-    os.environ.update(env)
+    for k, v in _BASE_ENV.items():
+        if env.get(k, v) is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = env.get(k, v)
     with torch.autocast(**AUTOCAST) if AUTOCAST else contextlib.nullcontext():
         if train:
             out = model(x)[0]
