@@ -244,3 +244,28 @@ def test_graph_cache_logic_with_a_recomputing_stand_in_for_cuda_graphs(triton_ba
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
     tr._GRAPHS.clear()
     tr._SEEN.clear()
+
+
+def test_one_launch_kernel_on_equal_length_packed_input(triton_backend, monkeypatch):
+    """Packed sequences of one length are equal-length steps: the one-launch kernel runs them
+    (flat (N, H) rows), outputs and states as the reference's."""
+    from peephole_lstm.kernels import triton as tr
+
+    launches = []
+    kernel = tr._persist_fwd
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(tr, "_persist_fwd", Spy())
+    m = PeepholeLSTM(3, 6, 2, bidirectional=True)
+    seqs = [torch.randn(5, 3) for _ in range(4)]
+    with torch.no_grad():
+        out, (h, c) = m(pack_sequence(seqs))
+        peephole_lstm.set_backend("reference")
+        out_r, (h_r, c_r) = m(pack_sequence(seqs))
+    assert len(launches) == 4
+    for got, want in ((out.data, out_r.data), (h, h_r), (c, c_r)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
