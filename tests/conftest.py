@@ -23,3 +23,23 @@ def backend(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def count_launches(monkeypatch):
+    """``count_launches(module, name)``: from now on every launch of the Triton kernel
+    ``module.name`` is recorded (its grid) in the list returned, and still runs."""
+
+    def install(module, name: str) -> list:
+        launches = []
+        kernel = getattr(module, name)
+
+        class Spy:
+            def __getitem__(self, grid):
+                launches.append(grid)
+                return kernel[grid]
+
+        monkeypatch.setattr(module, name, Spy())
+        return launches
+
+    return install

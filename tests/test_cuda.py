@@ -118,7 +118,7 @@ def test_cuda_graph_replays_new_inputs_and_updated_weights(kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(candidate_peephole=True, cell_clip=1.0, bidirectional=True)])
-def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch):
+def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch, count_launches):
     """H = 50 in float32 (TF32 off) runs the one-launch kernel: outputs within 1e-4 and
     gradients within 1e-3 (relative, in norm) of the float64 reference."""
     pytest.importorskip("triton")
@@ -126,21 +126,13 @@ def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch):
     import peephole_lstm
     from peephole_lstm.kernels import triton as tr
 
-    launches = []
-    kernel = tr._persist_fwd
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
-
+    launches = count_launches(tr, "_persist_fwd")
     m = PeepholeLSTM(7, 50, 2, device="cuda", **kw)
     m64 = PeepholeLSTM(7, 50, 2, device="cuda", dtype=torch.float64, **kw)
     m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
     x = torch.randn(60, 32, 7, device="cuda")
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    tr._persist_fwd = Spy()
     try:
         peephole_lstm.set_backend("auto")
         xg = x.clone().requires_grad_()
@@ -151,7 +143,6 @@ def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch):
         out_r, (h_r, c_r) = m64(x64)
         want = torch.autograd.grad(out_r.square().sum() + c_r.sum(), [x64, *m64.parameters()])
     finally:
-        tr._persist_fwd = kernel
         torch.backends.cuda.matmul.allow_tf32 = tf32
         peephole_lstm.set_backend("auto")
     assert len(launches) == 2 * (2 if kw.get("bidirectional") else 1)

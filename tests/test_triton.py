@@ -126,21 +126,13 @@ PERSISTENT = [
 
 
 @pytest.mark.parametrize("kw", PERSISTENT, ids=[str(k) for k in PERSISTENT])
-def test_one_launch_kernel_float32_against_float64(triton_backend, kw, monkeypatch):
+def test_one_launch_kernel_float32_against_float64(triton_backend, kw, count_launches):
     """Small H in float32 runs the whole time loop in one launch (_persist_fwd): outputs,
     states and every gradient (its saved gates feed the per-step backward) against the
     float64 reference loop; counted, so a silent fallback to the per-step kernel fails."""
     from peephole_lstm.kernels import triton as tr
 
-    launches = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return tr._persist_fwd_kernel[grid]
-
-    monkeypatch.setattr(tr, "_persist_fwd_kernel", tr._persist_fwd, raising=False)
-    monkeypatch.setattr(tr, "_persist_fwd", Spy())
+    launches = count_launches(tr, "_persist_fwd")
     m = PeepholeLSTM(3, 20, 2, **kw)
     with torch.no_grad():
         for p in m.parameters():
@@ -246,20 +238,12 @@ def test_graph_cache_logic_with_a_recomputing_stand_in_for_cuda_graphs(triton_ba
     tr._SEEN.clear()
 
 
-def test_one_launch_kernel_on_equal_length_packed_input(triton_backend, monkeypatch):
+def test_one_launch_kernel_on_equal_length_packed_input(triton_backend, count_launches):
     """Packed sequences of one length are equal-length steps: the one-launch kernel runs them
     (flat (N, H) rows), outputs and states as the reference's."""
     from peephole_lstm.kernels import triton as tr
 
-    launches = []
-    kernel = tr._persist_fwd
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(tr, "_persist_fwd", Spy())
+    launches = count_launches(tr, "_persist_fwd")
     m = PeepholeLSTM(3, 6, 2, bidirectional=True)
     seqs = [torch.randn(5, 3) for _ in range(4)]
     with torch.no_grad():
