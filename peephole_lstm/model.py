@@ -426,7 +426,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 series = w.size(0) // self.hparams.horizon
                 if (w.size(1), series) != (net.ar_window, net.ar_series):
                     net.set_ar_window(w.size(1), series=series)
-        self._series_names = checkpoint.get("series_names", [])
+        # "ar_series_names": checkpoints from before the series embedding (per-series AR terms only)
+        self._series_names = checkpoint.get("series_names", checkpoint.get("ar_series_names", []))
         # checkpoints written before the intervals existed: no intervals, not an error
         checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
 

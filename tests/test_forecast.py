@@ -425,3 +425,16 @@ def test_checkpoints_of_earlier_versions_still_forecast(tmp_path):
     preds = L.Trainer(logger=False, enable_progress_bar=False).predict(older, datamodule=dm)
     assert torch.isnan(torch.cat([p["lo_80"] for p in preds])).all()
     assert torch.isfinite(torch.cat([p["forecast"] for p in preds])).all()
+
+
+def test_panel_checkpoints_from_before_the_series_embedding_keep_their_series(tmp_path):
+    """Checkpoints with per-series AR terms stored their series under "ar_series_names" before
+    the series embedding existed: loaded, the model knows its series (and still refuses
+    others)."""
+    model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=3)
+    model.net.set_ar_window(3, series=2)
+    ckpt = {"state_dict": model.state_dict(), "ar_series_names": ["north", "south"]}
+    fresh = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=3)
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"])
+    assert fresh._series_names == ["north", "south"] and fresh.net.ar_series == 2
