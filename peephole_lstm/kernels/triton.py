@@ -13,13 +13,16 @@ run the steps, picked per layer:
 * **cuBLAS + cell kernel** (larger batches): ``z = torch.addmm(xw_t, h_{t-1}, W_hh^T)``,
   ``pc = c_{t-1} [W_ci; W_cf; W_cc]^T``, then ``_fwd_cell``.
 
-A full W_co needs c_t first: ``po = c_t W_co^T`` (torch.mm), then ``_fwd_out``; a projection
-``h_t = r W_hr^T`` (torch.mm). The backward walks the steps in reverse (``_bwd_cell``: d_o,
-the cell gradient through tanh, the clip mask and the diagonal peepholes, d_i, d_f, d_g and
-dc_{t-1}; a full W_co splits it in two phases around ``dc += d_o W_co``). Without a
-projection and where the per-step launch is picked, ``_bwd_cell`` starts with its units'
-``dh_t = dH_t + dG_{t+1} W_hh`` (tl.dot over 4H); otherwise one addmm per step adds
-``dG_t W_hh`` into ``dH_{t-1}``. Every weight gradient is one GEMM or sum after the loop.
+A full W_co needs all of c_t first: a second launch (``_fwd_out``) forms its columns of
+``po = c_t W_co^T`` (tl.dot where the per-step launch is picked, else torch.mm) and o; a
+projection ``h_t = r W_hr^T`` (torch.mm). The backward walks the steps in reverse
+(``_bwd_cell``: d_o, the cell gradient through tanh, the clip mask and the diagonal
+peepholes, d_i, d_f, d_g and dc_{t-1}; a full W_co splits it in two phases around
+``dc += d_o W_co``). Without a projection and where the per-step launch is picked,
+``_bwd_cell`` starts with its units' ``dh_t = dH_t + dG_{t+1} W_hh`` (tl.dot over 4H) and,
+for full peepholes, ``dc_t += dG_{t+1} [W_ci; W_cf; W_cc]`` and (second phase)
+``dc_t += d_o W_co``; otherwise one addmm per step each. Every weight gradient is one GEMM
+or sum after the loop.
 The element-wise math runs in float32 (float64 for float64 tensors) whatever the storage
 dtype. On CUDA each loop (forward, backward) is captured once per shape in a CUDA graph and
 replayed (``_graphed``): T small launches cost one replay.
@@ -68,6 +71,21 @@ def _tanh(x):
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def _mm(acc, a_ptr, lda, rows, n_a, w_ptr, sk, su, cols, cm, K, CT: tl.constexpr, PRECISION: tl.constexpr,
+        BK: tl.constexpr):
+    """``acc + A[rows, :K] @ W[:K, cols]`` as tl.dots over K blocks of BK: A row-major with row
+    stride ``lda`` (rows >= ``n_a`` read as 0), ``W[k, u]`` at ``w_ptr + k sk + u su``."""
+    kk = tl.arange(0, BK)
+    for k0 in range(0, K, BK):
+        ka = k0 + kk
+        km = ka < K
+        a = tl.load(a_ptr + rows[:, None] * lda + ka[None, :], mask=(rows < n_a)[:, None] & km[None, :], other=0.0)
+        w = tl.load(w_ptr + ka[:, None] * sk + cols[None, :] * su, mask=km[:, None] & cm[None, :], other=0.0)
+        acc += tl.dot(a.to(CT), w.to(CT), input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
@@ -185,56 +203,61 @@ def _step_fwd(xw_ptr, h_ptr, wt_ptr, cprev_ptr, wct_ptr, bias_ptr, wci_ptr, wcf_
 
 
 @triton.jit
-def _fwd_out(gates_ptr, po_ptr, c_ptr, r_ptr, n, H, CT: tl.constexpr, BLOCK_B: tl.constexpr,
-             BLOCK_H: tl.constexpr):
-    """o = σ(z_o + po), po = c_t W_co^T; r = o tanh(c_t)."""
+def _fwd_out(gates_ptr, po_ptr, c_ptr, r_ptr, wco_ptr, n, H, GEMM: tl.constexpr, CT: tl.constexpr,
+             PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BK: tl.constexpr):
+    """o = σ(z_o + po), po = c_t W_co^T; r = o tanh(c_t). GEMM: the program's columns of po
+    as tl.dots over c_t (all H units, written by the step's cell kernel) and ``wco`` = W_co
+    (H, H), read transposed; otherwise ``po`` (n, H) from cuBLAS."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    m = (rows < n)[:, None] & (cols < H)[None, :]
+    cm = cols < H
+    m = (rows < n)[:, None] & cm[None, :]
     go = rows[:, None] * 4 * H + 3 * H + cols[None, :]
     h1 = rows[:, None] * H + cols[None, :]
     c = tl.load(c_ptr + h1, mask=m, other=0.0).to(CT)
-    o = _sigmoid(tl.load(gates_ptr + go, mask=m, other=0.0).to(CT)
-                 + tl.load(po_ptr + h1, mask=m, other=0.0).to(CT))
+    z_o = tl.load(gates_ptr + go, mask=m, other=0.0).to(CT)
+    if GEMM:
+        z_o = _mm(z_o, c_ptr, H, rows, n, wco_ptr, 1, H, cols, cm, H, CT, PRECISION, BK)  # W_co^T[k, u] = W_co[u, k]
+    else:
+        z_o += tl.load(po_ptr + h1, mask=m, other=0.0).to(CT)
+    o = _sigmoid(z_o)
     tl.store(gates_ptr + go, o.to(gates_ptr.dtype.element_ty), mask=m)
     tl.store(r_ptr + h1, (o * _tanh(c)).to(r_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _bwd_cell(gates_ptr, c_ptr, cprev_ptr, dr_ptr, dc_ptr, dgates_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr,
-              dgn_ptr, w_ptr, n, n_gemm, H, clip,
+              dgn_ptr, w_ptr, wc_ptr, n, n_gemm, H, KC, clip,
               DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr, PHASE: tl.constexpr,
-              CLIP: tl.constexpr, CT: tl.constexpr, GEMM: tl.constexpr, PRECISION: tl.constexpr,
+              CLIP: tl.constexpr, CT: tl.constexpr, GEMM: tl.constexpr, PC_GEMM: tl.constexpr,
+              CO_GEMM: tl.constexpr, PRECISION: tl.constexpr,
               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BK: tl.constexpr):
     """dc (n, H): dL/dc_t in, dL/dc_{t-1} out (without full-peephole terms). PHASE 0: the
-    whole step; 1: d_o and dc = dL/dc_t without the W_co term; 2: the rest. GEMM (PHASE 0,
-    no projection): dr = dH_t + dG_{t+1} W_hh for the program's units, the dot over the
+    whole step; 1: d_o and dc = dL/dc_t without the W_co term; 2: the rest. GEMM (PHASE 0
+    or 1, no projection): dr = dH_t + dG_{t+1} W_hh for the program's units, the dot over the
     4H columns of the step processed before (``dgn`` (n_gemm, 4H), ``w`` = W_hh (4H, H))
-    in the same launch."""
+    in the same launch. Full peepholes, in-kernel (the per-step launch): PC_GEMM (PHASE 0
+    or 1) first adds ``dG_{t+1}[:, :KC] [W_ci; W_cf; (W_cc)]`` (``wc`` (KC, H)), the
+    gradient through step t+1's peepholes on c_t, to dc; CO_GEMM (PHASE 2) adds
+    ``d_o W_co`` (``wco`` = W_co (H, H); d_o of every unit, stored by PHASE 1)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cm = cols < H
     m = (rows < n)[:, None] & cm[None, :]
-    if GEMM:
-        acc = tl.full([BLOCK_B, BLOCK_H], 0.0, CT)
-        kk = tl.arange(0, BK)
-        for k0 in range(0, 4 * H, BK):
-            ka = k0 + kk
-            km = ka < 4 * H
-            a = tl.load(dgn_ptr + rows[:, None] * (4 * H) + ka[None, :], mask=(rows < n_gemm)[:, None] & km[None, :],
-                        other=0.0).to(CT)
-            w = tl.load(w_ptr + ka[:, None] * H + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0).to(CT)
-            acc += tl.dot(a, w, input_precision=PRECISION)
     g4 = rows[:, None] * 4 * H + cols[None, :]
     h1 = rows[:, None] * H + cols[None, :]
     c = tl.load(c_ptr + h1, mask=m, other=0.0).to(CT)
     dc = tl.load(dc_ptr + h1, mask=m, other=0.0).to(CT)
+    if PC_GEMM:
+        dc = _mm(dc, dgn_ptr, 4 * H, rows, n_gemm, wc_ptr, H, 1, cols, cm, KC, CT, PRECISION, BK)
+    if CO_GEMM:
+        dc = _mm(dc, dgates_ptr + 3 * H, 4 * H, rows, n, wco_ptr, H, 1, cols, cm, H, CT, PRECISION, BK)
     if PHASE != 2:
         o = tl.load(gates_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT)
         tc = _tanh(c)
         dr = tl.load(dr_ptr + h1, mask=m, other=0.0).to(CT)
         if GEMM:
-            dr += acc
+            dr = _mm(dr, dgn_ptr, 4 * H, rows, n_gemm, w_ptr, H, 1, cols, cm, 4 * H, CT, PRECISION, BK)
         d_o = dr * tc * o * (1.0 - o)
         dc += dr * o * (1.0 - tc * tc)
         if HAS_CO:
@@ -456,9 +479,13 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
             pc = cp @ wc.t() if wc is not None else dummy  # (n, kc H)
             _fwd_cell[_grid(rows, H)](z, weights[0], cp, pc, *weights[1:], g_t, c_t, r, rows, H, kc, float(cell_clip),
                                       BLOCK_H=BLOCK_H, **flags)
-        if split_o:
-            po = c_t @ w_co.t()  # (n, H)
-            _fwd_out[_grid(rows, H)](g_t, po, c_t, r, rows, H, CT=_compute(x), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H)
+        if split_o:  # o needs all of c_t: po = c_t W_co^T in the next launch (tl.dot) or through cuBLAS
+            po = dummy if fuse else c_t @ w_co.t()  # (n, H)
+            bh = _step_block_h(rows, H) if fuse else BLOCK_H
+            _fwd_out[(triton.cdiv(rows, BLOCK_B), triton.cdiv(H, bh))](
+                g_t, po, c_t, r, w_co, rows, H, GEMM=fuse, CT=_compute(x), PRECISION=prec, BLOCK_B=BLOCK_B,
+                BLOCK_H=bh, BK=BK,
+            )
         if w_hr is not None:
             torch.mm(r, w_hr.t(), out=out[r0 : r0 + rows])  # (n, P)
         if uniform:
@@ -510,7 +537,13 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
     # Without a projection, each step's cell kernel forms its own units' dh_t = dH_t +
     # dG_{t+1} W_hh (GEMM prologue) where the fused step is chosen; dH keeps only the
     # output gradients then. Otherwise one addmm per step adds dG_t W_hh into dH_{t-1}.
+    # With full peepholes the same kernels take their GEMMs too: dc_t += dG_{t+1} [W_ci; W_cf;
+    # W_cc] in the next step's first kernel (PC_GEMM) and dc_t += d_o W_co in the second
+    # (CO_GEMM); otherwise two addmm per step.
     fuse = w_hr is None and _fused_step(g2, B, H)
+    pc_in = fuse and wc is not None
+    co_in = fuse and full and w_co is not None
+    KC = wc.size(0) if wc is not None else 0
     prec = _dot_precision(g2)
     dg_next = dummy
     flags = dict(DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None and not full, CLIP=cell_clip > 0,
@@ -528,19 +561,23 @@ def _backward_eager(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Ten
         dr = (dh_t @ w_hr).contiguous() if w_hr is not None else dh_t  # (n, H)
         dg_t = dgates[r0 : r0 + rows]
         gemm = fuse and n_enter > 0
+        pc_gemm = pc_in and n_enter > 0
         args = (g2[r0 : r0 + rows], cs2[r0 : r0 + rows], c_prev[r0 : r0 + rows], dr, dc, dg_t,
                 w_ci if diag else dummy, w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
-                w_co if (w_co is not None and not full) else dummy, dg_next if gemm else dummy,
-                w_hh if gemm else dummy, rows, n_enter, H, float(cell_clip))
+                w_co if w_co is not None else dummy, dg_next if gemm else dummy,
+                w_hh if gemm else dummy, wc if pc_gemm else dummy, rows, n_enter, H, KC, float(cell_clip))
         if full and w_co is not None:
-            _bwd_cell[_grid(rows, H)](*args, PHASE=1, GEMM=gemm, **flags)
-            dc[:rows].addmm_(dg_t[:, 3 * H :], w_co)  # dc += d_o W_co
-            _bwd_cell[_grid(rows, H)](*args, PHASE=2, GEMM=False, **flags)
+            _bwd_cell[_grid(rows, H)](*args, PHASE=1, GEMM=gemm, PC_GEMM=pc_gemm, CO_GEMM=False, **flags)
+            if not co_in:
+                dc[:rows].addmm_(dg_t[:, 3 * H :], w_co)  # dc += d_o W_co
+            _bwd_cell[_grid(rows, H)](*args, PHASE=2, GEMM=False, PC_GEMM=False, CO_GEMM=co_in, **flags)
         else:
-            _bwd_cell[_grid(rows, H)](*args, PHASE=0, GEMM=gemm, **flags)
-        if wc is not None:
-            dc[:rows].addmm_(dg_t[:, : wc.size(0)], wc)  # dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
+            _bwd_cell[_grid(rows, H)](*args, PHASE=0, GEMM=gemm, PC_GEMM=pc_gemm, CO_GEMM=False, **flags)
         n_from = carried(n, t, t_prev)  # dh_{t-1} = dG W_hh: in the next kernel, or one GEMM here
+        if wc is not None:  # dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]: here for the rows the next kernel lacks
+            k = n_from if pc_in else 0
+            if rows > k:
+                dc[k:rows].addmm_(dg_t[k:, :KC], wc)
         if n_from > 0 and not fuse:
             dH[off[t_prev] : off[t_prev] + n_from].addmm_(dg_t[:n_from], w_hh)
         if rows > n_from:
