@@ -117,7 +117,8 @@ def test_cuda_graph_replays_new_inputs_and_updated_weights(kw):
         peephole_lstm.set_backend("auto")
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(candidate_peephole=True, cell_clip=1.0, bidirectional=True)])
+@pytest.mark.parametrize("kw", [dict(), dict(candidate_peephole=True, cell_clip=1.0, bidirectional=True),
+                                dict(peephole="full", candidate_peephole=True)])
 def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch, count_launches):
     """H = 50 in float32 (TF32 off) runs the one-launch kernel: outputs within 1e-4 and
     gradients within 1e-3 (relative, in norm) of the float64 reference."""

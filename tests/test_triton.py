@@ -126,6 +126,8 @@ PERSISTENT = [
     dict(peephole="diagonal"),
     dict(peephole="none"),
     dict(peephole="diagonal", candidate_peephole=True, cell_clip=0.5, bidirectional=True),
+    dict(peephole="full", candidate_peephole=True),  # the article's cell
+    dict(peephole="full", cell_clip=0.5, bidirectional=True),
 ]
 
 

@@ -3,10 +3,11 @@
 Algorithm: the caller computes ``xw = x W_ih^T`` for every step (one GEMM). Three ways to
 run the steps, picked per layer:
 
-* **One launch for the whole loop** (``_persist_fwd``; forward, H <= 64, no projection or
-  full peepholes, equal-length steps, float32/16-bit): program p owns BLOCK_B batch rows
-  and all H units, loads W_hh once (kept on chip), keeps h and c in registers, and per step
-  forms z = xw_t + h W_hh^T as four (BLOCK_B, HB) x (HB, HB) tl.dots, then the cell.
+* **One launch for the whole loop** (``_persist_fwd``; forward, H <= 64, no projection,
+  equal-length steps, float32/16-bit): program p owns BLOCK_B batch rows and all H units,
+  loads W_hh once (kept on chip), keeps h and c in registers, and per step forms
+  z = xw_t + h W_hh^T as four (BLOCK_B, HB) x (HB, HB) tl.dots, then the cell (full
+  peepholes: four more dots, on c_{t-1} and on c_t, which the program holds whole).
 * **One launch per step** (``_step_fwd``; up to FUSED_STEP_MAX_ROWS rows): each program's
   four gate columns of ``h_{t-1} W_hh^T`` (and ``c_{t-1} [W_ci; W_cf; W_cc]^T`` for full
   peepholes) as tl.dots over K blocks, then the cell (``_cell``).
@@ -297,10 +298,10 @@ def _row(ptr, u, um, ON: tl.constexpr, CT: tl.constexpr, HB: tl.constexpr):
 
 
 @triton.jit
-def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, out_ptr, hn_ptr,
-                 cn_ptr, gates_ptr, cs_ptr, T, B, H, clip,
-                 HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, HAS_CC: tl.constexpr, HAS_CO: tl.constexpr,
-                 CLIP: tl.constexpr, SAVE: tl.constexpr, REV: tl.constexpr, CT: tl.constexpr,
+def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, wct_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc_ptr, wco_ptr, out_ptr,
+                 hn_ptr, cn_ptr, gates_ptr, cs_ptr, T, B, H, clip,
+                 HAS_BIAS: tl.constexpr, DIAG: tl.constexpr, FULL: tl.constexpr, HAS_CC: tl.constexpr,
+                 HAS_CO: tl.constexpr, CLIP: tl.constexpr, SAVE: tl.constexpr, REV: tl.constexpr, CT: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HB: tl.constexpr):
     """The whole time loop in one launch (small H): program p owns batch rows p*BLOCK_B..,
     all H units, and keeps h and c in registers from step to step; z_k = xw_t + h W_k^T
@@ -308,7 +309,10 @@ def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc
     two) and transposes W_hh into ``wT`` (4, HB, HB): unmasked, contiguous tile loads (a
     masked, strided 64 x 64 load held 64-bit addresses per element and spilled registers),
     loaded once before the loop (the compiler keeps them in shared memory: 4 x 16 KiB at
-    HB = 64; sm_90 ptxas: no spills at 8 warps, ieee or tf32)."""
+    HB = 64; sm_90 ptxas: no spills at 8 warps, ieee or tf32). FULL (the article's
+    full-matrix peepholes): the program holds all of c_t too, so ``c_{t-1} [W_ci; W_cf;
+    W_cc]^T`` and ``c_t W_co^T`` are four more dots a step, their tiles ``wcT`` (4, HB, HB)
+    = [W_ci^T, W_cf^T, W_cc^T, W_co^T] (zero where absent) read from cache each step."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     u = tl.arange(0, HB)
     um = u < H
@@ -337,12 +341,19 @@ def _persist_fwd(xw_ptr, h0_ptr, c0_ptr, wt_ptr, bias_ptr, wci_ptr, wcf_ptr, wcc
         z_f = tl.load(xw_ptr + g4 + H, mask=m, other=0.0).to(CT) + tl.dot(h, w_1, input_precision=PRECISION)
         z_g = tl.load(xw_ptr + g4 + 2 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w_2, input_precision=PRECISION)
         z_o = tl.load(xw_ptr + g4 + 3 * H, mask=m, other=0.0).to(CT) + tl.dot(h, w_3, input_precision=PRECISION)
+        if FULL:  # c_{t-1} [W_ci; W_cf; W_cc]^T
+            z_i += tl.dot(c, tl.load(wct_ptr + wt).to(CT), input_precision=PRECISION)
+            z_f += tl.dot(c, tl.load(wct_ptr + HB * HB + wt).to(CT), input_precision=PRECISION)
+            if HAS_CC:
+                z_g += tl.dot(c, tl.load(wct_ptr + 2 * HB * HB + wt).to(CT), input_precision=PRECISION)
         i = _sigmoid(z_i + b_i + p_i * c)
         f = _sigmoid(z_f + b_f + p_f * c)
         g = _tanh(z_g + b_g + p_g * c)
         c = f * c + i * g
         if CLIP:
             c = tl.minimum(tl.maximum(c, -clip), clip)
+        if FULL and HAS_CO:  # c_t W_co^T: all of c_t is in this program
+            z_o += tl.dot(c, tl.load(wct_ptr + 3 * HB * HB + wt).to(CT), input_precision=PRECISION)
         o = _sigmoid(z_o + b_o + p_o * c)
         h = o * _tanh(c)
         tl.store(out_ptr + ht, h.to(out_ptr.dtype.element_ty), mask=m)
@@ -374,11 +385,11 @@ def _full_wc(w_ci, w_cf, w_cc, H, like):
 
 def _persistent_ok(xw: Tensor, w_hr: Optional[Tensor], full: bool, uniform: bool, H: int) -> bool:
     """Whether the one-launch kernel runs this layer: ``PEEPHOLE_LSTM_TRITON_PERSISTENT`` ``0``
-    never, otherwise (``auto``) for H <= ``PERSISTENT_MAX_H`` without a projection or full
-    peepholes, on unpacked (or equal-length) float32/16-bit input."""
+    never, otherwise (``auto``) for H <= ``PERSISTENT_MAX_H`` without a projection, on
+    unpacked (or equal-length) float32/16-bit input."""
     if os.environ.get("PEEPHOLE_LSTM_TRITON_PERSISTENT", "auto") == "0":
         return False
-    return w_hr is None and not full and uniform and xw.dtype != torch.float64 and H <= PERSISTENT_MAX_H
+    return w_hr is None and uniform and xw.dtype != torch.float64 and H <= PERSISTENT_MAX_H
 
 
 def _fused_step(x: Tensor, rows: int, H: int) -> bool:
@@ -429,11 +440,19 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
         HB = max(16, triton.next_power_of_2(H))
         w_t = w_hh.new_zeros(4, HB, HB)
         w_t[:, :H, :H] = w_hh.view(4, H, H).transpose(1, 2)  # (4, HB, HB): [k, v, u] = W_hh[k H + u, v]
+        wc_t = dummy
+        if full:  # (4, HB, HB): [k, v, u] = [W_ci, W_cf, W_cc, W_co][k][u, v], zero where absent
+            wc_t = w_hh.new_zeros(4, HB, HB)
+            for k, w in enumerate((w_ci, w_cf, w_cc, w_co)):
+                if w is not None:
+                    wc_t[k, :H, :H] = w.t()
         _persist_fwd[(triton.cdiv(B, BLOCK_B),)](
-            x, h0, c0, w_t, bias if bias is not None else dummy, w_ci if diag else dummy, w_cf if diag else dummy,
-            w_cc if (diag and w_cc is not None) else dummy, w_co if diag and w_co is not None else dummy, out, h_n,
-            c_n, gates if save else dummy, cs if save else dummy, T, B, H, float(cell_clip),
-            HAS_BIAS=bias is not None, DIAG=diag, HAS_CC=w_cc is not None, HAS_CO=w_co is not None, CLIP=cell_clip > 0,
+            x, h0, c0, w_t, wc_t, bias if bias is not None else dummy, w_ci if diag else dummy,
+            w_cf if diag else dummy, w_cc if (diag and w_cc is not None) else dummy,
+            w_co if diag and w_co is not None else dummy, out, h_n, c_n, gates if save else dummy,
+            cs if save else dummy, T, B, H, float(cell_clip),
+            HAS_BIAS=bias is not None, DIAG=diag, FULL=full, HAS_CC=w_cc is not None, HAS_CO=w_co is not None,
+            CLIP=cell_clip > 0,
             SAVE=save, REV=int(reverse), CT=_compute(x), PRECISION=_dot_precision(x), BLOCK_B=BLOCK_B, HB=HB,
             num_warps=8 if HB >= 64 else 4,  # 64: 4 warps spilled registers (ptxas, sm_90)
         )
