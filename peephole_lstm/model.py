@@ -230,7 +230,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
     central 80% and 95% prediction intervals' empirical coverage and mean width
     (``{val,test}_coverage_80``, ``..._width_80``, ...). After ``test``, ``test_per_series``
     holds the metrics of every series (a DataFrame; the CLI writes it to
-    ``metrics_per_series.csv``).
+    ``metrics_per_series.csv``). ``val_loss`` (what early stopping and checkpoints watch) is
+    the MSE in scaled units; on a panel the mean of the series' MSEs, each series once.
 
     Intervals are split-conformal: a forecast's interval is ``forecast ± q × scale``, ``q``
     per horizon step the conformal quantile of absolute residuals in scaled units (each
@@ -327,6 +328,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         # (levels, horizon): the conformal half-widths in scaled units; NaN until validated.
         self.register_buffer("interval_q", torch.full((len(LEVELS), horizon), float("nan")))
         self._val_residuals: list[Tensor] = []
+        self._val_series: list[Tensor] = []  # the series of each validation window
         self._calibration: Optional[Tensor] = None  # (n, horizon): the last validation's residuals
         self._rolling: Optional[RollingCalibration] = None  # during test / predict
         self._prepared = False  # the data-dependent parts are built (and the AR term fitted)
@@ -448,7 +450,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self(batch["x"], batch.get("series"))
         n = len(batch["x"])
-        self.log(f"{stage}_loss", F.mse_loss(pred, batch["y"]), prog_bar=True, sync_dist=True, batch_size=n)
+        if not (stage == "val" and self._panel()):  # a panel's val_loss: on_validation_epoch_end
+            self.log(f"{stage}_loss", F.mse_loss(pred, batch["y"]), prog_bar=True, sync_dist=True, batch_size=n)
         pred_o, y_o = self.to_original(pred, batch), self.to_original(batch["y"], batch)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(pred_o, y_o)
@@ -485,17 +488,37 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self.log(f"{stage}_width_{pct}", (2 * q[:, k] * scale).mean(), batch_size=n * ok.size(1))
         return inside
 
+    def _panel(self) -> bool:
+        """Whether the trainer's data holds more than one series."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return len(getattr(dm, "series_names", None) or ()) > 1
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         pred = self._evaluate(batch, "val")
         self._val_residuals.append((pred - batch["y"]).abs().detach())
+        self._val_series.append(batch["series"].detach())
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_residuals:
             return
         residuals = torch.cat(self._val_residuals)  # (n, horizon), scaled units
-        self._val_residuals = []
+        series = torch.cat(self._val_series)  # (n,)
+        self._val_residuals, self._val_series = [], []
         if self.trainer.world_size > 1:
             residuals = self.all_gather(residuals).flatten(0, 1)
+            series = self.all_gather(series).flatten(0, 1)
+        if self._panel():
+            # Each series counts once (the mean of the series' validation MSEs in scaled
+            # units), so early stopping and the best checkpoint serve every series, not the
+            # one with the most windows.
+            sq = residuals.double().square().mean(1)  # (n,)
+            sums = torch.zeros(int(series.max()) + 1, dtype=torch.float64, device=sq.device)
+            counts = torch.zeros_like(sums)
+            sums.index_add_(0, series, sq)
+            counts.index_add_(0, series, torch.ones_like(sq))
+            has = counts > 0
+            self.log("val_loss", (sums[has] / counts[has]).mean().float(), prog_bar=True)
         self._calibration = residuals.detach().float().cpu()
         self.interval_q.copy_(conformal_quantiles(residuals).to(self.interval_q))
         for k, level in enumerate(LEVELS):  # in-sample: near the level by construction

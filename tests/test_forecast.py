@@ -211,6 +211,37 @@ def test_balanced_sampling_weighs_every_series_the_same(tmp_path):
     assert list(loader.sampler) == idx  # same epoch, same draw
 
 
+def test_panel_validation_loss_counts_each_series_once(tmp_path):
+    """On a panel, val_loss (what early stopping and the checkpoint watch) is the mean of the
+    series' validation MSEs in scaled units, not the mean over windows, which the longest
+    series would dominate; for one series the two are the same."""
+    path, _ = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=16)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=8, num_layers=1, horizon=2)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    got = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
+    se, sid = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            se.append((model(batch["x"], batch["series"]) - batch["y"]).square().mean(1))
+            sid.append(batch["series"])
+    se, sid = torch.cat(se).double(), torch.cat(sid)
+    per_series = [se[sid == s].mean() for s in sid.unique()]
+    assert len(per_series) == 3 and sid.bincount().unique().numel() > 1  # unequal window counts
+    assert got == pytest.approx(float(torch.stack(per_series).mean()), rel=1e-5)
+    assert abs(got - float(se.mean())) > 1e-3 * got  # the window mean would be another number
+    one = tmp_path / "one.csv"
+    pd.read_csv(path).query("id == 'a'").drop(columns="id").to_csv(one, index=False)
+    dm1 = SeriesDataModule(str(one), window=14, horizon=2, batch_size=16)
+    got1 = trainer.validate(model, datamodule=dm1, verbose=False)[0]["val_loss"]
+    with torch.no_grad():
+        want1 = torch.cat([(model(b["x"]) - b["y"]).square().mean(1) for b in dm1.val_dataloader()]).mean()
+    assert got1 == pytest.approx(float(want1), rel=1e-5)
+
+
 def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
     """A panel's AR terms: each series' the ridge fit on its own training windows; forward picks
     each window's; a checkpoint restores them and refuses data with other series."""
