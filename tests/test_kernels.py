@@ -172,19 +172,23 @@ from torch.nn.utils.rnn import pack_sequence
 peephole_lstm.set_backend("cpp")
 torch.manual_seed(0)
 # sizes where the weight gradients A^T B over all steps leave ATen's mm (m n k >= 2^18): 13 and
-# 24 columns (one whole 16-wide piece and a tail), 13 rows (row blocks of 6, 6, 1)
-for mode, cand, proj in (("diagonal", False, 13), ("full", True, 13), ("full", True, 0)):
+# 24 columns (one whole 16-wide piece and a tail), 13 rows (row blocks of 6, 6, 1); tails of at
+# most 4 columns go by vectors along the rows: W_hh's 2 (H = 50: S1's layer), 1 (H = 33) and 4
+# (projected to 20), the full peepholes' and W_hr's 3 (H = 35)
+for I, H, T, mode, cand, proj in ((5, 24, 30, "diagonal", False, 13), (5, 24, 30, "full", True, 13),
+                                  (5, 24, 30, "full", True, 0), (1, 50, 60, "diagonal", False, 0),
+                                  (2, 33, 30, "none", False, 0), (3, 35, 40, "full", True, 20)):
     kw = dict(proj_size=proj, peephole=mode, candidate_peephole=cand)
-    m = peephole_lstm.PeepholeLSTM(5, 24, **kw)
-    m64 = peephole_lstm.PeepholeLSTM(5, 24, **kw).double()
+    m = peephole_lstm.PeepholeLSTM(I, H, **kw)
+    m64 = peephole_lstm.PeepholeLSTM(I, H, **kw).double()
     with torch.no_grad():
         for p in m.parameters():
             p.uniform_(-0.3, 0.3)
     m64.load_state_dict(m.state_dict())
     for packed in (False, True):
         for call in range(3):  # auto: the first call per shape runs ATen's mm, the second our own
-            x = torch.randn(30, 32, 5)
-            lengths = torch.randint(10, 31, (32,)).tolist()
+            x = torch.randn(T, 32, I)
+            lengths = torch.randint(10, T + 1, (32,)).tolist()
             grads = []
             for model, xx, backend in ((m, x, "cpp"), (m64, x.double(), "reference")):
                 peephole_lstm.set_backend(backend)  # float64 through the reference loop
@@ -197,6 +201,16 @@ for mode, cand, proj in (("diagonal", False, 13), ("full", True, 13), ("full", T
             for n, g in grads[0].items():
                 ref = grads[1][n]
                 torch.testing.assert_close(g.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(), msg=n)
+# float64 through the C++ kernel (its own A^T B in double) against the reference loop
+x = torch.randn(40, 32, 3, dtype=torch.float64)
+res = {}
+for backend in ("cpp", "cpp", "cpp", "reference"):  # the third C++ call: as measured per shape
+    peephole_lstm.set_backend(backend)
+    m64.zero_grad()
+    (m64(x)[0] * torch.linspace(-1, 1, m64.proj_size or m64.hidden_size, dtype=torch.float64)).sum().backward()
+    res[backend] = {n: p.grad.clone() for n, p in m64.named_parameters()}
+for n, g in res["cpp"].items():
+    torch.testing.assert_close(g, res["reference"][n], rtol=1e-10, atol=1e-12, msg=n)
 print(torch.ops.peephole_lstm_cpp.blas_info())
 """
 

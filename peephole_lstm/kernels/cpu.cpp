@@ -971,43 +971,92 @@ class GemmTN {
         const int64_t k1 = std::min(k_, k0 + kc);
         for (int64_t c0 = 0; c0 < n_; c0 += kNP * V) {
           const int64_t full = std::min<int64_t>(kNP, (n_ - c0) / V);  // whole V-wide pieces
-          const int64_t tail = std::min<int64_t>(V, n_ - c0 - full * V);  // then a partial one
-          int64_t r = r_begin;
-          for (; r + 6 <= r_end; r += 6) cols<6>(r, c0, full, tail, k0, k1);
-          switch (r_end - r) {
-            case 5: cols<5>(r, c0, full, tail, k0, k1); break;
-            case 4: cols<4>(r, c0, full, tail, k0, k1); break;
-            case 3: cols<3>(r, c0, full, tail, k0, k1); break;
-            case 2: cols<2>(r, c0, full, tail, k0, k1); break;
-            case 1: cols<1>(r, c0, full, tail, k0, k1); break;
-            default: break;
+          const int64_t tail = full < kNP ? std::min<int64_t>(V, n_ - c0 - full * V) : 0;  // then the rest
+          // a tail of up to 4 columns by vectors along m (tail_cols), a wider one as one more panel
+          const int64_t wide = tail > 4 ? tail : 0;
+          if (full > 0 || wide > 0) {
+            int64_t r = r_begin;
+            for (; r + 6 <= r_end; r += 6) cols<6>(r, c0, full, wide, k0, k1);
+            switch (r_end - r) {
+              case 5: cols<5>(r, c0, full, wide, k0, k1); break;
+              case 4: cols<4>(r, c0, full, wide, k0, k1); break;
+              case 3: cols<3>(r, c0, full, wide, k0, k1); break;
+              case 2: cols<2>(r, c0, full, wide, k0, k1); break;
+              case 1: cols<1>(r, c0, full, wide, k0, k1); break;
+              default: break;
+            }
           }
+          if (tail > 0 && wide == 0) tail_cols(r_begin, r_end, c0 + full * V, tail, k0, k1);
         }
       }
     });
   }
 
  private:
+  // The whole panels (n = 50: three) in one register block of MR rows, then a partial panel
+  // of `wide` columns (if any) on its own.
   template <int MR>
-  void cols(int64_t r0, int64_t c0, int64_t full, int64_t tail, int64_t k0, int64_t k1) const {
-    if (full == kNP) {
-      kernel<MR, kNP>(r0, c0, V, k0, k1);
-      return;
+  void cols(int64_t r0, int64_t c0, int64_t full, int64_t wide, int64_t k0, int64_t k1) const {
+    switch (full) {
+      case 4: kernel<MR, 4, false>(r0, c0, V, k0, k1); break;
+      case 3: kernel<MR, 3, false>(r0, c0, V, k0, k1); break;
+      case 2: kernel<MR, 2, false>(r0, c0, V, k0, k1); break;
+      case 1: kernel<MR, 1, false>(r0, c0, V, k0, k1); break;
+      default: break;
     }
-    for (int64_t p = 0; p < full; ++p) kernel<MR, 1>(r0, c0 + p * V, V, k0, k1);
-    if (tail > 0 && full < kNP) kernel<MR, 1>(r0, c0 + full * V, tail, k0, k1);
+    if (wide > 0) kernel<MR, 1, true>(r0, c0 + full * V, wide, k0, k1);
   }
-  template <int MR, int NP>
+  // The last n mod V columns when at most 4 (n = 50: 2; n = 1) by vectors along m instead: A's row kk holds
+  // consecutive rows r of C, so NV vectors of rows times NC broadcast values of B's row kk
+  // make NV x NC independent accumulators (one V-wide panel of a few columns had MR = 6 chains
+  // and a masked load per k: as slow as the three whole panels of n = 50 together).
+  void tail_cols(int64_t r_begin, int64_t r_end, int64_t col, int64_t w, int64_t k0, int64_t k1) const {
+    switch (w) {
+      case 1: tail_rows<8, 1>(r_begin, r_end, col, k0, k1); break;
+      case 2: tail_rows<6, 2>(r_begin, r_end, col, k0, k1); break;
+      case 3: tail_rows<4, 3>(r_begin, r_end, col, k0, k1); break;
+      default: tail_rows<4, 4>(r_begin, r_end, col, k0, k1); break;
+    }
+  }
+  template <int NV, int NC>
+  void tail_rows(int64_t r_begin, int64_t r_end, int64_t col, int64_t k0, int64_t k1) const {
+    for (int64_t r0 = r_begin; r0 < r_end; r0 += NV * V) {
+      const int64_t rows = std::min<int64_t>(NV * V, r_end - r0);
+      Vec<T> acc[NV][NC];
+      for (int v = 0; v < NV; ++v)
+        for (int j = 0; j < NC; ++j) acc[v][j] = Vec<T>(T(0));
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        const T* a_row = A_ + kk * lda_ + r0;
+        const T* b_row = B_ + kk * n_ + col;
+        Vec<T> a[NV];
+        for (int v = 0; v < NV; ++v) a[v] = load(a_row + v * V, std::clamp<int64_t>(rows - v * V, 0, V));
+        for (int j = 0; j < NC; ++j) {
+          const Vec<T> bj(b_row[j]);
+          for (int v = 0; v < NV; ++v) acc[v][j] = at::vec::fmadd(a[v], bj, acc[v][j]);
+        }
+      }
+      T buf[V];
+      for (int v = 0; v < NV && v * V < rows; ++v)
+        for (int j = 0; j < NC; ++j) {
+          acc[v][j].store(buf);
+          for (int64_t i = 0; i < V && v * V + i < rows; ++i) {
+            T& c = C_[(r0 + v * V + i) * n_ + col + j];
+            c = k0 > 0 ? c + buf[i] : buf[i];
+          }
+        }
+    }
+  }
+  // C rows r0.. (+)= A^T B in NP panels from col; PARTIAL (NP = 1): w_last < V columns.
+  template <int MR, int NP, bool PARTIAL>
   void kernel(int64_t r0, int64_t col, int64_t w_last, int64_t k0, int64_t k1) const {
     Vec<T> acc[MR][NP];
     for (int r = 0; r < MR; ++r)
       for (int p = 0; p < NP; ++p) acc[r][p] = Vec<T>(T(0));
-    const bool partial = w_last < V;  // only with NP == 1
     for (int64_t kk = k0; kk < k1; ++kk) {
       const T* b_row = B_ + kk * n_ + col;
       const T* a_row = A_ + kk * lda_ + r0;
       Vec<T> b[NP];
-      if (NP == 1 && partial) {
+      if constexpr (PARTIAL) {
         b[0] = Vec<T>::loadu(b_row, w_last);
       } else {
         for (int p = 0; p < NP; ++p) b[p] = Vec<T>::loadu(b_row + p * V);
@@ -1020,7 +1069,7 @@ class GemmTN {
     for (int r = 0; r < MR; ++r) {
       T* c = C_ + (r0 + r) * n_ + col;
       for (int p = 0; p < NP; ++p) {
-        const int64_t w = (NP == 1) ? w_last : V;
+        const int64_t w = PARTIAL ? w_last : V;
         Vec<T> v = acc[r][p];
         if (k0 > 0) v = v + load(c + p * V, w);
         store(v, c + p * V, w);
