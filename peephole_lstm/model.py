@@ -330,6 +330,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._val_residuals: list[Tensor] = []
         self._val_series: list[Tensor] = []  # the series of each validation window
         self._calibration: Optional[Tensor] = None  # (n, horizon): the last validation's residuals
+        self._calibration_series: Optional[Tensor] = None  # (n,): their series
         self._rolling: Optional[RollingCalibration] = None  # during test / predict
         self._prepared = False  # the data-dependent parts are built (and the AR term fitted)
         self._ar_lags: Optional[list[int]] = None  # per series, when "auto" resolves them
@@ -411,12 +412,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._calibration is not None:
             checkpoint["calibration_residuals"] = self._calibration
+            checkpoint["calibration_series"] = self._calibration_series
         if self.net.per_series:
             checkpoint["series_names"] = self._series_names
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._prepared = True  # a trained model keeps its data-dependent parts
         self._calibration = checkpoint.get("calibration_residuals")  # absent before rolling intervals
+        self._calibration_series = checkpoint.get("calibration_series")  # absent: one pool for all
         state = checkpoint["state_dict"]
         for k, net in enumerate(self.nets):
             prefix = "net." if k == 0 else f"ensemble_nets.{k - 1}."
@@ -520,12 +523,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
             has = counts > 0
             self.log("val_loss", (sums[has] / counts[has]).mean().float(), prog_bar=True)
         self._calibration = residuals.detach().float().cpu()
+        self._calibration_series = series.detach().cpu()
         self.interval_q.copy_(conformal_quantiles(residuals).to(self.interval_q))
         for k, level in enumerate(LEVELS):  # in-sample: near the level by construction
             self.log(f"val_coverage_{round(level * 100)}", (residuals <= self.interval_q[k]).float().mean())
 
     def _start_rolling(self) -> None:
-        self._rolling = RollingCalibration(self._calibration) if self._calibration is not None else None
+        self._rolling = (RollingCalibration(self._calibration, series=self._calibration_series)
+                         if self._calibration is not None else None)
 
     def on_test_epoch_start(self) -> None:
         self._start_rolling()

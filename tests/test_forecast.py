@@ -143,26 +143,35 @@ def test_conformal_quantile_is_the_finite_sample_one():
     assert conformal_quantiles(torch.arange(1.0, 41.0).unsqueeze(1))[:, 0].tolist() == [33.0, 39.0]  # ceil(41 lv)
 
 
-def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_series():
-    """Each window's half-widths against a brute-force pool: the validation residuals and, of
-    the same series, the residuals of targets before the window's first target."""
+@pytest.mark.parametrize("by_series", [False, True])
+def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_series(by_series):
+    """Each window's half-widths against a brute-force pool: the validation residuals (with
+    their series known: the series' own where they are enough for every level, 19 for 95%,
+    else all) and, of the same series, the residuals of targets before the window's first
+    target; the 95% interval is never narrower than the 80% one."""
     from peephole_lstm.conformal import RollingCalibration
 
     rng = np.random.default_rng(0)
     h, levels = 3, (0.8, 0.95)
-    val = rng.exponential(size=(7, h))
-    roll = RollingCalibration(torch.tensor(val), levels)
+    # validation residuals per series around the bound: 19 (its own pool), 18, 4 and 3 (all)
+    val_series = np.repeat(np.arange(4), (19, 18, 4, 3))
+    val = rng.exponential(size=(len(val_series), h)) * (1.0 + val_series[:, None])  # different noise
+    roll = RollingCalibration(torch.tensor(val), levels, series=torch.tensor(val_series) if by_series else None)
     seen = []  # (series, target row, step, residual)
-    origins = {0: 100, 1: 500}
-    for i in range(40):
-        s = int(rng.integers(2))
+    origins = {0: 100, 1: 500, 2: 900, 3: 1300}
+    for i in range(60):
+        s = int(rng.integers(4))
         e = origins[s]
         origins[s] += int(rng.integers(1, 3))  # windows of a series in time order, overlapping targets
         res = rng.exponential(size=h)
         res[rng.random(h) < 0.2] = np.nan  # some targets unknown
         got = roll(torch.tensor([s]), torch.tensor([e]), torch.tensor(res[None]))[0].numpy()
         for k in range(h):
-            pool = np.sort(np.r_[val[:, k], [r for (s2, row, k2, r) in seen if s2 == s and k2 == k and row < e]])
+            earlier = [r for (s2, row, k2, r) in seen if s2 == s and k2 == k and row < e]
+            mine = val[val_series == s, k]
+            base = mine if by_series and len(mine) >= 19 else val[:, k]
+            pool = np.sort(np.r_[base, earlier])
+            assert got[1, k] >= got[0, k]
             for j, lv in enumerate(levels):
                 want = pool[min(len(pool), int(np.ceil((len(pool) + 1) * lv))) - 1]
                 assert got[j, k] == pytest.approx(want), (i, k, lv)
@@ -303,10 +312,11 @@ def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
 
 @pytest.mark.parametrize("mode", ["both", "future"])
 def test_future_intervals_are_calibrated_on_validation_and_every_backtest_residual(tmp_path, mode):
-    """After the backtest, a series' future half-widths are the conformal quantiles of the
-    validation residuals plus all of that series' test residuals (computed here from the
-    model's own predictions), whether the backtest is output ("both") or not ("future"); the
-    checkpoint carries the validation residuals."""
+    """After the backtest, a series' future half-widths are the conformal quantiles of its own
+    validation residuals (everyone's where they are too few for 95%: under 19) plus
+    all of that series' test residuals (computed here from the model's own predictions),
+    whether the backtest is output ("both") or not ("future"); the checkpoint carries the
+    validation residuals and their series."""
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=16, predict=mode)
     L.seed_everything(0)
@@ -316,8 +326,11 @@ def test_future_intervals_are_calibrated_on_validation_and_every_backtest_residu
     trainer.fit(model, datamodule=dm)
     ckpt = trainer.checkpoint_callback.best_model_path
     model = PeepholeLSTMRegressor.load_from_checkpoint(ckpt).eval()
-    cal = torch.load(ckpt, weights_only=False)["calibration_residuals"]
-    assert cal.shape == (len(dm.dataset("val")), 2)
+    saved = torch.load(ckpt, weights_only=False)
+    cal, cal_series = saved["calibration_residuals"], saved["calibration_series"]
+    assert cal.shape == (len(dm.dataset("val")), 2) and cal_series.shape == (len(cal),)
+    counts = cal_series.bincount()
+    assert (counts >= 4).all() and (counts < 19).any() and (counts >= 19).any()  # both cases at 95%
     test = dm.dataset("test")
     batch = torch.utils.data.default_collate([test[k] for k in range(len(test))])
     with torch.no_grad():
@@ -330,8 +343,10 @@ def test_future_intervals_are_calibrated_on_validation_and_every_backtest_residu
         s = int(cat["series"][i])
         own = res[batch["series"] == s]
         for k in range(2):
-            pool = torch.cat([cal[:, k], own[:, k][~torch.isnan(own[:, k])]])
-            q = conformal_quantiles(pool[:, None].double())[:, 0]  # (levels,)
+            test_res = own[:, k][~torch.isnan(own[:, k])]
+            mine = cal[cal_series == s, k]
+            base = mine if len(mine) >= 19 else cal[:, k]
+            q = conformal_quantiles(torch.cat([base, test_res])[:, None].double())[:, 0]  # (levels,)
             scale = (cat["hi_80"][i, k] - cat["forecast"][i, k]) / q[0]
             half95 = cat["hi_95"][i, k] - cat["forecast"][i, k]
             assert float(half95) == pytest.approx(float(q[1] * scale), rel=1e-4)
