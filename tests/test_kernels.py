@@ -233,8 +233,8 @@ _ONE_REGION_CHECK = """
 import torch, peephole_lstm
 peephole_lstm.set_backend("cpp")
 torch.manual_seed(0)
-# small steps, the own GEMM (forced): H = 32 takes the one-region loop (whole vector-width
-# blocks), H = 50 the ordinary loop
+# small steps, the own GEMM (forced): by rows H = 32 and 50 take the one-region loop; by
+# columns H = 32 (whole vector-width blocks), H = 50 the ordinary loop
 CONFIGS = (dict(), dict(bidirectional=True, cell_clip=0.5), dict(peephole="none"), dict(num_layers=2, bias=False),
            dict(peephole="full", candidate_peephole=True), dict(peephole="full", bidirectional=True),
            dict(candidate_peephole=True, cell_clip=0.5))
@@ -264,17 +264,18 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("fused_loop", ["1", "0"])
-def test_one_region_step_loop_is_exact(fused_loop):
-    """Small steps with H a multiple of the vector width run the whole forward loop in one
-    parallel region (threads own hidden units; H = 50 stays on the ordinary loop); on and
-    off, float32 within rounding of the float64 reference loop: outputs, final states and
-    gradients, both directions, a cell clip, no peepholes, no bias, full peephole matrices
-    with and without the candidate peephole."""
+@pytest.mark.parametrize("fused_loop,split", [("1", "rows"), ("1", "cols"), ("0", "rows")])
+def test_one_region_step_loop_is_exact(fused_loop, split):
+    """Small steps run the whole forward loop in one parallel region: split by rows (each
+    thread its own 6 of the 12 rows, any H) or by columns (threads own hidden units; H = 50
+    then stays on the ordinary loop); region on and off, float32 within rounding of the
+    float64 reference loop: outputs, final states and gradients, both directions, a cell
+    clip, no peepholes, no bias, full peephole matrices with and without the candidate
+    peephole."""
     # THREADS=parallel: a loaded test machine must not switch the kernel to one thread (which
-    # takes the ordinary loop)
+    # takes the ordinary loop); OMP_NUM_THREADS=2: two row blocks on any machine
     res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop,
-               PEEPHOLE_LSTM_THREADS="parallel")
+               PEEPHOLE_LSTM_THREADS="parallel", PEEPHOLE_LSTM_SPLIT=split, OMP_NUM_THREADS="2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "ok"
 

@@ -23,11 +23,12 @@
 // at::vec GEMM (VecGemm), and keeps the fastest: MKL's sgemm takes about twice oneDNN's time
 // on AMD at the larger sizes, and oneDNN's per-call overhead loses at the small ones.
 // PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests). Small steps on
-// VecGemm (no projection, unpacked, H a multiple of the vector width: S3, not S1's 50, where
-// per-gate panels measured slower) run the whole forward loop in one OpenMP region: each
-// thread owns a block of hidden units, computes their gate columns (and full-peephole
-// columns) and their cell update, and one barrier ends each step (two with a full W_co,
-// which needs all of c_t). The weight gradients over all steps (A^T B) use GemmTN, timed
+// VecGemm (no projection, unpacked) run the whole forward loop in one OpenMP region: with
+// at least 4 rows a thread and weights that fit one core's L2, each thread runs the
+// recurrence of its own rows with no barrier (S1, S3); otherwise (H a multiple of the vector
+// width) each thread owns a block of hidden units, computes their gate columns (and
+// full-peephole columns) and their cell update, and one barrier ends each step (two with a
+// full W_co, which needs all of c_t). The weight gradients over all steps (A^T B) use GemmTN, timed
 // against ATen's mm on the first calls.
 //
 // Built on first use by peephole_lstm/_backend.py (torch.utils.cpp_extension, no fast-math),
@@ -44,6 +45,7 @@
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -103,6 +105,33 @@ inline const std::string& threads_env() {  // PEEPHOLE_LSTM_THREADS, "" when uns
 }
 inline bool forced_serial() { return threads_env() == "serial"; }
 inline bool forced_parallel() { return threads_env() == "parallel"; }  // never switch to one thread
+
+// How the one-region loop shares a step between threads. By rows: each thread runs the
+// whole recurrence for its own B / threads rows, every gate column, and never waits for the
+// other (no barrier at all); it reads all the weights each step, so only while they fit in
+// one core's L2 and each thread has at least 4 rows (below that the weights' streaming
+// dominates and splitting the columns halves it). By columns otherwise (see the loop).
+// Measured (AMD EPYC Zen 5, 2 threads, 200 steps, inference): rows at B = 8-64 and weights up
+// to 1 MiB 0-40% faster (the article cell at H = 64, B = 16: 4.5 vs 6.3 us a step; the default
+// cell at H = 50, B = 32, S1: 1.2 vs 1.5 ms); at B = 4 and H >= 128 30-70% slower; with 2 MiB
+// of weights (the article cell at H = 256) up to 4% slower. PEEPHOLE_LSTM_SPLIT=rows|cols
+// forces one (tests, benchmarks).
+inline int64_t l2_bytes() {
+  static const int64_t v = [] {
+    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return n > 0 ? int64_t(n) : int64_t(1) << 20;
+  }();
+  return v;
+}
+
+inline bool split_by_rows(int64_t B, int64_t weight_bytes) {
+  static const int forced = [] {
+    const char* env = std::getenv("PEEPHOLE_LSTM_SPLIT");
+    return env == nullptr ? 0 : std::string(env) == "rows" ? 1 : std::string(env) == "cols" ? 2 : 0;
+  }();
+  if (forced != 0) return forced == 1;
+  return B >= 4 * omp_get_max_threads() && weight_bytes <= l2_bytes();
+}
 
 inline bool fused_loop_enabled() {
   static const bool v = [] {
@@ -682,6 +711,7 @@ class VecGemm {
     });
   }
   bool two_sources() const { return k_ > k1_; }
+  int64_t panels() const { return panels_; }
 
   // Panels [p_begin, p_end) only, on the calling thread (C = A op(B) in those columns).
   void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C, const T* A2 = nullptr,
@@ -1356,24 +1386,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     if (merged) pc = nullptr;  // the peephole terms are in the gate pre-activations already
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
     Tensor hold;
-    // Small steps (S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM, unpacked, no projection,
-    // H a multiple of the vector width: one parallel region for the whole loop. Each thread
-    // owns a block of hidden units, computes their four gate columns of h_{t-1} W_hh^T (and of
-    // c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at one barrier per step
-    // (a full W_co adds one: it needs all of c_t), instead of a fork/join for every GEMM and
-    // element-wise kernel. PEEPHOLE_LSTM_FUSED_LOOP=0 turns it off.
+    // Small steps (S1, S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM,
+    // unpacked, no projection: one parallel region for the whole loop instead of a fork/join
+    // for every GEMM and element-wise kernel. Split by rows (split_by_rows): each thread runs
+    // the recurrence of its own rows, no barrier. Split by columns (H a multiple of the vector
+    // width): each thread owns a block of hidden units, computes their four gate columns of
+    // h_{t-1} W_hh^T (and of c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at
+    // one barrier per step (a full W_co adds one: it needs all of c_t).
+    // PEEPHOLE_LSTM_FUSED_LOOP=0 turns the region off.
     constexpr int64_t V = Vec<T_>::size();
+    const bool by_rows = split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (po ? 1 : 0)) * H * H));
     const bool one_region = threads.small() && !threads.serial() && !st.packed && !proj &&
                             hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
-                            (po == nullptr || pog.path() == Path::kVec) && H % V == 0 && T > 0 &&
-                            omp_get_max_threads() > 1 && fused_loop_enabled();
+                            (po == nullptr || pog.path() == Path::kVec) && T > 0 &&
+                            omp_get_max_threads() > 1 && fused_loop_enabled() && (by_rows || H % V == 0);
     // this step's gate, cell and output rows (c alternates between two rows of B in inference)
     auto step_rows = [&](int64_t s) {
       const int64_t t = reverse ? T - 1 - s : s;
       return std::make_tuple(t, save ? g + st.off[t] * G : g,
                              save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H, h_all + st.off[t] * P);
     };
-    if (one_region) {
+    if (one_region && by_rows) {
+      const T_* h_start = h;
+      const T_* c_start = c;
+      _Pragma("omp parallel") {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t r0 = B * tid / nt, m = B * (tid + 1) / nt - r0;
+        const T_* h_l = h_start + r0 * P;
+        const T_* c_l = c_start + r0 * H;
+        T_* pc_r = pc ? pc + r0 * w.kc * H : nullptr;
+        T_* po_r = po ? po + r0 * H : nullptr;
+        for (int64_t s = 0; m > 0 && s < T; ++s) {
+          const auto [t, g_t, c_t, h_t] = step_rows(s);
+          T_* g_r = g_t + r0 * G;  // (m, 4H): this thread's rows
+          T_* c_r = c_t + r0 * H;
+          T_* h_r = h_t + r0 * P;
+          hh.vec().run_panels(h_l, m, P, 0, hh.vec().panels(), g_r, merged ? c_l : nullptr, H);
+          if (pc_r) pcg.vec().run_panels(c_l, m, H, 0, pcg.vec().panels(), pc_r);
+          forward_cell<T_>(x + (st.off[t] + r0) * G, p.b, g_r, pc_r, w.kc, g_r, c_l, c_r, h_r, p.ci, p.cf, p.co,
+                           p.cc, po != nullptr, T_(cell_clip), m, H);
+          if (po_r) {
+            pog.vec().run_panels(c_r, m, H, 0, pog.vec().panels(), po_r);
+            forward_out<T_>(g_r, po_r, c_r, h_r, m, H);
+          }
+          h_l = h_r;
+          c_l = c_r;
+        }
+      }
+      const auto last = step_rows(T - 1);  // the states after the loop
+      c = std::get<2>(last);
+      h = std::get<3>(last);
+    } else if (one_region) {
       const int64_t blocks = H / V;
       const T_* h_start = h;
       const T_* c_start = c;
