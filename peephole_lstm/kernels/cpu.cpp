@@ -465,6 +465,7 @@ void forward_out(T* gates, const T* po, const T* c, T* r, int64_t B, int64_t H, 
 // are split into fixed chunks of chunk_rows (not per thread), so the sums do not depend on
 // the thread count.
 constexpr int64_t kAcc = 8;
+constexpr int64_t kChunkRows = 4;  // at most: whole chunks per thread in the one-region backward
 
 // dc: (B, H) gradient w.r.t. c_t in, w.r.t. c_{t-1} out. dgates: (B, 4H) pre-activation grads.
 // phase 0 does the whole step; a full W_co splits it: phase 1 computes d_o and leaves
@@ -477,7 +478,9 @@ void backward_cell(const T* gates, const T* c, const T* c_prev, const T* dr, T* 
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> one(T(1));
   const int64_t chunks = (B + chunk_rows - 1) / chunk_rows;
-  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+  // a thread's share at least grain_rows(H) rows: small batches stay on one thread
+  const int64_t grain = std::max<int64_t>(1, grain_rows(H) / chunk_rows);
+  at::parallel_for(0, chunks, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       T* a = acc + k * kAcc * H;
       for (int64_t b = k * chunk_rows; b < std::min(B, (k + 1) * chunk_rows); ++b) {
@@ -715,9 +718,9 @@ class VecGemm {
 
   // Panels [p_begin, p_end) only, on the calling thread (C = A op(B) in those columns).
   void run_panels(const T* A, int64_t m, int64_t lda, int64_t p_begin, int64_t p_end, T* C, const T* A2 = nullptr,
-                  int64_t lda2 = 0) const {
+                  int64_t lda2 = 0, bool accumulate = false) const {
     for (int64_t p0 = p_begin; p0 < p_end; p0 += kNP)
-      panel_group(A, m, lda, A2, lda2, p0, std::min(kNP, p_end - p0), false, C);
+      panel_group(A, m, lda, A2, lda2, p0, std::min(kNP, p_end - p0), accumulate, C);
   }
 
  private:
@@ -1537,7 +1540,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor dc = at::zeros({B, H}, opt);
   Tensor dr_buf = proj ? at::empty({B, H}, opt) : Tensor();
   Tensor dh0 = at::zeros({B, P}, opt);
-  const int64_t chunk_rows = grain_rows(H);
+  const int64_t chunk_rows = std::min<int64_t>(kChunkRows, grain_rows(H));
   const int64_t chunks = std::max<int64_t>(1, (B + chunk_rows - 1) / chunk_rows);
   Tensor acc = at::zeros({chunks, kAcc * H}, opt);  // see backward_cell
 
@@ -1562,7 +1565,53 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const StepGemm<T_> dhr(p.hr, false, H, P, proj ? B : 0);          // dh W_hr
     const StepGemm<T_> dpc(p.wc, false, H, w.kc * H, p.wc ? B : 0, G);  // dG_{i,f,g} [W_ci; W_cf; W_cc]
     const StepGemm<T_> dpo(p.wco, false, H, H, p.wco ? B : 0, G);      // d_o W_co
-    for (int64_t s = T - 1; s >= 0; --s) {
+    // Small steps on our own GEMM, unpacked, no projection: as the forward's one region split
+    // by rows (split_by_rows), each thread runs the backward recurrence of its own rows (whole
+    // chunks of the accumulators, so the sums are the same as on one thread) with no barrier.
+    const bool one_region =
+        threads.small() && !threads.serial() && !st.packed && !proj && dhh.path() == Path::kVec &&
+        (!p.wc || dpc.path() == Path::kVec) && (!p.wco || dpo.path() == Path::kVec) && T > 0 &&
+        omp_get_max_threads() > 1 && fused_loop_enabled() && chunks >= omp_get_max_threads() &&
+        split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (p.wco ? 1 : 0)) * H * H));
+    if (one_region) {
+      _Pragma("omp parallel") {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t k0 = chunks * tid / nt, k1 = chunks * (tid + 1) / nt;
+        const int64_t r0 = std::min(B, k0 * chunk_rows), r1 = std::min(B, k1 * chunk_rows), m = r1 - r0;
+        T_* a_r = a + k0 * kAcc * H;  // this thread's accumulator chunks
+        T_* dc_r = dcp + r0 * H;
+        for (int64_t s = T - 1; m > 0 && s >= 0; --s) {
+          const int64_t t = reverse ? T - 1 - s : s;
+          const int64_t t_prev = reverse ? t + 1 : t - 1;
+          const int64_t t_next = reverse ? t - 1 : t + 1;
+          T_* dh_t = dh_all + st.off[t] * P;
+          if (st.carried(t, t_next) == 0) {  // the last step: h_n / c_n gradients enter
+            for (int64_t b = r0; b < r1; ++b) {
+              for (int64_t j = 0; j < P; ++j) dh_t[b * P + j] += ghn.data_ptr<T_>()[b * P + j];
+              std::memcpy(dcp + b * H, gcn.data_ptr<T_>() + b * H, sizeof(T_) * H);
+            }
+          }
+          T_* dg_r = dg + st.off[t] * G + r0 * G;  // (m, 4H)
+          const bool first = st.carried(t, t_prev) == 0;  // h_{t-1}, c_{t-1} were h0, c0
+          const T_* c_from = (first ? c0p : c_all + st.off[t_prev] * H) + r0 * H;
+          auto cell = [&](int phase) {
+            backward_cell<T_>(g + st.off[t] * G + r0 * G, c_all + st.off[t] * H + r0 * H, c_from, dh_t + r0 * P,
+                              dc_r, dg_r, p.ci, p.cf, p.co, p.cc, phase, T_(cell_clip), m, H, chunk_rows, a_r);
+          };
+          if (p.wco) {
+            cell(1);
+            dpo.vec().run_panels(dg_r + 3 * H, m, G, 0, dpo.vec().panels(), dc_r, nullptr, 0, true);
+            cell(2);
+          } else {
+            cell(0);
+          }
+          if (p.wc) dpc.vec().run_panels(dg_r, m, G, 0, dpc.vec().panels(), dc_r, nullptr, 0, true);
+          T_* dh_prev = first ? dh0p + r0 * P : dh_all + st.off[t_prev] * P + r0 * P;
+          dhh.vec().run_panels(dg_r, m, G, 0, dhh.vec().panels(), dh_prev, nullptr, 0, !first);
+        }
+      }
+    }
+    for (int64_t s = one_region ? -1 : T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that fed this one
       const int64_t t_next = reverse ? t - 1 : t + 1;  // the step this one fed
