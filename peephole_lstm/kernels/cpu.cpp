@@ -10,7 +10,9 @@
 //   o, h_t = o tanh(c_t) (W_hr^T when projected)           element-wise (+ one GEMM)
 // The backward walks the steps in reverse with the mirror-image GEMMs and element-wise
 // kernels, then forms dW_hh, dW_hr and the full peephole grads with one GEMM each over all
-// steps; the bias and diagonal peephole grads are summed in the element-wise kernel.
+// steps; the bias and diagonal peephole grads are summed in the element-wise kernel (per
+// fixed chunk of rows, then over the chunks). Small steps run the backward's loop in one
+// OpenMP region too, split by rows as the forward's.
 //
 // Memory layout. Row-major, time-major. Unpacked: xw (T, B, 4H), out (T, B, P), saved
 // gates (T, B, 4H) = activated [i, f, g, o], cs (T, B, H). Packed (batch_sizes given, as
@@ -111,11 +113,11 @@ inline bool forced_parallel() { return threads_env() == "parallel"; }  // never 
 // other (no barrier at all); it reads all the weights each step, so only while they fit in
 // one core's L2 and each thread has at least 4 rows (below that the weights' streaming
 // dominates and splitting the columns halves it). By columns otherwise (see the loop).
-// Measured (AMD EPYC Zen 5, 2 threads, 200 steps, inference): rows at B = 8-64 and weights up
-// to 1 MiB 0-40% faster (the article cell at H = 64, B = 16: 4.5 vs 6.3 us a step; the default
-// cell at H = 50, B = 32, S1: 1.2 vs 1.5 ms); at B = 4 and H >= 128 30-70% slower; with 2 MiB
-// of weights (the article cell at H = 256) up to 4% slower. PEEPHOLE_LSTM_SPLIT=rows|cols
-// forces one (tests, benchmarks).
+// Measured (AMD EPYC Zen 5, 2 threads, 200 steps, inference; benchmarks/README.md): by rows
+// at B = 8-32 up to 1.5x faster (the article cell at H = 64, B = 16: 4.5 vs 6.3 us a step;
+// the default cell at H = 50, B = 32, S1: 1.2 vs 1.5 ms); at B = 4 and H >= 128 1.3-1.7x
+// slower; with 2 MiB of weights (the article cell at H = 256) 3-10% slower.
+// PEEPHOLE_LSTM_SPLIT=rows|cols forces one (tests, benchmarks).
 inline int64_t l2_bytes() {
   static const int64_t v = [] {
     const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
