@@ -1411,32 +1411,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
       return std::make_tuple(t, save ? g + st.off[t] * G : g,
                              save ? c_all + st.off[t] * H : c_all + (s % 2) * B * H, h_all + st.off[t] * P);
     };
+    // Step s on rows [r0, r0 + m) (all of step t's rows, or a thread's own), from those rows'
+    // states h_p, c_p (advanced to the new ones; packed: the running state, updated in place).
+    auto step = [&](int64_t s, int64_t r0, int64_t m, const T_*& h_p, const T_*& c_p, Tensor& hold_) {
+      const auto [t, g_t, c_t, h_t] = step_rows(s);
+      T_* g_r = g_t + r0 * G;  // (m, 4H)
+      T_* c_r = c_t + r0 * H;
+      T_* h_r = h_t + r0 * P;
+      T_* r_r = proj ? r + r0 * H : h_r;  // o tanh(c_t), before the projection
+      T_* pc_r = pc ? pc + r0 * w.kc * H : nullptr;
+      T_* po_r = po ? po + r0 * H : nullptr;
+      const T_* hw = hh.view(h_p, m, g_r, hold_, c_p, H);
+      if (pc_r) pcg(c_p, m, false, pc_r);
+      forward_cell<T_>(x + (st.off[t] + r0) * G, p.b, hw, pc_r, w.kc, g_r, c_p, c_r, r_r, p.ci, p.cf, p.co, p.cc,
+                       po != nullptr, T_(cell_clip), m, H);
+      if (po_r) {
+        pog(c_r, m, false, po_r);
+        forward_out<T_>(g_r, po_r, c_r, r_r, m, H);
+      }
+      if (proj) hr(r_r, m, false, h_r);
+      if (st.packed) {
+        std::memcpy(h_state.data_ptr<T_>() + r0 * P, h_r, sizeof(T_) * m * P);
+        std::memcpy(c_state.data_ptr<T_>() + r0 * H, c_r, sizeof(T_) * m * H);
+      } else {
+        h_p = h_r;
+        c_p = c_r;
+      }
+    };
     if (one_region && by_rows) {
-      const T_* h_start = h;
-      const T_* c_start = c;
+      // each thread its own rows, every step, no barrier (the GEMMs' parallel_for runs inline)
       _Pragma("omp parallel") {
         const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
         const int64_t r0 = B * tid / nt, m = B * (tid + 1) / nt - r0;
-        const T_* h_l = h_start + r0 * P;
-        const T_* c_l = c_start + r0 * H;
-        T_* pc_r = pc ? pc + r0 * w.kc * H : nullptr;
-        T_* po_r = po ? po + r0 * H : nullptr;
-        for (int64_t s = 0; m > 0 && s < T; ++s) {
-          const auto [t, g_t, c_t, h_t] = step_rows(s);
-          T_* g_r = g_t + r0 * G;  // (m, 4H): this thread's rows
-          T_* c_r = c_t + r0 * H;
-          T_* h_r = h_t + r0 * P;
-          hh.vec().run_panels(h_l, m, P, 0, hh.vec().panels(), g_r, merged ? c_l : nullptr, H);
-          if (pc_r) pcg.vec().run_panels(c_l, m, H, 0, pcg.vec().panels(), pc_r);
-          forward_cell<T_>(x + (st.off[t] + r0) * G, p.b, g_r, pc_r, w.kc, g_r, c_l, c_r, h_r, p.ci, p.cf, p.co,
-                           p.cc, po != nullptr, T_(cell_clip), m, H);
-          if (po_r) {
-            pog.vec().run_panels(c_r, m, H, 0, pog.vec().panels(), po_r);
-            forward_out<T_>(g_r, po_r, c_r, h_r, m, H);
-          }
-          h_l = h_r;
-          c_l = c_r;
-        }
+        const T_* h_l = h + r0 * P;
+        const T_* c_l = c + r0 * H;
+        Tensor hold_l;
+        for (int64_t s = 0; m > 0 && s < T; ++s) step(s, r0, m, h_l, c_l, hold_l);
       }
       const auto last = step_rows(T - 1);  // the states after the loop
       c = std::get<2>(last);
@@ -1476,26 +1486,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
       c = std::get<2>(last);
       h = std::get<3>(last);
     }
-    for (int64_t s = 0; s < (one_region ? 0 : T); ++s) {
-      const auto [t, g_t, c_t, h_t] = step_rows(s);
-      const int64_t n = st.n[t];
-      const T_* hw = hh.view(h, n, g_t, hold, c, H);
-      if (pc) pcg(c, n, false, pc);
-      forward_cell<T_>(x + st.off[t] * G, p.b, hw, pc, w.kc, g_t, c, c_t, proj ? r : h_t, p.ci, p.cf, p.co, p.cc,
-                       po != nullptr, T_(cell_clip), n, H);
-      if (po) {
-        pog(c_t, n, false, po);
-        forward_out<T_>(g_t, po, c_t, proj ? r : h_t, n, H);
-      }
-      if (proj) hr(r, n, false, h_t);
-      if (st.packed) {
-        std::memcpy(h_state.data_ptr<T_>(), h_t, sizeof(T_) * n * P);
-        std::memcpy(c_state.data_ptr<T_>(), c_t, sizeof(T_) * n * H);
-      } else {
-        h = h_t;
-        c = c_t;
-      }
-    }
+    for (int64_t s = 0; s < (one_region ? 0 : T); ++s) step(s, 0, st.n[reverse ? T - 1 - s : s], h, c, hold);
     threads.done(T);
     if (T > 0 && !st.packed) std::copy(c, c + B * H, c_n.data_ptr<T_>());
   });
@@ -1575,86 +1566,63 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
         (!p.wc || dpc.path() == Path::kVec) && (!p.wco || dpo.path() == Path::kVec) && T > 0 &&
         omp_get_max_threads() > 1 && fused_loop_enabled() && chunks >= omp_get_max_threads() &&
         split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (p.wco ? 1 : 0)) * H * H));
-    if (one_region) {
-      _Pragma("omp parallel") {
-        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-        const int64_t k0 = chunks * tid / nt, k1 = chunks * (tid + 1) / nt;
-        const int64_t r0 = std::min(B, k0 * chunk_rows), r1 = std::min(B, k1 * chunk_rows), m = r1 - r0;
-        T_* a_r = a + k0 * kAcc * H;  // this thread's accumulator chunks
-        T_* dc_r = dcp + r0 * H;
-        for (int64_t s = T - 1; m > 0 && s >= 0; --s) {
-          const int64_t t = reverse ? T - 1 - s : s;
-          const int64_t t_prev = reverse ? t + 1 : t - 1;
-          const int64_t t_next = reverse ? t - 1 : t + 1;
-          T_* dh_t = dh_all + st.off[t] * P;
-          if (st.carried(t, t_next) == 0) {  // the last step: h_n / c_n gradients enter
-            for (int64_t b = r0; b < r1; ++b) {
-              for (int64_t j = 0; j < P; ++j) dh_t[b * P + j] += ghn.data_ptr<T_>()[b * P + j];
-              std::memcpy(dcp + b * H, gcn.data_ptr<T_>() + b * H, sizeof(T_) * H);
-            }
-          }
-          T_* dg_r = dg + st.off[t] * G + r0 * G;  // (m, 4H)
-          const bool first = st.carried(t, t_prev) == 0;  // h_{t-1}, c_{t-1} were h0, c0
-          const T_* c_from = (first ? c0p : c_all + st.off[t_prev] * H) + r0 * H;
-          auto cell = [&](int phase) {
-            backward_cell<T_>(g + st.off[t] * G + r0 * G, c_all + st.off[t] * H + r0 * H, c_from, dh_t + r0 * P,
-                              dc_r, dg_r, p.ci, p.cf, p.co, p.cc, phase, T_(cell_clip), m, H, chunk_rows, a_r);
-          };
-          if (p.wco) {
-            cell(1);
-            dpo.vec().run_panels(dg_r + 3 * H, m, G, 0, dpo.vec().panels(), dc_r, nullptr, 0, true);
-            cell(2);
-          } else {
-            cell(0);
-          }
-          if (p.wc) dpc.vec().run_panels(dg_r, m, G, 0, dpc.vec().panels(), dc_r, nullptr, 0, true);
-          T_* dh_prev = first ? dh0p + r0 * P : dh_all + st.off[t_prev] * P + r0 * P;
-          dhh.vec().run_panels(dg_r, m, G, 0, dhh.vec().panels(), dh_prev, nullptr, 0, !first);
-        }
-      }
-    }
-    for (int64_t s = one_region ? -1 : T - 1; s >= 0; --s) {
+    // Step s on rows [r0, r1) of step t's n_t (all of them, or a thread's own: whole accumulator
+    // chunks from a_r); dc rows and dH rows are the rows' own.
+    auto step = [&](int64_t s, int64_t r0, int64_t r1, T_* a_r) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that fed this one
       const int64_t t_next = reverse ? t - 1 : t + 1;  // the step this one fed
-      const int64_t n = st.n[t];
+      r1 = std::min(r1, st.n[t]);
+      if (r1 <= r0) return;
+      const int64_t m = r1 - r0;
       T_* dh_t = dh_all + st.off[t] * P;
       // rows whose last step this is: their h_n / c_n gradients enter here
-      const int64_t n_enter = st.carried(t, t_next);
-      for (int64_t b = n_enter; b < n; ++b) {
+      for (int64_t b = std::max(r0, st.carried(t, t_next)); b < r1; ++b) {
         for (int64_t j = 0; j < P; ++j) dh_t[b * P + j] += ghn.data_ptr<T_>()[b * P + j];
         std::memcpy(dcp + b * H, gcn.data_ptr<T_>() + b * H, sizeof(T_) * H);
       }
-      const T_* dr = dh_t;
+      const T_* dr = dh_t + r0 * P;  // (m, H) rows of dL/dr, r = o tanh(c_t)
       if (proj) {
-        dhr(dh_t, n, false, dr_b);  // dr = dh W_hr
-        dr = dr_b;
+        dhr(dh_t + r0 * P, m, false, dr_b + r0 * H);  // dr = dh W_hr
+        dr = dr_b + r0 * H;
       }
-      T_* dg_t = dg + st.off[t] * G;
-      const T_* g_t = g + st.off[t] * G;
-      const T_* c_t = c_all + st.off[t] * H;
+      T_* dg_r = dg + (st.off[t] + r0) * G;  // (m, 4H)
+      T_* dc_r = dcp + r0 * H;
+      const T_* g_r = g + (st.off[t] + r0) * G;
+      const T_* c_r = c_all + (st.off[t] + r0) * H;
       // c_{t-1}: rows carried over from t_prev, the others start from c0
-      const int64_t n_from = st.carried(t, t_prev);
-      const T_* c_from = n_from > 0 ? c_all + st.off[t_prev] * H : c0p;
+      const int64_t n_from = std::clamp(st.carried(t, t_prev), r0, r1);
       auto cell = [&](int phase) {
-        for (auto [r0, r1, cp] : {std::make_tuple(int64_t(0), n_from, c_from),
-                                  std::make_tuple(n_from, n, c0p + n_from * H)}) {
-          if (r1 <= r0) continue;
-          backward_cell<T_>(g_t + r0 * G, c_t + r0 * H, cp, dr + r0 * H, dcp + r0 * H, dg_t + r0 * G, p.ci, p.cf,
-                            p.co, p.cc, phase, T_(cell_clip), r1 - r0, H, chunk_rows, a);
+        const T_* c_from = n_from > r0 ? c_all + (st.off[t_prev] + r0) * H : nullptr;
+        for (auto [b0, b1, cp] : {std::make_tuple(r0, n_from, c_from), std::make_tuple(n_from, r1, c0p + n_from * H)}) {
+          if (b1 <= b0) continue;
+          backward_cell<T_>(g_r + (b0 - r0) * G, c_r + (b0 - r0) * H, cp, dr + (b0 - r0) * H, dc_r + (b0 - r0) * H,
+                            dg_r + (b0 - r0) * G, p.ci, p.cf, p.co, p.cc, phase, T_(cell_clip), b1 - b0, H, chunk_rows,
+                            a_r);
         }
       };
       if (p.wco) {
         cell(1);
-        dpo(dg_t + 3 * H, n, true, dcp);  // dc += d_o W_co
+        dpo(dg_r + 3 * H, m, true, dc_r);  // dc += d_o W_co
         cell(2);
       } else {
         cell(0);
       }
-      if (p.wc) dpc(dg_t, n, true, dcp);  // dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
+      if (p.wc) dpc(dg_r, m, true, dc_r);  // dc_{t-1} += dG_{i,f,g} [W_ci; W_cf; W_cc]
       // dh_{t-1} += dG W_hh for the rows carried over; the others' h_{t-1} was h0
-      if (n_from > 0) dhh(dg_t, n_from, true, dh_all + st.off[t_prev] * P);
-      if (n > n_from) dhh(dg_t + n_from * G, n - n_from, false, dh0p + n_from * P);
+      if (n_from > r0) dhh(dg_r, n_from - r0, true, dh_all + st.off[t_prev] * P + r0 * P);
+      if (r1 > n_from) dhh(dg_r + (n_from - r0) * G, r1 - n_from, false, dh0p + n_from * P);
+    };
+    if (one_region) {
+      // each thread its own rows (whole chunks), every step, no barrier
+      _Pragma("omp parallel") {
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t k0 = chunks * tid / nt, k1 = chunks * (tid + 1) / nt;
+        const int64_t r0 = std::min(B, k0 * chunk_rows), r1 = std::min(B, k1 * chunk_rows);
+        for (int64_t s = T - 1; s >= 0; --s) step(s, r0, r1, a + k0 * kAcc * H);
+      }
+    } else {
+      for (int64_t s = T - 1; s >= 0; --s) step(s, 0, B, a);
     }
     threads.done(T);
   });
