@@ -260,6 +260,18 @@ for H, kw in [(H, kw) for H in (32, 50) for kw in CONFIGS]:
     peephole_lstm.set_backend("cpp")
     with torch.inference_mode():
         torch.testing.assert_close(m(x, (h0, h0.neg()))[0].double(), outs[1][0], rtol=1e-4, atol=1e-5)
+    # a packed batch of the same 12 sequences, lengths 1..30 unsorted: step t has batch_sizes[t] rows
+    from torch.nn.utils.rnn import pack_padded_sequence
+    lengths = torch.randperm(30)[:12] + 1
+    outs = []
+    for model, xx, hh, backend in ((m, x, h0, "cpp"), (m64, x.double(), h0.double(), "reference")):
+        peephole_lstm.set_backend(backend)
+        model.zero_grad()
+        o, (h, c) = model(pack_padded_sequence(xx, lengths, enforce_sorted=False), (hh, hh.neg()))
+        (o.data.square().sum() + h.sum() + c.square().sum()).backward()
+        outs.append((o.data, h, c, [p.grad for p in model.parameters()]))
+    for a, b in zip(outs[0][:3] + tuple(outs[0][3]), outs[1][:3] + tuple(outs[1][3])):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 print("ok")
 """
 
@@ -267,11 +279,11 @@ print("ok")
 @pytest.mark.parametrize("fused_loop,split", [("1", "rows"), ("1", "cols"), ("0", "rows")])
 def test_one_region_step_loop_is_exact(fused_loop, split):
     """Small steps run the whole forward loop in one parallel region: split by rows (each
-    thread its own 6 of the 12 rows, any H) or by columns (threads own hidden units; H = 50
-    then stays on the ordinary loop); region on and off, float32 within rounding of the
-    float64 reference loop: outputs, final states and gradients, both directions, a cell
-    clip, no peepholes, no bias, full peephole matrices with and without the candidate
-    peephole."""
+    thread its own 6 of the 12 rows, any H; a packed batch too, each thread the rows a step
+    still has) or by columns (threads own hidden units; H = 50 and packed batches then stay on
+    the ordinary loop); region on and off, float32 within rounding of the float64 reference
+    loop: outputs, final states and gradients, both directions, a cell clip, no peepholes, no
+    bias, full peephole matrices with and without the candidate peephole."""
     # THREADS=parallel: a loaded test machine must not switch the kernel to one thread (which
     # takes the ordinary loop); OMP_NUM_THREADS=2: two row blocks on any machine
     res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop,

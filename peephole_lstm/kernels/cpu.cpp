@@ -25,10 +25,10 @@
 // at::vec GEMM (VecGemm), and keeps the fastest: MKL's sgemm takes about twice oneDNN's time
 // on AMD at the larger sizes, and oneDNN's per-call overhead loses at the small ones.
 // PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests). Small steps on
-// VecGemm (no projection, unpacked) run the whole forward loop in one OpenMP region: with
-// at least 4 rows a thread and weights that fit one core's L2, each thread runs the
-// recurrence of its own rows with no barrier (S1, S3); otherwise (H a multiple of the vector
-// width) each thread owns a block of hidden units, computes their gate columns (and
+// VecGemm (no projection) run the whole forward loop in one OpenMP region: with at least 4
+// rows a thread and weights that fit one core's L2, each thread runs the recurrence of its
+// own rows with no barrier (S1, S3; packed batches too: the rows a step still has);
+// otherwise (unpacked, H a multiple of the vector width) each thread owns a block of hidden units, computes their gate columns (and
 // full-peephole columns) and their cell update, and one barrier ends each step (two with a
 // full W_co, which needs all of c_t). The weight gradients over all steps (A^T B) use GemmTN, timed
 // against ATen's mm on the first calls.
@@ -476,16 +476,19 @@ constexpr int64_t kChunkRows = 4;  // at most: whole chunks per thread in the on
 template <typename T>
 void backward_cell(const T* gates, const T* c, const T* c_prev, const T* dr, T* dc, T* dgates, const T* w_ci,
                    const T* w_cf, const T* w_co, const T* w_cc, int phase, T clip, int64_t B, int64_t H,
-                   int64_t chunk_rows, T* acc) {
+                   int64_t chunk_rows, T* acc, int64_t row0 = 0) {
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> one(T(1));
-  const int64_t chunks = (B + chunk_rows - 1) / chunk_rows;
+  // rows [0, B) here are rows [row0, row0 + B) of the batch; chunk k holds batch rows
+  // [k chunk_rows, (k + 1) chunk_rows), whoever runs them
+  const int64_t k_begin = row0 / chunk_rows, k_end = (row0 + B + chunk_rows - 1) / chunk_rows;
   // a thread's share at least grain_rows(H) rows: small batches stay on one thread
   const int64_t grain = std::max<int64_t>(1, grain_rows(H) / chunk_rows);
-  at::parallel_for(0, chunks, grain, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(k_begin, k_end, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       T* a = acc + k * kAcc * H;
-      for (int64_t b = k * chunk_rows; b < std::min(B, (k + 1) * chunk_rows); ++b) {
+      for (int64_t b = std::max<int64_t>(0, k * chunk_rows - row0); b < std::min(B, (k + 1) * chunk_rows - row0);
+           ++b) {
         const T* gi = gates + b * 4 * H;
         const T* gf = gi + H;
         const T* gg = gf + H;
@@ -1391,17 +1394,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     if (merged) pc = nullptr;  // the peephole terms are in the gate pre-activations already
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
     Tensor hold;
-    // Small steps (S1, S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM,
-    // unpacked, no projection: one parallel region for the whole loop instead of a fork/join
-    // for every GEMM and element-wise kernel. Split by rows (split_by_rows): each thread runs
-    // the recurrence of its own rows, no barrier. Split by columns (H a multiple of the vector
-    // width): each thread owns a block of hidden units, computes their four gate columns of
+    // Small steps (S1, S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM, no
+    // projection: one parallel region for the whole loop instead of a fork/join for every GEMM
+    // and element-wise kernel. Split by rows (split_by_rows): each thread runs the recurrence of
+    // its own rows (packed: those step t still has), no barrier. Split by columns (unpacked, H
+    // a multiple of the vector width): each thread owns a block of hidden units, computes their four gate columns of
     // h_{t-1} W_hh^T (and of c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at
     // one barrier per step (a full W_co adds one: it needs all of c_t).
     // PEEPHOLE_LSTM_FUSED_LOOP=0 turns the region off.
     constexpr int64_t V = Vec<T_>::size();
     const bool by_rows = split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (po ? 1 : 0)) * H * H));
-    const bool one_region = threads.small() && !threads.serial() && !st.packed && !proj &&
+    const bool one_region = threads.small() && !threads.serial() && (!st.packed || by_rows) && !proj &&
                             hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
                             (po == nullptr || pog.path() == Path::kVec) && T > 0 &&
                             omp_get_max_threads() > 1 && fused_loop_enabled() && (by_rows || H % V == 0);
@@ -1446,7 +1449,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
         const T_* h_l = h + r0 * P;
         const T_* c_l = c + r0 * H;
         Tensor hold_l;
-        for (int64_t s = 0; m > 0 && s < T; ++s) step(s, r0, m, h_l, c_l, hold_l);
+        for (int64_t s = 0; s < T; ++s) {  // packed: the thread's rows that step t still has
+          const int64_t m_t = std::min(m, st.n[reverse ? T - 1 - s : s] - r0);
+          if (m_t > 0) step(s, r0, m_t, h_l, c_l, hold_l);
+        }
       }
       const auto last = step_rows(T - 1);  // the states after the loop
       c = std::get<2>(last);
@@ -1558,17 +1564,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const StepGemm<T_> dhr(p.hr, false, H, P, proj ? B : 0);          // dh W_hr
     const StepGemm<T_> dpc(p.wc, false, H, w.kc * H, p.wc ? B : 0, G);  // dG_{i,f,g} [W_ci; W_cf; W_cc]
     const StepGemm<T_> dpo(p.wco, false, H, H, p.wco ? B : 0, G);      // d_o W_co
-    // Small steps on our own GEMM, unpacked, no projection: as the forward's one region split
-    // by rows (split_by_rows), each thread runs the backward recurrence of its own rows (whole
-    // chunks of the accumulators, so the sums are the same as on one thread) with no barrier.
+    // Small steps on our own GEMM, no projection: as the forward's one region split by rows
+    // (split_by_rows), each thread runs the backward recurrence of its own rows (whole chunks
+    // of the accumulators, so the sums are the same as on one thread) with no barrier.
     const bool one_region =
-        threads.small() && !threads.serial() && !st.packed && !proj && dhh.path() == Path::kVec &&
+        threads.small() && !threads.serial() && !proj && dhh.path() == Path::kVec &&
         (!p.wc || dpc.path() == Path::kVec) && (!p.wco || dpo.path() == Path::kVec) && T > 0 &&
         omp_get_max_threads() > 1 && fused_loop_enabled() && chunks >= omp_get_max_threads() &&
         split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (p.wco ? 1 : 0)) * H * H));
     // Step s on rows [r0, r1) of step t's n_t (all of them, or a thread's own: whole accumulator
-    // chunks from a_r); dc rows and dH rows are the rows' own.
-    auto step = [&](int64_t s, int64_t r0, int64_t r1, T_* a_r) {
+    // chunks); dc rows and dH rows are the rows' own.
+    auto step = [&](int64_t s, int64_t r0, int64_t r1) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that fed this one
       const int64_t t_next = reverse ? t - 1 : t + 1;  // the step this one fed
@@ -1598,7 +1604,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
           if (b1 <= b0) continue;
           backward_cell<T_>(g_r + (b0 - r0) * G, c_r + (b0 - r0) * H, cp, dr + (b0 - r0) * H, dc_r + (b0 - r0) * H,
                             dg_r + (b0 - r0) * G, p.ci, p.cf, p.co, p.cc, phase, T_(cell_clip), b1 - b0, H, chunk_rows,
-                            a_r);
+                            a, b0);
         }
       };
       if (p.wco) {
@@ -1619,10 +1625,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
         const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
         const int64_t k0 = chunks * tid / nt, k1 = chunks * (tid + 1) / nt;
         const int64_t r0 = std::min(B, k0 * chunk_rows), r1 = std::min(B, k1 * chunk_rows);
-        for (int64_t s = T - 1; s >= 0; --s) step(s, r0, r1, a + k0 * kAcc * H);
+        for (int64_t s = T - 1; s >= 0; --s) step(s, r0, r1);
       }
     } else {
-      for (int64_t s = T - 1; s >= 0; --s) step(s, 0, B, a);
+      for (int64_t s = T - 1; s >= 0; --s) step(s, 0, B);
     }
     threads.done(T);
   });
