@@ -1321,6 +1321,12 @@ struct Weights {
     }
   }
   bool proj() const { return w_hr.has_value(); }
+  // Elements of the matrices every step multiplies by (W_hh, the full peepholes): what each
+  // thread reads per step when the one-region loop splits by rows (split_by_rows).
+  int64_t step_weights() const {
+    const int64_t H = w_hh.size(0) / 4;
+    return w_hh.numel() + (kc + (full && w_co ? 1 : 0)) * H * H;
+  }
 };
 
 // Their data pointers for scalar type T (nullptr where absent); the diagonal ones only.
@@ -1403,7 +1409,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     // one barrier per step (a full W_co adds one: it needs all of c_t).
     // PEEPHOLE_LSTM_FUSED_LOOP=0 turns the region off.
     constexpr int64_t V = Vec<T_>::size();
-    const bool by_rows = split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (po ? 1 : 0)) * H * H));
+    const bool by_rows = split_by_rows(B, int64_t(sizeof(T_)) * w.step_weights());
     const bool one_region = threads.small() && !threads.serial() && (!st.packed || by_rows) && !proj &&
                             hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
                             (po == nullptr || pog.path() == Path::kVec) && T > 0 &&
@@ -1571,7 +1577,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
         threads.small() && !threads.serial() && !proj && dhh.path() == Path::kVec &&
         (!p.wc || dpc.path() == Path::kVec) && (!p.wco || dpo.path() == Path::kVec) && T > 0 &&
         omp_get_max_threads() > 1 && fused_loop_enabled() && chunks >= omp_get_max_threads() &&
-        split_by_rows(B, int64_t(sizeof(T_)) * (int64_t(G) * P + (w.kc + (p.wco ? 1 : 0)) * H * H));
+        split_by_rows(B, int64_t(sizeof(T_)) * w.step_weights());
     // Step s on rows [r0, r1) of step t's n_t (all of them, or a thread's own: whole accumulator
     // chunks); dc rows and dH rows are the rows' own.
     auto step = [&](int64_t s, int64_t r0, int64_t r1) {
