@@ -685,15 +685,38 @@ class VecGemm {
     k_ = k + (B2 ? k2 : 0);
     panels_ = (n + V - 1) / V;
     panels2_ = B2 ? (n2 + V - 1) / V : 0;
-    packed_ = at::zeros({panels_ * k_ * V}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    packed_ = pooled_empty({panels_ * k_ * V}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     T* d = packed_.data_ptr<T>();
-    for (int64_t p = 0; p < panels_; ++p)
-      for (int64_t v = 0; v < V && p * V + v < n; ++v) {
-        const int64_t col = p * V + v;
-        for (int64_t kk = 0; kk < k; ++kk) d[(p * k_ + kk) * V + v] = bt ? Bm[col * k + kk] : Bm[kk * n + col];
-        if (B2 && col < n2)
-          for (int64_t kk = 0; kk < k2; ++kk) d[(p * k_ + k + kk) * V + v] = B2[col * k2 + kk];
-      }
+    // Every element written once (zero past n, and past n2 in B2's rows), a panel's k rows in
+    // tiles of kTile (kTile x V values: 4 KiB in float) so that one column's strided writes
+    // stay in L1 for the next column's. The weights are packed on every layer call: 8 MiB
+    // for the article cell at H = 512, 25% of a one-step call with a column's whole k at a time.
+    constexpr int64_t kTile = 64;
+    const int64_t kb = k;  // packed rows [0, k) from Bm, [k, k_) from B2
+    at::parallel_for(0, panels_, 1, [&](int64_t p_begin, int64_t p_end) {
+      for (int64_t p = p_begin; p < p_end; ++p)
+        for (int64_t k0 = 0; k0 < k_; k0 += kTile) {
+          const int64_t k1 = std::min(k_, k0 + kTile), a1 = std::min(k1, kb), b0 = std::max(k0, kb);
+          for (int64_t v = 0; v < V; ++v) {
+            const int64_t col = p * V + v;
+            T* dst = d + p * k_ * V + v;  // packed row kk of this column: dst[kk * V]
+            if (col >= n) {
+              for (int64_t kk = k0; kk < a1; ++kk) dst[kk * V] = T(0);
+            } else if (bt) {
+              const T* src = Bm + col * k;
+              for (int64_t kk = k0; kk < a1; ++kk) dst[kk * V] = src[kk];
+            } else {
+              for (int64_t kk = k0; kk < a1; ++kk) dst[kk * V] = Bm[kk * n + col];
+            }
+            if (col < n2) {
+              const T* src = B2 + col * k2;
+              for (int64_t kk = b0; kk < k1; ++kk) dst[kk * V] = src[kk - kb];
+            } else {
+              for (int64_t kk = b0; kk < k1; ++kk) dst[kk * V] = T(0);
+            }
+          }
+        }
+    });
   }
   // C = A op(B) (+ A2 op(B2) after pack2; A2's row stride lda2). Threads take runs of panel
   // groups of about equal multiply-adds: with two sources the groups past B2's columns have
