@@ -276,18 +276,22 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("fused_loop,split", [("1", "rows"), ("1", "cols"), ("0", "rows")])
-def test_one_region_step_loop_is_exact(fused_loop, split):
+@pytest.mark.parametrize("fused_loop,split,kc", [("1", "rows", ""), ("1", "cols", ""), ("0", "rows", ""),
+                                                 ("1", "cols", "16"), ("0", "rows", "16")])
+def test_one_region_step_loop_is_exact(fused_loop, split, kc):
     """Small steps run the whole forward loop in one parallel region: split by rows (each
     thread its own 6 of the 12 rows, any H; a packed batch too, each thread the rows a step
     still has) or by columns (threads own hidden units; H = 50 and packed batches then stay on
     the ordinary loop); region on and off, float32 within rounding of the float64 reference
     loop: outputs, final states and gradients, both directions, a cell clip, no peepholes, no
-    bias, full peephole matrices with and without the candidate peephole."""
+    bias, full peephole matrices with and without the candidate peephole. ``kc``: the own
+    GEMM's k block forced to 16 rows (its default holds k up to ~1024 in one block), so the
+    partial sums carried through C between blocks, h's rows and c's, are checked too."""
     # THREADS=parallel: a loaded test machine must not switch the kernel to one thread (which
     # takes the ordinary loop); OMP_NUM_THREADS=2: two row blocks on any machine
     res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop,
-               PEEPHOLE_LSTM_THREADS="parallel", PEEPHOLE_LSTM_SPLIT=split, OMP_NUM_THREADS="2")
+               PEEPHOLE_LSTM_THREADS="parallel", PEEPHOLE_LSTM_SPLIT=split, OMP_NUM_THREADS="2",
+               **({"PEEPHOLE_LSTM_VEC_KC": kc} if kc else {}))
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "ok"
 

@@ -657,11 +657,27 @@ struct OneDnn {
   }
 };
 
-// k block of the own GEMMs: np panels x kc rows of V elements of B in about 24 KiB (half an
-// L1), so that slice stays in L1 while the rows of A stream past it.
+// GemmTN's k block: np panels x kc rows of V elements of B in about 24 KiB (half an L1), so
+// that slice stays in L1 while the rows of A stream past it.
 template <typename T>
 constexpr int64_t l1_k_block(int64_t np) {
   return std::max<int64_t>(16, (24 * 1024) / (np * Vec<T>::size() * int64_t(sizeof(T))));
+}
+// VecGemm's k block: the rows of packed B (np panels of V columns) that one register block
+// runs through before the next row block starts over: a quarter of one core's L2, so the
+// slice stays in L2 beside A's rows and C (K up to 1024 in one block on a 1 MiB L2).
+// Measured (AMD EPYC Zen 5, alternating processes, 3 rounds): against a 24 KiB L1 slice
+// (k = 96), which sent the partial sums through C every 96 rows of k and paid the block's
+// set-up each time, the article cell's S4 inference 135-138 -> 123-133 ms, the default S4's
+// 76-78 -> 70-74 ms, the small sizes level. PEEPHOLE_LSTM_VEC_KC sets it in rows of k (tests).
+template <typename T>
+int64_t vec_k_block(int64_t np) {
+  static const int64_t rows = [] {
+    const char* env = std::getenv("PEEPHOLE_LSTM_VEC_KC");
+    return env != nullptr ? int64_t(std::atol(env)) : int64_t(0);
+  }();
+  if (rows > 0) return rows;
+  return std::max<int64_t>(16, l2_bytes() / 4 / (np * Vec<T>::size() * int64_t(sizeof(T))));
 }
 
 // Our own GEMM for the small per-step products: op(B) packed once per layer call into panels
@@ -752,13 +768,13 @@ class VecGemm {
   }
 
  private:
-  // Up to kNP panels from p0, every row: k in blocks of kc, so that the panels' slice of
-  // packed B (kNP * kc * V) stays in L1 across all row blocks; the partial sums go through C
+  // Up to kNP panels from p0, every row: k in blocks of kc (vec_k_block), so that the panels'
+  // slice of packed B (kNP * kc * V) stays in L2 across all row blocks; the partial sums go through C
   // (the k order is unchanged). Packed rows [0, k1_) multiply A, rows [k1_, k_) A2 (only for
   // groups that reach into B2's n2 columns).
   void panel_group(const T* A, int64_t m, int64_t lda, const T* A2, int64_t lda2, int64_t p0, int64_t np,
                    bool accumulate, T* C) const {
-    const int64_t kc = l1_k_block<T>(kNP);
+    const int64_t kc = vec_k_block<T>(kNP);
     const int64_t k_end = p0 < panels2_ ? k_ : k1_;
     for (int src = 0; src < 2; ++src) {
       const int64_t kb = src ? k1_ : 0, ke = src ? k_end : k1_, koff = kb;
