@@ -348,6 +348,21 @@ def release_buffers() -> int:
     return 0
 
 
+def projects_in_kernel(x: Tensor, w_ih: Tensor, h0: Tensor) -> bool:
+    """Whether an inference layer call should hand the C++ kernel ``x`` and ``W_ih`` instead of
+    ``xw = x W_ih^T`` (``torch.ops.peephole_lstm_cpp.forward_x``): where ``input_projection``
+    would write a large product (``_SCRATCH_MIN_BYTES`` and more) for a loop of large steps
+    (``h W_hh^T`` alone at least 2^23 FLOPs, beyond the kernel's one-region bound). The kernel
+    then writes each step's ``x_t W_ih^T`` into the step's gate rows just before the step's GEMM
+    adds ``h_{t-1} W_hh^T``: the (T, B, 4H) product never goes through memory. Callers check
+    that no gradient is needed."""
+    if not (_onednn_eligible(x, w_ih) and use_cpp(x)):
+        return False
+    rows = x.numel() // x.size(-1)  # T*B, or N packed
+    batch, p = h0.shape  # (B, P)
+    return 4 * rows * w_ih.size(0) >= _SCRATCH_MIN_BYTES and 2 * batch * p * w_ih.size(0) >= (1 << 23)
+
+
 def input_projection(x: Tensor, w_ih: Tensor, scratch: bool = False) -> Tensor:
     """``x W_ih^T`` for every step at once, ``(*, I) -> (*, 4H)``. In eager CPU float32 (not
     traced, not autocast) with the C++ kernel it takes oneDNN's matmul where that measures

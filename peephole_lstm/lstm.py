@@ -477,12 +477,18 @@ class PeepholeLSTM(nn.Module):
         w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, w_cc = w
         assert w_ih is not None and w_hh is not None
         bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None  # added in the op
-        # (T, B, 4H), or packed (N, 4H): one GEMM for every step; consumed by the op right away
-        xw = _backend.input_projection(x, w_ih, scratch=True)
         # Save the activations for a backward only when one can follow.
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
+            t is not None and t.requires_grad for t in (x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
         )
+        if not save and _backend.projects_in_kernel(x, w_ih, h0):
+            # large inference steps: the C++ kernel projects each step's rows itself
+            clip = float(self.cell_clip) if self.cell_clip is not None else 0.0
+            return torch.ops.peephole_lstm_cpp.forward_x(
+                x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, clip
+            )
+        # (T, B, 4H), or packed (N, 4H): one GEMM for every step; consumed by the op right away
+        xw = _backend.input_projection(x, w_ih, scratch=True)
         out, h_n, c_n, _, _ = _fused.recurrence(
             xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes, self.cell_clip
         )

@@ -276,6 +276,76 @@ print("ok")
 """
 
 
+_FORWARD_X_CHECK = """
+import torch, peephole_lstm
+import peephole_lstm._backend as B
+from torch.nn.utils.rnn import pack_sequence
+peephole_lstm.set_backend("cpp")
+torch.manual_seed(0)
+calls = []
+B.projects_in_kernel = lambda x, w, h0: calls.append(x.dtype) or B.use_cpp(x)  # every inference call, any size
+CONFIGS = (dict(), dict(peephole="full", candidate_peephole=True), dict(peephole="full", bidirectional=True),
+           dict(proj_size=5, num_layers=2), dict(peephole="none", bias=False, cell_clip=0.3),
+           dict(candidate_peephole=True, bidirectional=True, num_layers=2))
+for kw in CONFIGS:
+    m = peephole_lstm.PeepholeLSTM(7, 24, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.5, 0.5)
+    m64 = peephole_lstm.PeepholeLSTM(7, 24, **kw).double()
+    m64.load_state_dict(m.state_dict())
+    x = torch.randn(9, 6, 7)
+    seqs = [torch.randn(n, 7) for n in (9, 4, 7, 1, 9, 2)]
+    for inp, inp64 in ((x, x.double()), (pack_sequence(seqs, enforce_sorted=False),
+                                         pack_sequence([s.double() for s in seqs], enforce_sorted=False))):
+        peephole_lstm.set_backend("reference")  # the float64 equation-by-equation loop
+        with torch.inference_mode():
+            o_ref, (h_ref, c_ref) = m64(inp64)
+        peephole_lstm.set_backend("cpp")
+        for model, x_in, tol in ((m, inp, 1e-5), (m64, inp64, 1e-12)):
+            n = len(calls)
+            with torch.inference_mode():
+                o, (h, c) = model(x_in)
+            assert len(calls) > n, "forward_x was not taken"
+            o, o_r = (o, o_ref) if torch.is_tensor(o) else (o.data, o_ref.data)  # PackedSequence: its rows
+            for a, b in ((o, o_r), (h, h_ref), (c, c_ref)):
+                torch.testing.assert_close(a.double(), b, rtol=tol * 10, atol=tol * max(1.0, b.abs().max().item()))
+print("ok", len(calls))
+"""
+
+
+@pytest.mark.parametrize("serial_flops", ["0", ""])
+def test_kernel_input_projection_is_exact(serial_flops):
+    """Large inference steps hand the C++ kernel x and W_ih (``forward_x``): it writes each
+    step's x_t W_ih^T into the step's gate rows, then the step's GEMM adds h_{t-1} W_hh^T.
+    Forced on for every inference call (PEEPHOLE_LSTM_SERIAL_FLOPS=0: every step counts as
+    large, so the per-step projection runs; unset: these small steps project all rows first):
+    outputs and final states, float32 and float64, against the float64 reference loop,
+    padded and packed, both directions, two layers, a projection, full peepholes, a clip."""
+    res = _run(_FORWARD_X_CHECK, PEEPHOLE_LSTM_THREADS="parallel",
+               **({"PEEPHOLE_LSTM_SERIAL_FLOPS": serial_flops} if serial_flops else {}))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("ok")
+
+
+def test_kernel_input_projection_is_chosen_for_large_inference_only():
+    from peephole_lstm import _backend
+
+    peephole_lstm.set_backend("cpp")
+    try:
+        if not (peephole_lstm.build_extension() and torch.backends.mkldnn.is_available()):
+            pytest.skip("no C++ kernel or no oneDNN")
+        w_ih, h0 = torch.randn(2048, 64), torch.zeros(256, 512)
+        assert _backend.projects_in_kernel(torch.randn(50, 256, 64), w_ih, h0)  # S4: 105 MB of xw, 1 GFLOP steps
+        assert not _backend.projects_in_kernel(torch.randn(5, 256, 64), w_ih, h0)  # 10 MB of xw
+        assert not _backend.projects_in_kernel(torch.randn(4000, 2, 64), w_ih, h0[:2])  # 65 MB, small steps
+        assert not _backend.projects_in_kernel(torch.randn(50, 256, 64).double(), w_ih.double(), h0.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _backend.projects_in_kernel(torch.randn(50, 256, 64), w_ih, h0)
+    finally:
+        peephole_lstm.set_backend("auto")
+
+
 @pytest.mark.parametrize("fused_loop,split,kc", [("1", "rows", ""), ("1", "cols", ""), ("0", "rows", ""),
                                                  ("1", "cols", "16"), ("0", "rows", "16")])
 def test_one_region_step_loop_is_exact(fused_loop, split, kc):

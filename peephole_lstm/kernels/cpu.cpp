@@ -8,6 +8,9 @@
 //                      c_t clipped to [-cell_clip, cell_clip] when a clip is set)
 //   full peepholes: z_o += c_t W_co^T                      one GEMM (B x H x H)
 //   o, h_t = o tanh(c_t) (W_hr^T when projected)           element-wise (+ one GEMM)
+// Inference with large steps may pass x and W_ih instead of xw (forward_x): each step's
+// x_t W_ih^T (B x I x 4H) is written into the step's gate rows and the step's GEMM adds
+// h_{t-1} W_hh^T onto it, so the (T, B, 4H) product never goes through memory.
 // The backward walks the steps in reverse with the mirror-image GEMMs and element-wise
 // kernels, then forms dW_hh, dW_hr and the full peephole grads with one GEMM each over all
 // steps; the bias and diagonal peephole grads are summed in the element-wise kernel (per
@@ -379,7 +382,8 @@ __attribute__((always_inline)) inline void for_vectors(int64_t j_begin, int64_t 
 }
 
 // ----------------------------------------------------------------------- element-wise
-// One step's gates for rows [0, B): hw (B, 4H) = h_{t-1} W_hh^T (may alias gates); pc
+// One step's gates for rows [0, B): xw (B, 4H) this step's input projection (null: already in
+// hw); hw (B, 4H) = h_{t-1} W_hh^T (may alias gates); pc
 // (B, kc*H) or null = c_{t-1} [W_ci; W_cf; (W_cc)]^T (full peepholes, kc = 2 or 3). Writes
 // the activations [i, f, g, o] to gates, c_t to c and r = o tanh(c_t) to r. With split_o
 // (full W_co, which needs c_t first) o and r are left to forward_out. Absent diagonal
@@ -403,10 +407,10 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
       const T* hf = hi + H;
       const T* hg = hf + H;
       const T* ho = hg + H;
-      const T* xi = xw + b * 4 * H;
-      const T* xf = xi + H;
-      const T* xg = xf + H;
-      const T* xo = xg + H;
+      const T* xi = xw ? xw + b * 4 * H : nullptr;  // null: x W_ih^T is in hw already (forward_x)
+      const T* xf = xw ? xi + H : nullptr;
+      const T* xg = xw ? xf + H : nullptr;
+      const T* xo = xw ? xg + H : nullptr;
       const T* pi = pc ? pc + b * kc * H : nullptr;
       const T* pf = pc ? pi + H : nullptr;
       const T* pg = (pc && kc == 3) ? pi + 2 * H : nullptr;
@@ -415,14 +419,18 @@ void forward_cell(const T* xw, const T* bias, const T* hw, const T* pc, int64_t 
       T* rb = r + b * H;
       for_vectors<T>(j_begin, j_end, [&](int64_t j, auto n) __attribute__((always_inline)) {
         const Vec<T> cpj = load(cp + j, n);
-        const Vec<T> zo = load(xo + j, n) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(ho + j, n);
-        const Vec<T> i = sigmoid(load(xi + j, n) + load_or(bi ? bi + j : nullptr, n, T(0)) + load(hi + j, n) +
+        const Vec<T> zo =
+            load_or(xo ? xo + j : nullptr, n, T(0)) + load_or(bo ? bo + j : nullptr, n, T(0)) + load(ho + j, n);
+        const Vec<T> i = sigmoid(load_or(xi ? xi + j : nullptr, n, T(0)) + load_or(bi ? bi + j : nullptr, n, T(0)) +
+                                 load(hi + j, n) +
                                  load_or(w_ci ? w_ci + j : nullptr, n, T(0)) * cpj +
                                  load_or(pi ? pi + j : nullptr, n, T(0)));
-        const Vec<T> f = sigmoid(load(xf + j, n) + load_or(bf ? bf + j : nullptr, n, T(0)) + load(hf + j, n) +
+        const Vec<T> f = sigmoid(load_or(xf ? xf + j : nullptr, n, T(0)) + load_or(bf ? bf + j : nullptr, n, T(0)) +
+                                 load(hf + j, n) +
                                  load_or(w_cf ? w_cf + j : nullptr, n, T(0)) * cpj +
                                  load_or(pf ? pf + j : nullptr, n, T(0)));
-        const Vec<T> g = tanh(load(xg + j, n) + load_or(bg ? bg + j : nullptr, n, T(0)) + load(hg + j, n) +
+        const Vec<T> g = tanh(load_or(xg ? xg + j : nullptr, n, T(0)) + load_or(bg ? bg + j : nullptr, n, T(0)) +
+                              load(hg + j, n) +
                               load_or(w_cc ? w_cc + j : nullptr, n, T(0)) * cpj +
                               load_or(pg ? pg + j : nullptr, n, T(0)));
         Vec<T> cj = f * cpj + i * g;
@@ -1218,19 +1226,28 @@ bool defined(const std::optional<Tensor>& w) { return w.has_value() && w->define
 
 // The ops are public (torch.ops.peephole_lstm_cpp.*): check every shape the loops rely on.
 // Returns whether the peepholes are full matrices.
+// xw: (T, B, 4H) or packed (N, 4H); or, with w_ih, the layer input x (T, B, I) / (N, I) whose
+// projection x W_ih^T the kernel forms itself (forward_x).
 bool check_args(const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                 const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr,
-                std::initializer_list<const std::optional<Tensor>*> peeps, const std::optional<Tensor>& batch_sizes) {
+                std::initializer_list<const std::optional<Tensor>*> peeps, const std::optional<Tensor>& batch_sizes,
+                const Tensor* w_ih = nullptr) {
   const bool packed = defined(batch_sizes);
   TORCH_CHECK(xw.device().is_cpu(), "the C++ kernel runs on CPU tensors only");
+  const int64_t G = w_ih ? w_ih->size(0) : xw.size(-1);
+  if (w_ih) {
+    TORCH_CHECK(w_ih->dim() == 2 && w_ih->size(0) % 4 == 0 && w_ih->size(1) == xw.size(-1),
+                "w_ih must be (4H, ", xw.size(-1), "), got ", w_ih->sizes());
+    TORCH_CHECK(w_ih->scalar_type() == xw.scalar_type(), "w_ih dtype differs from x's");
+  }
   if (packed) {
-    TORCH_CHECK(xw.dim() == 2 && xw.size(1) % 4 == 0, "packed xw must be (N, 4H), got ", xw.sizes());
+    TORCH_CHECK(xw.dim() == 2 && G % 4 == 0, "packed xw must be (N, 4H), got ", xw.sizes());
     TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->scalar_type() == at::kLong && batch_sizes->device().is_cpu(),
                 "batch_sizes must be a 1-D int64 CPU tensor");
   } else {
-    TORCH_CHECK(xw.dim() == 3 && xw.size(2) % 4 == 0, "xw must be (T, B, 4H), got ", xw.sizes());
+    TORCH_CHECK(xw.dim() == 3 && G % 4 == 0, "xw must be (T, B, 4H), got ", xw.sizes());
   }
-  const int64_t B = packed ? h0.size(0) : xw.size(1), H = xw.size(-1) / 4;
+  const int64_t B = packed ? h0.size(0) : xw.size(1), H = G / 4;
   const bool proj = defined(w_hr);
   const int64_t P = proj ? w_hr->size(0) : H;
   TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == P, "h0 must be (", B, ", ", P, "), got ", h0.sizes());
@@ -1393,13 +1410,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const std::optional<Tensor>& bias_in, const std::optional<Tensor>& w_hr_in,
     const std::optional<Tensor>& w_ci_in, const std::optional<Tensor>& w_cf_in,
     const std::optional<Tensor>& w_co_in, const std::optional<Tensor>& w_cc_in,
-    const std::optional<Tensor>& batch_sizes, bool reverse, bool save, double cell_clip) {
-  const bool full =
-      check_args(xw_in, h0_in, c0_in, w_hh_in, bias_in, w_hr_in, {&w_ci_in, &w_cf_in, &w_co_in, &w_cc_in}, batch_sizes);
-  const Tensor xw = xw_in.contiguous();
+    const std::optional<Tensor>& batch_sizes, bool reverse, bool save, double cell_clip,
+    const Tensor* w_ih_in = nullptr) {
+  const bool full = check_args(xw_in, h0_in, c0_in, w_hh_in, bias_in, w_hr_in,
+                               {&w_ci_in, &w_cf_in, &w_co_in, &w_cc_in}, batch_sizes, w_ih_in);
+  // With w_ih, xw_in is the layer input x: large steps project each step's rows into the gate
+  // buffer just before the step's GEMM adds h_{t-1} W_hh^T to them (forward_x); small ones
+  // (the one-region loop) project all steps first, as the caller does otherwise.
+  Tensor xw = xw_in.contiguous();
+  const Tensor w_ih = w_ih_in ? w_ih_in->contiguous() : Tensor();
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Steps st(xw, h0, batch_sizes);
-  const int64_t T = st.T, B = st.B, N = st.N, G = xw.size(-1), H = G / 4, P = h0.size(1);
+  const int64_t T = st.T, B = st.B, N = st.N, G = w_ih_in ? w_ih.size(0) : xw.size(-1), H = G / 4, P = h0.size(1);
+  const int64_t I = w_ih_in ? w_ih.size(1) : 0;
   const Weights w(w_hh_in, bias_in, w_hr_in, w_ci_in, w_cf_in, w_co_in, w_cc_in, full);
   const bool proj = w.proj();
   const auto opt = xw.options();
@@ -1417,10 +1440,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
   // per-step FLOPs: h W_hh^T, the full peephole and projection GEMMs, the element-wise work
   LoopThreads threads(2.0 * B * (P * G + w.kc * H * H + (w.w_co && full ? H * H : 0) + (proj ? H * P : 0)) +
                       20.0 * B * H);
+  const bool x_per_step = w_ih.defined() && !save && !threads.small();  // see above
+  if (w_ih.defined() && !x_per_step) xw = at::matmul(xw, w_ih.t());     // (T, B, 4H) / (N, 4H)
 
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "peephole_lstm_forward", [&] {
     using T_ = scalar_t;
-    const T_* x = xw.data_ptr<T_>();
+    const T_* x = xw.data_ptr<T_>();  // xw's rows, or x's (x_per_step)
     T_* g = gates.data_ptr<T_>();
     T_* c_all = cs.data_ptr<T_>();
     T_* h_all = out.data_ptr<T_>();
@@ -1438,6 +1463,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc && !merged ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
     if (merged) pc = nullptr;  // the peephole terms are in the gate pre-activations already
     const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
+    const StepGemm<T_> xg(x_per_step ? w_ih.data_ptr<T_>() : nullptr, true, G, I, x_per_step ? B : 0);  // x_t W_ih^T
     Tensor hold;
     // Small steps (S1, S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM, no
     // projection: one parallel region for the whole loop instead of a fork/join for every GEMM
@@ -1469,10 +1495,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
       T_* r_r = proj ? r + r0 * H : h_r;  // o tanh(c_t), before the projection
       T_* pc_r = pc ? pc + r0 * w.kc * H : nullptr;
       T_* po_r = po ? po + r0 * H : nullptr;
-      const T_* hw = hh.view(h_p, m, g_r, hold_, c_p, H);
+      const T_* hw = g_r;
+      if (x_per_step) {  // x_t W_ih^T into the gate rows, then h_{t-1} W_hh^T (+ c_{t-1} W_c^T) added
+        xg(x + (st.off[t] + r0) * I, m, false, g_r);
+        hh(h_p, m, true, g_r, c_p, H);
+      } else {
+        hw = hh.view(h_p, m, g_r, hold_, c_p, H);
+      }
       if (pc_r) pcg(c_p, m, false, pc_r);
-      forward_cell<T_>(x + (st.off[t] + r0) * G, p.b, hw, pc_r, w.kc, g_r, c_p, c_r, r_r, p.ci, p.cf, p.co, p.cc,
-                       po != nullptr, T_(cell_clip), m, H);
+      forward_cell<T_>(x_per_step ? nullptr : x + (st.off[t] + r0) * G, p.b, hw, pc_r, w.kc, g_r, c_p, c_r, r_r,
+                       p.ci, p.cf, p.co, p.cc, po != nullptr, T_(cell_clip), m, H);
       if (po_r) {
         pog(c_r, m, false, po_r);
         forward_out<T_>(g_r, po_r, c_r, r_r, m, H);
@@ -1737,6 +1769,12 @@ TORCH_LIBRARY(peephole_lstm_cpp, m) {
       "forward(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
       "Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, bool save, "
       "float cell_clip=0.) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // inference only (no saved activations, no autograd): the layer input x (T, B, I) or packed
+  // (N, I) and W_ih instead of xw; large steps project each step's rows in the loop
+  m.def(
+      "forward_x(Tensor x, Tensor w_ih, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, "
+      "Tensor? w_ci, Tensor? w_cf, Tensor? w_co, Tensor? w_cc, Tensor? batch_sizes, bool reverse, "
+      "float cell_clip=0.) -> (Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor out, Tensor gates, "
       "Tensor cs, Tensor h0, Tensor c0, Tensor w_hh, Tensor? bias, Tensor? w_hr, Tensor? w_ci, "
@@ -1748,7 +1786,23 @@ TORCH_LIBRARY(peephole_lstm_cpp, m) {
 }
 
 TORCH_LIBRARY_IMPL(peephole_lstm_cpp, CPU, m) {
-  m.impl("forward", &recurrence_forward);
+  m.impl("forward", [](const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                       const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr,
+                       const std::optional<Tensor>& w_ci, const std::optional<Tensor>& w_cf,
+                       const std::optional<Tensor>& w_co, const std::optional<Tensor>& w_cc,
+                       const std::optional<Tensor>& batch_sizes, bool reverse, bool save, double cell_clip) {
+    return recurrence_forward(xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save,
+                              cell_clip);
+  });
+  m.impl("forward_x", [](const Tensor& x, const Tensor& w_ih, const Tensor& h0, const Tensor& c0,
+                         const Tensor& w_hh, const std::optional<Tensor>& bias, const std::optional<Tensor>& w_hr,
+                         const std::optional<Tensor>& w_ci, const std::optional<Tensor>& w_cf,
+                         const std::optional<Tensor>& w_co, const std::optional<Tensor>& w_cc,
+                         const std::optional<Tensor>& batch_sizes, bool reverse, double cell_clip) {
+    auto [out, h_n, c_n, gates, cs] = recurrence_forward(x, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc,
+                                                         batch_sizes, reverse, /*save=*/false, cell_clip, &w_ih);
+    return std::make_tuple(out, h_n, c_n);
+  });
   m.impl("backward", &recurrence_backward);
   m.impl("mm_tn", [](const Tensor& a, const Tensor& b) {
     TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "mm_tn: a (k, m) and b (k, n), got ",
