@@ -356,11 +356,11 @@ def projects_in_kernel(x: Tensor, w_ih: Tensor, h0: Tensor) -> bool:
     then writes each step's ``x_t W_ih^T`` into the step's gate rows just before the step's GEMM
     adds ``h_{t-1} W_hh^T``: the (T, B, 4H) product never goes through memory. Callers check
     that no gradient is needed."""
-    if not (_onednn_eligible(x, w_ih) and use_cpp(x)):
-        return False
-    rows = x.numel() // x.size(-1)  # T*B, or N packed
+    rows = x.numel() // max(1, x.size(-1))  # T*B, or N packed
     batch, p = h0.shape  # (B, P)
-    return 4 * rows * w_ih.size(0) >= _SCRATCH_MIN_BYTES and 2 * batch * p * w_ih.size(0) >= (1 << 23)
+    if 4 * rows * w_ih.size(0) < _SCRATCH_MIN_BYTES or 2 * batch * p * w_ih.size(0) < (1 << 23):
+        return False  # the shapes first: small calls skip the checks below
+    return _onednn_eligible(x, w_ih) and use_cpp(x)
 
 
 def input_projection(x: Tensor, w_ih: Tensor, scratch: bool = False) -> Tensor:
