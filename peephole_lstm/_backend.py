@@ -348,6 +348,9 @@ def release_buffers() -> int:
     return 0
 
 
+_LARGE_STEP_FLOPS = 1 << 23  # the C++ kernel's one-region bound (serial_step_flops in cpu.cpp)
+
+
 def projects_in_kernel(x: Tensor, w_ih: Tensor, h0: Tensor) -> bool:
     """Whether an inference layer call should hand the C++ kernel ``x`` and ``W_ih`` instead of
     ``xw = x W_ih^T`` (``torch.ops.peephole_lstm_cpp.forward_x``): where ``input_projection``
@@ -358,7 +361,7 @@ def projects_in_kernel(x: Tensor, w_ih: Tensor, h0: Tensor) -> bool:
     that no gradient is needed."""
     rows = x.numel() // max(1, x.size(-1))  # T*B, or N packed
     batch, p = h0.shape  # (B, P)
-    if 4 * rows * w_ih.size(0) < _SCRATCH_MIN_BYTES or 2 * batch * p * w_ih.size(0) < (1 << 23):
+    if 4 * rows * w_ih.size(0) < _SCRATCH_MIN_BYTES or 2 * batch * p * w_ih.size(0) < _LARGE_STEP_FLOPS:
         return False  # the shapes first: small calls skip the checks below
     return _onednn_eligible(x, w_ih) and use_cpp(x)
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from . import _backend
 from .kernels import python as _py
 
-__all__ = ["recurrence", "recurrence_backward"]
+__all__ = ["recurrence", "recurrence_backward", "recurrence_from_input"]
 
 _SCRIPTED: dict = {}
 
@@ -71,6 +71,36 @@ def recurrence_backward(*args, **kwargs) -> tuple[Tensor, ...]:
     return torch.ops.peephole_lstm.recurrence_backward.default(*args, **kwargs)
 
 
+def _clip(cell_clip: Optional[float]) -> float:
+    """The kernels' cell clip: 0 for none."""
+    return float(cell_clip) if cell_clip is not None else 0.0
+
+
+def recurrence_from_input(
+    x: Tensor,
+    w_ih: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    w_ci: Optional[Tensor],
+    w_cf: Optional[Tensor],
+    w_co: Optional[Tensor],
+    w_cc: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+    cell_clip: Optional[float],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Inference only (no autograd, eager, the C++ kernel): :func:`recurrence` given the layer
+    input ``x`` (T, B, I) or packed (N, I) and ``W_ih`` instead of ``xw``; the kernel forms each
+    step's ``x_t W_ih^T`` in its loop (``torch.ops.peephole_lstm_cpp.forward_x``; see
+    ``_backend.projects_in_kernel``). Returns ``(output, h_n, c_n)``."""
+    return torch.ops.peephole_lstm_cpp.forward_x(
+        x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, _clip(cell_clip)
+    )
+
+
 def _recurrence_impl(
     xw: Tensor,
     h0: Tensor,
@@ -94,7 +124,7 @@ def _recurrence_impl(
     clips each ``c_t`` to ``[-cell_clip, cell_clip]`` (None: no clip). Returns
     ``(output, h_n, c_n, gates, cs)``; the last two are the activations saved for the
     backward, empty when ``save`` is false (inference)."""
-    clip = float(cell_clip) if cell_clip is not None else 0.0
+    clip = _clip(cell_clip)
     if _backend.use_cpp(xw):
         return torch.ops.peephole_lstm_cpp.forward(
             xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save, clip
@@ -151,7 +181,7 @@ def _recurrence_backward_impl(
     """Gradients of :func:`recurrence`: ``(d_xw, d_h0, d_c0, d_w_hh, d_bias, d_w_hr, d_w_ci,
     d_w_cf, d_w_co, d_w_cc)``; an absent weight's gradient is an empty tensor."""
     args = (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
-    clip = float(cell_clip) if cell_clip is not None else 0.0
+    clip = _clip(cell_clip)
     if _backend.use_cpp(gates):
         return torch.ops.peephole_lstm_cpp.backward(*args, batch_sizes, reverse, clip)
     args = tuple(a.contiguous() if a is not None else None for a in args)

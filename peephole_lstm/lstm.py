@@ -483,9 +483,8 @@ class PeepholeLSTM(nn.Module):
         )
         if not save and _backend.projects_in_kernel(x, w_ih, h0):
             # large inference steps: the C++ kernel projects each step's rows itself
-            clip = float(self.cell_clip) if self.cell_clip is not None else 0.0
-            return torch.ops.peephole_lstm_cpp.forward_x(
-                x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, clip
+            return _fused.recurrence_from_input(
+                x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, self.cell_clip
             )
         # (T, B, 4H), or packed (N, 4H): one GEMM for every step; consumed by the op right away
         xw = _backend.input_projection(x, w_ih, scratch=True)
