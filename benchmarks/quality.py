@@ -12,6 +12,12 @@ test metrics (original units) are set beside, on the same test targets:
 Then one global model on a long-format panel of the same series (``--data.id_column``), its
 per-series test MSE next to each series trained alone.
 
+How much of a ratio is noise: with 15-343 test targets, each MSE ratio carries a 90% interval
+from a moving-block bootstrap of the paired per-target squared errors (blocks of ``n^(1/3)``
+consecutive targets, circular, so the errors' autocorrelation stays inside a block), and each
+80% coverage the range of hits that a calibrated interval would give in 90% of test sets of
+that size (binomial: 9-14 of 15, 20-27 of 30).
+
 Series (nothing is downloaded): Mauna Loa CO2 (weekly, embedded here), and from
 ``statsmodels.datasets``: yearly sunspots (1700-2008), monthly El Niño sea surface
 temperature (1950-2010), quarterly US unemployment (macrodata, 1959-2009), the yearly Nile
@@ -92,6 +98,67 @@ def run_cli(config: str, csv: str, run_dir: str, extra: list[str]) -> pd.DataFra
     return pd.read_csv(os.path.join(run_dir, "metrics_per_series.csv"))
 
 
+def ratio_draws(num: np.ndarray, den: np.ndarray, draws: int = 4000, seed: int = 0) -> np.ndarray:
+    """``draws`` bootstrap replicates ``(draws,)`` of ``mean(num) / mean(den)``, the per-target
+    squared errors ``(n,)`` of two forecasts of the same targets, by a circular moving-block
+    bootstrap: each replicate takes ``ceil(n / L)`` blocks of ``L = round(n^(1/3))`` consecutive
+    targets from random starts, the same targets for both forecasts (the pairing keeps what the
+    two share)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    n = len(num)
+    if n == 0 or len(den) != n:
+        raise ValueError(f"ratio_draws: two error arrays of one length > 0, got {len(num)} and {len(den)}")
+    L = max(1, round(n ** (1 / 3)))
+    starts = np.random.default_rng(seed).integers(0, n, size=(draws, -(-n // L)))  # (draws, blocks)
+    idx = ((starts[:, :, None] + np.arange(L)) % n).reshape(draws, -1)[:, :n]  # (draws, n)
+    return num[idx].mean(axis=1) / den[idx].mean(axis=1)
+
+
+def interval(draws: np.ndarray, level: float = 0.9) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates."""
+    a = (1 - level) / 2
+    return float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))
+
+
+def ratio_interval(num: np.ndarray, den: np.ndarray, level: float = 0.9) -> tuple[float, float]:
+    """A ``level`` interval of the MSE ratio ``mean(num) / mean(den)`` (see :func:`ratio_draws`)."""
+    return interval(ratio_draws(num, den), level)
+
+
+def geomean_interval(draws: list[np.ndarray], level: float = 0.9) -> tuple[float, float]:
+    """A ``level`` interval of the geometric mean of several series' ratios, from each series'
+    replicates ``(draws,)`` (the series' test sets resampled independently)."""
+    return interval(np.exp(np.mean(np.log(np.stack(draws)), axis=0)), level)
+
+
+def calibrated_hits(n: int, coverage: float = 0.8, level: float = 0.9) -> tuple[int, int]:
+    """The central ``level`` range of hits ``Binomial(n, coverage)``: how many of ``n`` test
+    targets a calibrated ``coverage`` interval covers in all but ``(1 - level) / 2`` of test sets
+    on each side (the smallest ``k`` with ``P(X <= k) >= a``, the smallest with ``P(X <= k) >=
+    1 - a``)."""
+    a = (1 - level) / 2
+    cdf, lo, hi = 0.0, None, None
+    for k in range(n + 1):
+        cdf += math.comb(n, k) * coverage**k * (1 - coverage) ** (n - k)
+        if lo is None and cdf >= a - 1e-12:
+            lo = k
+        if hi is None and cdf >= 1 - a - 1e-12:
+            hi = k
+    return lo, hi
+
+
+def backtest_errors(run_dir: str, actual: np.ndarray, series: str | None = None) -> np.ndarray:
+    """Squared one-step errors of a run's backtest (its ``forecast.csv``; on a panel the rows of
+    ``series``), in the order of ``actual`` (the test targets), which they must match."""
+    f = pd.read_csv(os.path.join(run_dir, "forecast.csv"))
+    f = f[(f["kind"] == "backtest") & (f["step"] == 1)]
+    if series is not None:
+        f = f[f["series"].astype(str) == series]
+    if len(f) != len(actual) or not np.allclose(f["actual"].to_numpy(), actual, rtol=1e-5):
+        raise RuntimeError(f"{run_dir}: the backtest of {series!r} is not the {len(actual)} test targets")
+    return (f["forecast"].to_numpy(np.float64) - actual) ** 2
+
+
 def classical(y: np.ndarray, n_fit: int, season: int) -> dict:
     """AutoETS and AutoARIMA fitted on ``y[:n_fit]``, parameters then fixed: one-step forecasts
     of every later row from the actual history (statsforecast's ``forward(fitted=True)``)."""
@@ -146,18 +213,21 @@ def evaluate(args, seed) -> dict:
         test_rows = np.arange(len(y) - n_test, len(y))  # horizon 1: the test targets
         ours = run_cli(args.config, csv, os.path.join(work, name), extra).iloc[0]
         assert ours["targets"] == len(test_rows), (name, ours["targets"], len(test_rows))
+        target = y[test_rows]
+        sq = backtest_errors(os.path.join(work, name), target)
         key = (name, n_train + n_val, dm.season)
         if key not in _CLASSICAL:  # the same fit for every seed
             _CLASSICAL[key] = classical(y, n_train + n_val, dm.season)
         cl = _CLASSICAL[key]
-        target = y[test_rows]
         mse = lambda f, target=target: float(np.mean((f - target) ** 2))  # noqa: E731
+        best = min(("ets", "arima"), key=lambda k: mse(cl[k][test_rows]))
         rows.append({
             "series": name, "kind": SERIES[name][1], "rows": len(y), "season": dm.season, "test": len(test_rows),
             "ours": ours["mse"], "mase": ours["mase"], "naive": mse(y[test_rows - 1]),
             "snaive": ours["snaive_mse"], "ets": mse(cl["ets"][test_rows]), "ets_desc": cl["ets_desc"],
             "arima": mse(cl["arima"][test_rows]), "arima_desc": cl["arima_desc"],
             "cov80": ours.get("coverage_80", math.nan), "cov95": ours.get("coverage_95", math.nan),
+            "sq": sq, "draws": ratio_draws(sq, (cl[best][test_rows] - target) ** 2),
         })
         print(f"{name}: ours {ours['mse']:.4g}, ETS {rows[-1]['ets']:.4g}, ARIMA {rows[-1]['arima']:.4g}", flush=True)
 
@@ -167,8 +237,8 @@ def evaluate(args, seed) -> dict:
     print(f"\n# {os.path.basename(args.config)}, one config for every series; one-step test MSE in the "
           f"series' units; {cpu}")
     print("| series | kind | rows | season | test targets | ours MSE | ours MASE | naive | seasonal naive "
-          "| ETS | ARIMA | ours / best classical | 80% / 95% coverage |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ETS | ARIMA | ours / best classical [90% interval] | 80% / 95% coverage | 80% hits (calibrated: 90% range) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = {"naive": [], "ets": [], "arima": [], "best": []}
     for r in rows:
         best = min(r["ets"], r["arima"])
@@ -177,15 +247,17 @@ def evaluate(args, seed) -> dict:
         mark = "**" if r["ours"] < best else ""
         print(f"| {r['series']} | {r['kind']} | {r['rows']} | {r['season']} | {r['test']} | {mark}{r['ours']:.4g}{mark} "
               f"| {r['mase']:.3f} | {r['naive']:.4g} | {r['snaive']:.4g} | {r['ets']:.4g} {r['ets_desc']} "
-              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x | {r['cov80']:.0%} / {r['cov95']:.0%} |")
+              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x {_ci(r['draws'])} "
+              f"| {r['cov80']:.0%} / {r['cov95']:.0%} | {_hits(r['cov80'], r['test'])} |")
     gm = {k: math.exp(np.mean(np.log(v))) for k, v in ratios.items()}
     wins = {k: sum(x < 1 for x in v) for k, v in ratios.items()}
     n = len(rows)
     print(f"\nours beats naive on {wins['naive']}/{n}, ETS on {wins['ets']}/{n}, ARIMA on {wins['arima']}/{n}, the "
           f"better of the two on {wins['best']}/{n}; geometric mean of MSE ratios: vs naive {gm['naive']:.2f}x, "
-          f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x")
+          f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x "
+          f"(90% interval [{', '.join(f'{v:.2f}' for v in geomean_interval([r['draws'] for r in rows]))}])")
 
-    result = {"rows": rows, "gm": gm, "panel": {}}
+    result = {"rows": rows, "gm": gm, "panel": {}, "panel_ci": {}}
     if args.no_panel or len(rows) < 2:
         return result
     panel = pd.concat(frames, ignore_index=True)[["id", "date", "value"]]
@@ -193,14 +265,35 @@ def evaluate(args, seed) -> dict:
     panel.to_csv(csv, index=False)
     glob = run_cli(args.config, csv, os.path.join(work, "panel"), ["--data.id_column", "id", *extra])
     print("\n# one global model on the long-format panel of the series above (--data.id_column id)")
-    print("| series | alone MSE | global MSE | global / alone | global 80% coverage |")
+    print("| series | alone MSE | global MSE | global / alone [90% interval] | global 80% coverage |")
     print("|---|---:|---:|---:|---:|")
-    alone = {r["series"]: r["ours"] for r in rows}
+    alone = {r["series"]: r for r in rows}
+    draws = []
     for _, g in glob.iterrows():
-        a = alone[g["series"]]
-        print(f"| {g['series']} | {a:.4g} | {g['mse']:.4g} | {g['mse'] / a:.2f}x | {g.get('coverage_80', math.nan):.0%} |")
-        result["panel"][g["series"]] = g["mse"] / a
+        r = alone[g["series"]]
+        y = SeriesDataModule(os.path.join(work, f"{g['series']}.csv"),
+                             **{k: v for k, v in cfg["data"].items() if k != "dataset"}).series
+        sq = backtest_errors(os.path.join(work, "panel"), y[len(y) - r["test"]:], series=g["series"])
+        draws.append(ratio_draws(sq, r["sq"]))
+        print(f"| {g['series']} | {r['ours']:.4g} | {g['mse']:.4g} | {g['mse'] / r['ours']:.2f}x {_ci(draws[-1])} "
+              f"| {_hits(g.get('coverage_80', math.nan), r['test'])} |")
+        result["panel"][g["series"]] = g["mse"] / r["ours"]
+        result["panel_ci"][g["series"]] = interval(draws[-1])
+    gm = math.exp(np.mean(np.log(list(result["panel"].values()))))
+    print(f"\nglobal / alone, geometric mean: {gm:.2f}x {_ci(None, geomean_interval(draws))}")
     return result
+
+
+def _ci(draws, ci=None) -> str:
+    """``[0.84, 1.11]``: the 90% interval of bootstrap replicates (or the one given)."""
+    lo, hi = ci if ci is not None else interval(draws)
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _hits(coverage: float, n: int) -> str:
+    """``82% (281/343; 266-283)``: a coverage, its hits, and the calibrated 90% range of hits."""
+    lo, hi = calibrated_hits(n)
+    return f"{coverage:.0%} ({round(coverage * n)}/{n}; {lo}-{hi})"
 
 
 _CLASSICAL: dict = {}  # (series, rows fitted, season) -> the classical forecasts
@@ -220,7 +313,8 @@ def summarize(seeds, runs) -> None:
         for run in runs:
             r = run["rows"][i]
             cells.append(f"{r['ours'] / min(r['ets'], r['arima']):.2f}x ({r['cov80']:.0%})")
-        cells += [f"{run['panel'][name]:.2f}x" if name in run["panel"] else "" for run in runs]
+        cells += [f"{run['panel'][name]:.2f}x [{run['panel_ci'][name][0]:.2f}, {run['panel_ci'][name][1]:.2f}]"
+                  if name in run["panel"] else "" for run in runs]
         print(f"| {name} | " + " | ".join(cells) + " |")
     cov = [[run["rows"][i]["cov80"] for run in runs] for i in range(len(names))]
     mean_cov = [float(np.mean(c)) for c in cov]

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,3 +61,56 @@ def test_startup_table(tmp_path):
     res = _run([os.path.join(ROOT, "benchmarks", "startup.py"), "--repeat", "1"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| PeepholeLSTM |" in res.stdout and "| nn.LSTM |" in res.stdout
+
+
+def _quality():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", os.path.join(ROOT, "benchmarks", "quality.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("n", [1, 15, 30, 343])
+def test_quality_calibrated_hits_against_sampling(n):
+    """The binomial range of an 80% interval's hits against the quantiles of 400k draws."""
+    lo, hi = _quality().calibrated_hits(n)
+    draws = np.random.default_rng(0).binomial(n, 0.8, size=400_000)
+    assert (lo, hi) == (int(np.quantile(draws, 0.05, method="inverted_cdf")),
+                        int(np.quantile(draws, 0.95, method="inverted_cdf")))
+
+
+def test_quality_ratio_interval():
+    """The bootstrap interval of an MSE ratio: it holds the ratio, is a point for identical
+    errors, narrows with more targets, and widens when the errors come in long runs (blocks)."""
+    q = _quality()
+    rng = np.random.default_rng(1)
+    a, b = rng.exponential(1.0, 30), rng.exponential(1.2, 30)
+    lo, hi = q.ratio_interval(a, b)
+    assert lo < a.mean() / b.mean() < hi
+    assert q.ratio_interval(a, a) == (1.0, 1.0)
+    big_a, big_b = rng.exponential(1.0, 3000), rng.exponential(1.2, 3000)
+    blo, bhi = q.ratio_interval(big_a, big_b)
+    assert bhi - blo < (hi - lo) / 4 and blo < 1 / 1.2 < bhi
+    # the same 343 errors, shuffled or in runs of 7 equal values: the blocks see the runs
+    runs = np.repeat(rng.exponential(1.0, 49), 7)
+    wide = q.ratio_interval(runs, np.ones(343))
+    narrow = q.ratio_interval(rng.permutation(runs), np.ones(343))
+    assert wide[1] - wide[0] > 1.5 * (narrow[1] - narrow[0])
+    with pytest.raises(ValueError, match="one length"):
+        q.ratio_interval(a, b[:-1])
+
+
+def test_quality_geomean_interval():
+    """The geometric mean's interval from per-series replicates: equal series give the single
+    series' interval; averaging independent series narrows it."""
+    q = _quality()
+    rng = np.random.default_rng(2)
+    a, b = rng.exponential(1.0, 30), rng.exponential(1.0, 30)
+    one = q.ratio_draws(a, b)
+    assert q.geomean_interval([one, one]) == pytest.approx(q.interval(one))
+    many = [q.ratio_draws(rng.exponential(1.0, 30), rng.exponential(1.0, 30), seed=s) for s in range(6)]
+    lo, hi = q.geomean_interval(many)
+    widths = [np.subtract(*q.interval(d)[::-1]) for d in many]
+    assert hi - lo < 0.6 * np.mean(widths)
