@@ -10,7 +10,8 @@ test metrics (original units) are set beside, on the same test targets:
   forecasts over the test targets (each from the actual history up to its origin).
 
 Then one global model on a long-format panel of the same series (``--data.id_column``), its
-per-series test MSE next to each series trained alone.
+per-series test MSE next to each series trained alone, and the same ratio on the validation
+windows (each run's best checkpoint, the one chosen there).
 
 How much of a ratio is noise: with 15-343 test targets, each MSE ratio carries a 90% interval
 from a moving-block bootstrap of the paired per-target squared errors (blocks of ``n^(1/3)``
@@ -159,6 +160,26 @@ def backtest_errors(run_dir: str, actual: np.ndarray, series: str | None = None)
     return (f["forecast"].to_numpy(np.float64) - actual) ** 2
 
 
+def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[str, float]:
+    """Per series, the MSE (original units) of a run's best checkpoint on ``split``'s windows
+    (the run's own data options ``data``): how the model that was chosen scores where it was
+    chosen."""
+    import torch
+
+    from peephole_lstm import PeepholeLSTMRegressor
+
+    model = PeepholeLSTMRegressor.load_from_checkpoint(os.path.join(run_dir, "checkpoints", "best.ckpt"),
+                                                       map_location="cpu").eval()
+    dm = SeriesDataModule(csv, **data)
+    out = {}
+    with torch.no_grad():
+        for batch in dm._loader(dm.dataset(split)):
+            err = ((model(batch["x"], batch["series"]) - batch["y"]) * batch["scale"]).pow(2)[:, 0]  # (N,), step 1
+            for s, e in zip(batch["series"].tolist(), err.tolist()):
+                out.setdefault(dm.series_names[s], []).append(e)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
 def classical(y: np.ndarray, n_fit: int, season: int) -> dict:
     """AutoETS and AutoARIMA fitted on ``y[:n_fit]``, parameters then fixed: one-step forecasts
     of every later row from the actual history (statsforecast's ``forward(fitted=True)``)."""
@@ -198,6 +219,7 @@ def evaluate(args, seed) -> dict:
     """One seed: the table of every series, then the panel; returns the numbers."""
     extra = (["--seed_everything", str(seed)] if seed is not None else []) + args.extra
     cfg = yaml.safe_load(open(args.config))
+    data = {k: v for k, v in cfg["data"].items() if k != "dataset"}
     work = tempfile.mkdtemp(prefix="peephole-quality-")
     rows, frames = [], []
     if seed is not None:
@@ -207,11 +229,12 @@ def evaluate(args, seed) -> dict:
         csv = os.path.join(work, f"{name}.csv")
         frame.to_csv(csv, index=False)
         frames.append(frame.assign(id=name))
-        dm = SeriesDataModule(csv, **{k: v for k, v in cfg["data"].items() if k != "dataset"})
+        dm = SeriesDataModule(csv, **data)
         n_train, n_val, n_test = dm.split_rows[0]
         y = dm.series
         test_rows = np.arange(len(y) - n_test, len(y))  # horizon 1: the test targets
         ours = run_cli(args.config, csv, os.path.join(work, name), extra).iloc[0]
+        val = next(iter(split_mse(os.path.join(work, name), csv, data).values()))
         assert ours["targets"] == len(test_rows), (name, ours["targets"], len(test_rows))
         target = y[test_rows]
         sq = backtest_errors(os.path.join(work, name), target)
@@ -227,7 +250,7 @@ def evaluate(args, seed) -> dict:
             "snaive": ours["snaive_mse"], "ets": mse(cl["ets"][test_rows]), "ets_desc": cl["ets_desc"],
             "arima": mse(cl["arima"][test_rows]), "arima_desc": cl["arima_desc"],
             "cov80": ours.get("coverage_80", math.nan), "cov95": ours.get("coverage_95", math.nan),
-            "sq": sq, "draws": ratio_draws(sq, (cl[best][test_rows] - target) ** 2),
+            "target": target, "val": val, "sq": sq, "draws": ratio_draws(sq, (cl[best][test_rows] - target) ** 2),
         })
         print(f"{name}: ours {ours['mse']:.4g}, ETS {rows[-1]['ets']:.4g}, ARIMA {rows[-1]['arima']:.4g}", flush=True)
 
@@ -265,18 +288,18 @@ def evaluate(args, seed) -> dict:
     panel.to_csv(csv, index=False)
     glob = run_cli(args.config, csv, os.path.join(work, "panel"), ["--data.id_column", "id", *extra])
     print("\n# one global model on the long-format panel of the series above (--data.id_column id)")
-    print("| series | alone MSE | global MSE | global / alone [90% interval] | global 80% coverage |")
-    print("|---|---:|---:|---:|---:|")
+    print("| series | alone MSE | global MSE | global / alone [90% interval] | the same on validation "
+          "| global 80% coverage |")
+    print("|---|---:|---:|---:|---:|---:|")
     alone = {r["series"]: r for r in rows}
+    val = split_mse(os.path.join(work, "panel"), csv, {**data, "id_column": "id"})
     draws = []
     for _, g in glob.iterrows():
         r = alone[g["series"]]
-        y = SeriesDataModule(os.path.join(work, f"{g['series']}.csv"),
-                             **{k: v for k, v in cfg["data"].items() if k != "dataset"}).series
-        sq = backtest_errors(os.path.join(work, "panel"), y[len(y) - r["test"]:], series=g["series"])
+        sq = backtest_errors(os.path.join(work, "panel"), r["target"], series=g["series"])
         draws.append(ratio_draws(sq, r["sq"]))
         print(f"| {g['series']} | {r['ours']:.4g} | {g['mse']:.4g} | {g['mse'] / r['ours']:.2f}x {_ci(draws[-1])} "
-              f"| {_hits(g.get('coverage_80', math.nan), r['test'])} |")
+              f"| {val[g['series']] / r['val']:.2f}x | {_hits(g.get('coverage_80', math.nan), r['test'])} |")
         result["panel"][g["series"]] = g["mse"] / r["ours"]
         result["panel_ci"][g["series"]] = interval(draws[-1])
     gm = math.exp(np.mean(np.log(list(result["panel"].values()))))

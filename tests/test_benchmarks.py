@@ -114,3 +114,32 @@ def test_quality_geomean_interval():
     lo, hi = q.geomean_interval(many)
     widths = [np.subtract(*q.interval(d)[::-1]) for d in many]
     assert hi - lo < 0.6 * np.mean(widths)
+
+
+def test_quality_split_mse_is_the_logged_validation_mse(tmp_path):
+    """split_mse scores a run's best checkpoint on the validation windows: on one series it is
+    the val_mse that the run logged at its lowest val_loss; on a panel one number per series."""
+    import pandas as pd
+
+    q = _quality()
+    rng = np.random.default_rng(3)
+    t = np.arange(160)
+    frames = [pd.DataFrame({"id": k, "date": pd.date_range("2020-01-01", periods=len(t), freq="D"),
+                            "value": a * (np.sin(2 * np.pi * t / 7) + rng.normal(scale=0.3, size=len(t)))})
+              for k, a in (("a", 1.0), ("b", 3.0))]
+    data = {"window": 14, "horizon": 1, "batch_size": 16, "scaling": "last"}
+    fast = ["--data.window", "14", "--trainer.max_steps", "40", "--trainer.val_check_interval", "10",
+            "--model.ensemble", "2", "--model.hidden_size", "8"]
+    one = tmp_path / "one.csv"
+    frames[0].drop(columns="id").to_csv(one, index=False)
+    q.run_cli(q.os.path.join(ROOT, "configs", "default.yaml"), str(one), str(tmp_path / "one"), fast)
+    logged = pd.read_csv(tmp_path / "one" / "metrics.csv").dropna(subset=["val_loss"])
+    got = q.split_mse(str(tmp_path / "one"), str(one), data)
+    assert list(got) == ["value"]
+    assert got["value"] == pytest.approx(logged.loc[logged["val_loss"].idxmin(), "val_mse"], rel=1e-4)
+    panel = tmp_path / "panel.csv"
+    pd.concat(frames).to_csv(panel, index=False)
+    q.run_cli(q.os.path.join(ROOT, "configs", "default.yaml"), str(panel), str(tmp_path / "panel"),
+              [*fast, "--data.id_column", "id"])
+    got = q.split_mse(str(tmp_path / "panel"), str(panel), {**data, "id_column": "id"})
+    assert sorted(got) == ["a", "b"] and got["b"] > got["a"] > 0  # b is a three times as large
