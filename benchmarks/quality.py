@@ -121,11 +121,6 @@ def interval(draws: np.ndarray, level: float = 0.9) -> tuple[float, float]:
     return float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))
 
 
-def ratio_interval(num: np.ndarray, den: np.ndarray, level: float = 0.9) -> tuple[float, float]:
-    """A ``level`` interval of the MSE ratio ``mean(num) / mean(den)`` (see :func:`ratio_draws`)."""
-    return interval(ratio_draws(num, den), level)
-
-
 def geomean_interval(draws: list[np.ndarray], level: float = 0.9) -> tuple[float, float]:
     """A ``level`` interval of the geometric mean of several series' ratios, from each series'
     replicates ``(draws,)`` (the series' test sets resampled independently)."""
@@ -165,6 +160,7 @@ def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[st
     (the run's own data options ``data``): how the model that was chosen scores where it was
     chosen."""
     import torch
+    from torch.utils.data import DataLoader
 
     from peephole_lstm import PeepholeLSTMRegressor
 
@@ -173,7 +169,7 @@ def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[st
     dm = SeriesDataModule(csv, **data)
     out = {}
     with torch.no_grad():
-        for batch in dm._loader(dm.dataset(split)):
+        for batch in DataLoader(dm.dataset(split), batch_size=256):
             err = ((model(batch["x"], batch["series"]) - batch["y"]) * batch["scale"]).pow(2)[:, 0]  # (N,), step 1
             for s, e in zip(batch["series"].tolist(), err.tolist()):
                 out.setdefault(dm.series_names[s], []).append(e)
@@ -270,7 +266,7 @@ def evaluate(args, seed) -> dict:
         mark = "**" if r["ours"] < best else ""
         print(f"| {r['series']} | {r['kind']} | {r['rows']} | {r['season']} | {r['test']} | {mark}{r['ours']:.4g}{mark} "
               f"| {r['mase']:.3f} | {r['naive']:.4g} | {r['snaive']:.4g} | {r['ets']:.4g} {r['ets_desc']} "
-              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x {_ci(r['draws'])} "
+              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x {_ci(interval(r['draws']))} "
               f"| {r['cov80']:.0%} / {r['cov95']:.0%} | {_hits(r['cov80'], r['test'])} |")
     gm = {k: math.exp(np.mean(np.log(v))) for k, v in ratios.items()}
     wins = {k: sum(x < 1 for x in v) for k, v in ratios.items()}
@@ -278,7 +274,7 @@ def evaluate(args, seed) -> dict:
     print(f"\nours beats naive on {wins['naive']}/{n}, ETS on {wins['ets']}/{n}, ARIMA on {wins['arima']}/{n}, the "
           f"better of the two on {wins['best']}/{n}; geometric mean of MSE ratios: vs naive {gm['naive']:.2f}x, "
           f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x "
-          f"(90% interval [{', '.join(f'{v:.2f}' for v in geomean_interval([r['draws'] for r in rows]))}])")
+          f"(90% interval {_ci(geomean_interval([r['draws'] for r in rows]))})")
 
     result = {"rows": rows, "gm": gm, "panel": {}, "panel_ci": {}}
     if args.no_panel or len(rows) < 2:
@@ -298,23 +294,23 @@ def evaluate(args, seed) -> dict:
         r = alone[g["series"]]
         sq = backtest_errors(os.path.join(work, "panel"), r["target"], series=g["series"])
         draws.append(ratio_draws(sq, r["sq"]))
-        print(f"| {g['series']} | {r['ours']:.4g} | {g['mse']:.4g} | {g['mse'] / r['ours']:.2f}x {_ci(draws[-1])} "
+        result["panel_ci"][g["series"]] = interval(draws[-1])
+        print(f"| {g['series']} | {r['ours']:.4g} | {g['mse']:.4g} | {g['mse'] / r['ours']:.2f}x "
+              f"{_ci(result['panel_ci'][g['series']])} "
               f"| {val[g['series']] / r['val']:.2f}x | {_hits(g.get('coverage_80', math.nan), r['test'])} |")
         result["panel"][g["series"]] = g["mse"] / r["ours"]
-        result["panel_ci"][g["series"]] = interval(draws[-1])
     gm = math.exp(np.mean(np.log(list(result["panel"].values()))))
-    print(f"\nglobal / alone, geometric mean: {gm:.2f}x {_ci(None, geomean_interval(draws))}")
+    print(f"\nglobal / alone, geometric mean: {gm:.2f}x {_ci(geomean_interval(draws))}")
     return result
 
 
-def _ci(draws, ci=None) -> str:
-    """``[0.84, 1.11]``: the 90% interval of bootstrap replicates (or the one given)."""
-    lo, hi = ci if ci is not None else interval(draws)
-    return f"[{lo:.2f}, {hi:.2f}]"
+def _ci(lo_hi: tuple[float, float]) -> str:
+    """``[0.84, 1.11]``: an interval in a table cell."""
+    return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
 
 
 def _hits(coverage: float, n: int) -> str:
-    """``82% (281/343; 266-283)``: a coverage, its hits, and the calibrated 90% range of hits."""
+    """``82% (281/343; 262-286)``: a coverage, its hits, and the calibrated 90% range of hits."""
     lo, hi = calibrated_hits(n)
     return f"{coverage:.0%} ({round(coverage * n)}/{n}; {lo}-{hi})"
 
@@ -336,8 +332,8 @@ def summarize(seeds, runs) -> None:
         for run in runs:
             r = run["rows"][i]
             cells.append(f"{r['ours'] / min(r['ets'], r['arima']):.2f}x ({r['cov80']:.0%})")
-        cells += [f"{run['panel'][name]:.2f}x [{run['panel_ci'][name][0]:.2f}, {run['panel_ci'][name][1]:.2f}]"
-                  if name in run["panel"] else "" for run in runs]
+        cells += [f"{run['panel'][name]:.2f}x {_ci(run['panel_ci'][name])}" if name in run["panel"] else ""
+                  for run in runs]
         print(f"| {name} | " + " | ".join(cells) + " |")
     cov = [[run["rows"][i]["cov80"] for run in runs] for i in range(len(names))]
     mean_cov = [float(np.mean(c)) for c in cov]

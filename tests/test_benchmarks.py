@@ -87,19 +87,19 @@ def test_quality_ratio_interval():
     q = _quality()
     rng = np.random.default_rng(1)
     a, b = rng.exponential(1.0, 30), rng.exponential(1.2, 30)
-    lo, hi = q.ratio_interval(a, b)
+    lo, hi = q.interval(q.ratio_draws(a, b))
     assert lo < a.mean() / b.mean() < hi
-    assert q.ratio_interval(a, a) == (1.0, 1.0)
+    assert q.interval(q.ratio_draws(a, a)) == (1.0, 1.0)
     big_a, big_b = rng.exponential(1.0, 3000), rng.exponential(1.2, 3000)
-    blo, bhi = q.ratio_interval(big_a, big_b)
+    blo, bhi = q.interval(q.ratio_draws(big_a, big_b))
     assert bhi - blo < (hi - lo) / 4 and blo < 1 / 1.2 < bhi
     # the same 343 errors, shuffled or in runs of 7 equal values: the blocks see the runs
     runs = np.repeat(rng.exponential(1.0, 49), 7)
-    wide = q.ratio_interval(runs, np.ones(343))
-    narrow = q.ratio_interval(rng.permutation(runs), np.ones(343))
+    wide = q.interval(q.ratio_draws(runs, np.ones(343)))
+    narrow = q.interval(q.ratio_draws(rng.permutation(runs), np.ones(343)))
     assert wide[1] - wide[0] > 1.5 * (narrow[1] - narrow[0])
     with pytest.raises(ValueError, match="one length"):
-        q.ratio_interval(a, b[:-1])
+        q.interval(q.ratio_draws(a, b[:-1]))
 
 
 def test_quality_geomean_interval():
