@@ -132,14 +132,14 @@ def test_quality_split_mse_is_the_logged_validation_mse(tmp_path):
             "--model.ensemble", "2", "--model.hidden_size", "8"]
     one = tmp_path / "one.csv"
     frames[0].drop(columns="id").to_csv(one, index=False)
-    q.run_cli(q.os.path.join(ROOT, "configs", "default.yaml"), str(one), str(tmp_path / "one"), fast)
+    q.run_cli(os.path.join(ROOT, "configs", "default.yaml"), str(one), str(tmp_path / "one"), fast)
     logged = pd.read_csv(tmp_path / "one" / "metrics.csv").dropna(subset=["val_loss"])
     got = q.split_mse(str(tmp_path / "one"), str(one), data)
     assert list(got) == ["value"]
     assert got["value"] == pytest.approx(logged.loc[logged["val_loss"].idxmin(), "val_mse"], rel=1e-4)
     panel = tmp_path / "panel.csv"
     pd.concat(frames).to_csv(panel, index=False)
-    q.run_cli(q.os.path.join(ROOT, "configs", "default.yaml"), str(panel), str(tmp_path / "panel"),
+    q.run_cli(os.path.join(ROOT, "configs", "default.yaml"), str(panel), str(tmp_path / "panel"),
               [*fast, "--data.id_column", "id"])
     got = q.split_mse(str(tmp_path / "panel"), str(panel), {**data, "id_column": "id"})
-    assert sorted(got) == ["a", "b"] and got["b"] > got["a"] > 0  # b is a three times as large
+    assert sorted(got) == ["a", "b"] and got["b"] > got["a"] > 0  # b is a times 3
