@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from typing import Optional
 
 import torch
@@ -22,7 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
 from .conformal import LEVELS
-from .data import SeriesDataError, SeriesDataModule
+from .data import SeriesDataError, SeriesDataModule, SeriesDataWarning
 from .model import PeepholeLSTMRegressor
 
 __all__ = ["ForecastWriter", "PeepholeLSTMCLI", "main"]
@@ -247,6 +248,15 @@ class PeepholeLSTMCLI(LightningCLI):
 
 
 def main(args: Optional[list[str]] = None) -> None:
+    show = warnings.showwarning
+
+    def show_data_warnings_as_one_line(message, category, *rest, **kwargs):
+        if issubclass(category, SeriesDataWarning):
+            print(f"peephole-lstm: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kwargs)
+
+    warnings.showwarning = show_data_warnings_as_one_line
     try:
         PeepholeLSTMCLI(
             PeepholeLSTMRegressor,
@@ -262,6 +272,8 @@ def main(args: Optional[list[str]] = None) -> None:
         message = " ".join(str(exc).split())  # one line, whatever the parser wrapped
         print(f"peephole-lstm: error: {message} (see peephole-lstm --help)", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ each series, scaled per series without leakage; the future windows past the last
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Optional
 
@@ -13,12 +14,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["SCALINGS", "SeriesDataError", "SeriesDataModule", "load_builtin"]
+from ._csv import head_lines, sniff
+from ._time import axis, continue_times, find_time_column, format_like, infer_season, sortable
+
+__all__ = ["SCALINGS", "SeriesDataError", "SeriesDataModule", "SeriesDataWarning", "load_builtin"]
 
 SCALINGS = ("last", "zscore", "none")
 MISSING = ("error", "interpolate")
 PREDICT = ("both", "future", "test")
-TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
 _DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 BUILTIN = {
     # name: its default target column
@@ -29,6 +32,11 @@ BUILTIN = {
 
 class SeriesDataError(ValueError):
     """A problem with the data or the data options; its message is one line meant for the user."""
+
+
+class SeriesDataWarning(UserWarning):
+    """Something in the data the user should know about (e.g. gaps in the time stamps) that does
+    not stop the run; one line (the CLI prints it as ``peephole-lstm: warning: ...``)."""
 
 
 def _synthetic(n: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -145,7 +153,10 @@ class SeriesDataModule(L.LightningDataModule):
     whole file is one series.
 
     Args:
-        csv_path: a CSV file with a header row; ``None`` uses the embedded ``dataset``.
+        csv_path: a CSV file with a header row; ``None`` uses the embedded ``dataset``. The
+            delimiter (comma, semicolon, tab or bar) and a decimal comma (``3,14`` beside
+            semicolons) are recognized from the first lines; UTF-8 (with or without a BOM),
+            else Latin-1.
         target: the column to forecast; ``None``: the dataset's default target, or the last
             numeric column of a CSV (the id, time and feature columns excluded).
         features: extra input columns (the target is always input channel 0).
@@ -161,16 +172,22 @@ class SeriesDataModule(L.LightningDataModule):
             minus the training mean over the training std (the article's recipe; fails on
             trends); ``"none"``. Features are z-scored with training statistics in both modes.
         missing: ``"error"``: refuse NaNs / empty cells; ``"interpolate"``: fill them linearly
-            (within each series).
+            (within each series), and insert the time stamps missing from a series' regular
+            axis (a daily series without 2020-04-10, a business-day one without a holiday)
+            with interpolated values. Under ``"error"`` such gaps are one warning
+            (:class:`SeriesDataWarning`) and the rows are taken as consecutive steps.
         num_workers: DataLoader worker processes.
         dataset: the embedded series used when ``csv_path`` is None: ``"co2"`` (Mauna Loa
             weekly CO2, real, public domain) or ``"synthetic"`` (generated).
         seed: the seed of the training shuffle (per epoch; see ``EpochSeededSampler``).
         id_column: the column naming the series of each row (long format, e.g. columns
             ``id,date,value``); ``None``: one series.
-        time_column: the time stamps; ``None``: the first of ``date``, ``time``, ``timestamp``,
-            ``datetime``, ``ds`` present (rows are sorted by it within each series; duplicates
-            are an error), else row numbers.
+        time_column: the time stamps; ``None``: a column named ``date``, ``time``,
+            ``timestamp``, ``datetime`` or ``ds`` (any case), else the first whose values are
+            dates (e.g. ``Month`` with ``1949-01``), else an integer ``year`` column, else row
+            numbers. Rows are sorted by it within each series (dates read with one format for
+            the whole column, so ``01.02.2020`` is day-first beside ``13.02.2020``);
+            duplicates are an error.
         season: the seasonal period in steps, for the seasonal naive forecast and MASE;
             ``None``: inferred from each series' time step (7 for daily, 52 weekly, 12
             monthly, 4 quarterly, 24 hourly, 48 half-hourly; 1, i.e. none, for yearly or
@@ -223,7 +240,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.index = labels  # (N,) time labels as in the file
         self._times = times
         # per series: a panel may mix frequencies
-        self.series_season = [int(season) if season is not None else _infer_season(t) for t in times]
+        self.series_season = [int(season) if season is not None else infer_season(t) for t in times]
         self.season = self.series_season[0]
         self._split()
         self._fit_scalers()
@@ -254,11 +271,29 @@ class SeriesDataModule(L.LightningDataModule):
             return load_builtin(self.hparams.dataset)
         if not os.path.isfile(path):
             raise SeriesDataError(f"CSV file not found: {path}")
+        with open(path, "rb") as f:
+            raw = f.read(1 << 16)
+        if b"\0" in raw:
+            raise SeriesDataError(f"cannot read {path} as CSV: it is not a text file")
+        # UTF-8 (with or without the BOM spreadsheets write), else Latin-1 (which reads any bytes)
+        encoding = "utf-8-sig"
         try:
-            frame = pd.read_csv(path)
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            if exc.start < len(raw) - 3:  # not just a character cut at the end of the sample
+                encoding = "latin-1"
+            text = raw.decode(encoding, errors="ignore")
+        sep, decimal = sniff(head_lines(text, complete=len(raw) < 1 << 16))
+        try:
+            frame = pd.read_csv(path, sep=sep, decimal=decimal, encoding=encoding)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SeriesDataError(f"cannot read {path} as CSV: {first}") from exc
+        if not isinstance(frame.index, pd.RangeIndex):  # pandas made the extra fields an index
+            raise SeriesDataError(
+                f"cannot read {path} as CSV: its rows have more fields than its header "
+                f"({frame.index.nlevels + len(frame.columns)} vs {len(frame.columns)}, delimiter {sep!r})"
+            )
         if frame.empty:
             raise SeriesDataError(f"{path} has no data rows")
         return frame
@@ -275,7 +310,8 @@ class SeriesDataModule(L.LightningDataModule):
                     f"unknown time column {col!r} in {self._where} (columns: {', '.join(map(str, frame.columns))})"
                 )
             return col
-        return next((c for c in TIME_COLUMNS if c in frame.columns), None)
+        hp = self.hparams
+        return find_time_column(frame, exclude={hp.id_column, hp.target, *(hp.features or [])}, id_column=hp.id_column)
 
     def _columns(self, frame: pd.DataFrame) -> tuple[str, list[str]]:
         hp = self.hparams
@@ -317,10 +353,10 @@ class SeriesDataModule(L.LightningDataModule):
                 row = int(np.flatnonzero(ids.isna().to_numpy())[0])
                 raise SeriesDataError(f"id column {hp.id_column!r} is empty at data row {row + 1}")
             groups = [(str(k), g) for k, g in frame.groupby(hp.id_column, sort=False)]
-        out = []
+        out, gaps = [], []
         for name, g in groups:
             if self.time_name is not None:
-                key = _sortable(g[self.time_name])
+                key = sortable(g[self.time_name])
                 dup = key.duplicated(keep="first")
                 if dup.any():
                     what = f"series {name!r}" if hp.id_column is not None else self._where
@@ -329,9 +365,41 @@ class SeriesDataModule(L.LightningDataModule):
                         f"{what} has {int(dup.sum())} duplicate time stamp(s) in column {self.time_name!r}, "
                         f"first {first!r}"
                     )
-                g = g.iloc[np.argsort(key.to_numpy(), kind="stable")]
+                g = g.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+                g = self._gaps(name, g, gaps)
             out.append((name, g.reset_index(drop=True)))
+        if gaps:
+            what = "; ".join(gaps[:3]) + (f"; and {len(gaps) - 3} more series" if len(gaps) > 3 else "")
+            warnings.warn(
+                f"{self._where}: time stamps missing from a regular axis ({what}); the rows are taken as "
+                'consecutive steps: pass missing="interpolate" (--data.missing=interpolate) to insert the '
+                "missing stamps and interpolate their values",
+                SeriesDataWarning,
+                stacklevel=2,
+            )
         return out
+
+    def _gaps(self, name: str, g: pd.DataFrame, gaps: list[str]) -> pd.DataFrame:
+        """A series' rows (sorted) with the stamps missing from its regular time axis inserted
+        (all values NaN, interpolated later) under ``missing="interpolate"``; otherwise as they
+        are, with a note on the gaps appended to ``gaps`` for one warning."""
+        col = self.time_name
+        full = axis(g[col])
+        if full is None or len(full) == len(g):
+            return g
+        key = sortable(g[col]).to_numpy()
+        absent = full[~np.isin(full, key)]
+        if self.hparams.missing != "interpolate":
+            first = int(np.searchsorted(key, absent[0])) - 1  # the row before the first gap
+            which = f"series {name!r}: " if self.hparams.id_column is not None else ""
+            gaps.append(f"{which}{len(absent)} of {len(full)}, first after {g[col].iloc[first]}")
+            return g
+        filled = pd.DataFrame({c: pd.Series([np.nan] * len(absent), dtype=object) for c in g.columns})
+        filled[col] = format_like(absent, g[col])
+        if self.hparams.id_column is not None:
+            filled[self.hparams.id_column] = g[self.hparams.id_column].iloc[0]
+        order = np.argsort(np.concatenate([key, absent]), kind="stable")
+        return pd.concat([g.astype(object), filled], ignore_index=True).iloc[order]
 
     def _numeric(self, frame: pd.DataFrame, name: str) -> np.ndarray:
         which = f" of series {name!r}" if self.hparams.id_column is not None else ""
@@ -428,7 +496,7 @@ class SeriesDataModule(L.LightningDataModule):
         times = self._times[s]
         if times is None:
             return [str(n + k) for k in range(h)]
-        return _continue(times, h)
+        return continue_times(times, h)
 
     # ----------------------------------------------------------------- Lightning
     @property
@@ -470,54 +538,6 @@ class SeriesDataModule(L.LightningDataModule):
         ends = np.concatenate([self.ends[k] for k in splits])
         sids = np.concatenate([self.sids[k] for k in splits])
         return self._loader(WindowDataset(self, ends, sids))
-
-
-# Seasonal period from the median time step (in days): daily 7, weekly 52, monthly 12, ...
-_SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 4)]
-
-
-def _sortable(col: pd.Series) -> pd.Series:
-    """A time column as something that sorts in time: numbers, else dates, else the strings."""
-    num = pd.to_numeric(col, errors="coerce")
-    if num.notna().all():
-        return num
-    dates = pd.to_datetime(col, errors="coerce", format="mixed")
-    return dates if dates.notna().all() else col.astype(str)
-
-
-def _infer_season(times: Optional[pd.Series]) -> int:
-    if times is None or len(times) < 3:
-        return 1
-    key = _sortable(times)
-    if not pd.api.types.is_datetime64_any_dtype(key):
-        return 1
-    days = float(np.median(np.diff(key.to_numpy()).astype("timedelta64[s]").astype(np.float64))) / 86400.0
-    for step, season in _SEASONS:
-        if abs(days - step) <= 0.1 * step:
-            return season
-    return 1
-
-
-def _continue(times: pd.Series, h: int) -> list[str]:
-    """The next ``h`` time labels after a series' last one, in its own format."""
-    key = _sortable(times)
-    if pd.api.types.is_datetime64_any_dtype(key):
-        idx = pd.DatetimeIndex(key)
-        freq = pd.infer_freq(idx[-min(len(idx), 50) :]) if len(idx) >= 3 else None
-        if freq is not None:
-            future = pd.date_range(idx[-1], periods=h + 1, freq=freq)[1:]
-        else:
-            step = pd.Timedelta(np.median(np.diff(idx.asi8))) if len(idx) > 1 else pd.Timedelta(days=1)
-            future = pd.DatetimeIndex([idx[-1] + step * (k + 1) for k in range(h)])
-        dated = (idx.normalize() == idx).all()
-        return [t.strftime("%Y-%m-%d") if dated else str(t) for t in future]
-    if pd.api.types.is_numeric_dtype(key):
-        vals = key.to_numpy()
-        step = np.median(np.diff(vals)) if len(vals) > 1 else 1
-        if float(step).is_integer() and np.all(np.mod(vals, 1) == 0):
-            return [str(int(vals[-1] + step * (k + 1))) for k in range(h)]
-        return [str(vals[-1] + step * (k + 1)) for k in range(h)]
-    return [f"{times.iloc[-1]}+{k + 1}" for k in range(h)]
 
 
 def _safe_std(a: np.ndarray) -> np.ndarray:

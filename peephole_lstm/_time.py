@@ -1,0 +1,208 @@
+"""The time axis of a series: which column holds it, how it sorts, its regular step and the
+stamps missing from it, its season, and its continuation past the last row.
+
+A time column is found by name (``date``, ``time``, ``timestamp``, ``datetime``, ``ds``, any
+case), else by content (the first column whose values are date strings, e.g. ``Month`` with
+``1949-01``), else an integer ``year`` column. Its *axis* is the regular grid its stamps lie
+on: a pandas frequency for dates (inferred from the whole column, else the most common one of
+short runs of consecutive stamps, so that a few gaps do not hide a daily, monthly or
+business-day axis), the most common step for numbers. Stamps of the axis that the column
+lacks are its gaps. New labels (the future, filled gaps) are written in the column's own
+format where one of a few common formats reproduces it.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TIME_COLUMNS", "axis", "continue_times", "find_time_column", "format_like", "infer_season", "sortable"]
+
+TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
+# Seasonal period from the median time step (in days): daily 7, weekly 52, monthly 12, ...
+_SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 4)]
+# Date formats tried in order, each on the whole column (one format for every row, so that
+# 01.02.2020 and 13.02.2020 are both day-first); month-first before day-first for slashes, as
+# pandas and US files have it. Then ISO 8601, the format pandas infers from the first value,
+# and last a per-value guess.
+_FORMATS = ("%Y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M", "%Y/%m/%d", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y",
+            "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%d.%m.%Y %H:%M", "%Y%m%d")
+_OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")  # a stamp's UTC offset
+_RUN = 8  # stamps per run when inferring a frequency despite gaps (8 days span a weekend)
+_MAX_FILL = 10  # an axis more than this many times longer than the stamps is not "gaps"
+
+
+def _looks_like_dates(col: pd.Series) -> bool:
+    """Strings (not numbers) with a digit in each that all parse as dates (first 50 values)."""
+    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return pd.api.types.is_datetime64_any_dtype(col)
+    sample = col.dropna().astype(str).str.strip().head(50)
+    if sample.empty or not sample.str.contains(r"\d").all():
+        return False
+    if pd.to_numeric(sample, errors="coerce").notna().any():
+        return False
+    return parse_dates(sample) is not None
+
+
+def parse_dates(col: pd.Series) -> Optional[pd.Series]:
+    """The column as dates, every value read with one format where one fits (see ``_FORMATS``),
+    or None when some value is no date. Stamps with UTC offsets (``+01:00``, ``Z``; mixed
+    offsets across a daylight-saving change included) become UTC without a time zone, so that
+    an hourly axis stays regular across the change."""
+    text = col.astype(str).str.strip()
+    for fmt, utc in [*((f, False) for f in _FORMATS), ("ISO8601", True), (None, True)]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "could not infer format": the next try says
+                dates = pd.to_datetime(text, format=fmt, utc=utc)
+            break
+        except (ValueError, TypeError, OverflowError):
+            continue
+    else:
+        dates = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+        if dates.isna().any():
+            return None
+    if isinstance(dates.dtype, pd.DatetimeTZDtype):
+        dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
+    return dates
+
+
+def find_time_column(frame: pd.DataFrame, exclude=(), id_column: Optional[str] = None) -> Optional[str]:
+    """The column holding the time stamps (see the module's docstring), or None: not one of
+    ``exclude``; an integer ``year`` column only if no series repeats a year."""
+    cols = [c for c in frame.columns if c not in set(exclude)]
+    named = {}
+    for c in cols:
+        named.setdefault(str(c).strip().lower(), c)
+    for name in TIME_COLUMNS:
+        if name in named:
+            return named[name]
+    for c in cols:
+        if _looks_like_dates(frame[c]):
+            return c
+    year = named.get("year")
+    if year is not None and pd.api.types.is_integer_dtype(frame[year]):
+        keys = [year] if id_column is None else [id_column, year]
+        if not frame.duplicated(keys).any():
+            return year
+    return None
+
+
+def sortable(col: pd.Series) -> pd.Series:
+    """A time column as something that sorts in time: numbers, else dates, else the strings."""
+    num = pd.to_numeric(col, errors="coerce")
+    if num.notna().all():
+        return num
+    dates = parse_dates(col)
+    return dates if dates is not None else col.astype(str)
+
+
+def infer_season(times: Optional[pd.Series]) -> int:
+    """The seasonal period of dated stamps from their median step; 1 (none) otherwise."""
+    if times is None or len(times) < 3:
+        return 1
+    key = sortable(times)
+    if not pd.api.types.is_datetime64_any_dtype(key):
+        return 1
+    days = float(np.median(np.diff(key.to_numpy()).astype("timedelta64[s]").astype(np.float64))) / 86400.0
+    for step, season in _SEASONS:
+        if abs(days - step) <= 0.1 * step:
+            return season
+    return 1
+
+
+def _frequency(idx: pd.DatetimeIndex) -> Optional[str]:
+    """The pandas frequency of sorted dates: of the whole index, else the most common one of up
+    to 64 runs of ``_RUN`` consecutive stamps spread over it (gaps spoil only the runs that
+    hold them) if at least a third of the runs agree."""
+    if len(idx) < 3:
+        return None
+    freq = pd.infer_freq(idx)
+    if freq is not None or len(idx) < 2 * _RUN:
+        return freq
+    starts = np.unique(np.linspace(0, len(idx) - _RUN, num=min(64, len(idx) // _RUN)).astype(int))
+    found = Counter(f for s in starts if (f := pd.infer_freq(idx[s : s + _RUN])) is not None)
+    if not found:
+        return None
+    freq, count = found.most_common(1)[0]
+    return freq if count * 3 >= len(starts) else None
+
+
+def axis(times: pd.Series) -> Optional[np.ndarray]:
+    """The regular axis from the first to the last of sorted, unique stamps (datetime64 or
+    numbers, as :func:`sortable` gives them), or None when they lie on none (irregular, or
+    strings). Its stamps that ``times`` lacks are the gaps."""
+    key = sortable(times)
+    if len(key) < 3:
+        return None
+    if pd.api.types.is_datetime64_any_dtype(key):
+        idx = pd.DatetimeIndex(key)
+        freq = _frequency(idx)
+        if freq is None:
+            return None
+        try:
+            full = pd.date_range(idx[0], idx[-1], freq=freq)
+        except ValueError:
+            return None
+        if len(full) > _MAX_FILL * len(idx) or not idx.isin(full).all():
+            return None
+        return full.to_numpy()
+    if pd.api.types.is_numeric_dtype(key):
+        vals = key.to_numpy(dtype=np.float64)
+        diffs = np.diff(vals)
+        steps, counts = np.unique(np.round(diffs, 10), return_counts=True)
+        step = steps[np.argmax(counts)]
+        if step <= 0 or counts.max() * 2 < len(diffs):
+            return None
+        k = np.rint((vals - vals[0]) / step)
+        if not np.allclose(vals[0] + k * step, vals) or k[-1] + 1 > _MAX_FILL * len(vals):
+            return None
+        full = vals[0] + np.arange(int(k[-1]) + 1) * step
+        return full.astype(key.dtype) if np.all(np.mod(vals, 1) == 0) and float(step).is_integer() else full
+    return None
+
+
+def format_like(stamps, times: pd.Series) -> list[str]:
+    """``stamps`` (dates or numbers) as labels in the format of the column ``times``."""
+    key = sortable(times)
+    if pd.api.types.is_datetime64_any_dtype(key):
+        stamps = pd.DatetimeIndex(stamps)
+        sample = [(t, str(s).strip()) for t, s in zip(key.iloc[-20:], times.iloc[-20:])]
+        for fmt in _FORMATS:
+            if all(t.strftime(fmt) == s for t, s in sample):
+                return [t.strftime(fmt) for t in stamps]
+        if _OFFSET.search(str(times.iloc[-1]).strip()):  # read as UTC: say so
+            return [t.tz_localize("UTC").isoformat(sep=" ") for t in stamps]
+        dated = (pd.DatetimeIndex(key).normalize() == pd.DatetimeIndex(key)).all()
+        return [t.strftime("%Y-%m-%d") if dated else str(t) for t in stamps]
+    vals = np.asarray(stamps)
+    if np.all(np.mod(vals, 1) == 0) and np.all(np.mod(key.to_numpy(dtype=np.float64), 1) == 0):
+        return [str(int(v)) for v in vals]
+    return [str(v) for v in vals]
+
+
+def continue_times(times: pd.Series, h: int) -> list[str]:
+    """The next ``h`` time labels after a series' last one, in its own format: dates by their
+    frequency (that of their axis, despite gaps), else by their median step; numbers by
+    their step; other labels as ``last+k``."""
+    key = sortable(times)
+    if pd.api.types.is_datetime64_any_dtype(key):
+        idx = pd.DatetimeIndex(key)
+        freq = _frequency(idx)
+        if freq is not None:
+            future = pd.date_range(idx[-1], periods=h + 1, freq=freq)[1:]
+        else:
+            step = pd.Timedelta(np.median(np.diff(idx.asi8))) if len(idx) > 1 else pd.Timedelta(days=1)
+            future = pd.DatetimeIndex([idx[-1] + step * (k + 1) for k in range(h)])
+        return format_like(future, times)
+    if pd.api.types.is_numeric_dtype(key):
+        vals = key.to_numpy()
+        step = np.median(np.diff(vals)) if len(vals) > 1 else 1
+        return format_like(vals[-1] + step * np.arange(1, h + 1), times)
+    return [f"{times.iloc[-1]}+{k + 1}" for k in range(h)]

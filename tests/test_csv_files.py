@@ -1,0 +1,219 @@
+"""CSV files as users have them: spreadsheet dialects, time columns found by name or content,
+gaps in the time stamps (a warning, or filled), labels in the file's own format."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("lightning")
+
+from peephole_lstm._csv import sniff  # noqa: E402
+from peephole_lstm._time import axis, continue_times, find_time_column  # noqa: E402
+from peephole_lstm.cli import main  # noqa: E402
+from peephole_lstm.data import SeriesDataError, SeriesDataModule, SeriesDataWarning  # noqa: E402
+
+N = 120
+
+
+def _frame(freq="D", n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "date": pd.date_range("2020-01-01", periods=n, freq=freq).strftime("%Y-%m-%d"),
+        "temp": rng.normal(size=n).round(6),
+        "value": (10 + np.cumsum(rng.normal(size=n))).round(6),
+    })
+
+
+def _module(path, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = SeriesDataModule(str(path), window=8, **kwargs)
+    return dm, [w for w in caught if issubclass(w.category, SeriesDataWarning)]
+
+
+# ------------------------------------------------------------------ dialects
+@pytest.mark.parametrize(
+    "sep,decimal,encoding,header",
+    [
+        (",", ".", "utf-8", "value"),
+        (";", ",", "utf-8", "value"),  # a European spreadsheet's export
+        (";", ".", "utf-8", "value"),
+        ("\t", ".", "utf-8", "value"),
+        ("|", ".", "utf-8", "value"),
+        (",", ".", "utf-8-sig", "value"),  # Excel's "CSV UTF-8" starts with a byte-order mark
+        (";", ",", "latin-1", "Température"),  # and its older exports are not UTF-8
+    ],
+)
+def test_spreadsheet_dialects_read_as_the_same_series(tmp_path, sep, decimal, encoding, header):
+    frame = _frame().rename(columns={"value": header})
+    path = tmp_path / "s.csv"
+    frame.to_csv(path, sep=sep, decimal=decimal, encoding=encoding, index=False)
+    dm, _ = _module(path, features=["temp"])
+    assert dm.target_name == header and dm.time_name == "date"
+    np.testing.assert_array_equal(dm.inputs, frame[[header, "temp"]].to_numpy())
+    assert dm.index == frame["date"].tolist()
+
+
+def test_sniff_keeps_dot_decimals_and_quoted_delimiters():
+    assert sniff(["a;b", "1.5;2"]) == (";", ".")
+    assert sniff(["a;b", "1,5;2"]) == (";", ",")
+    assert sniff(['"sales, EUR";date', "3;2020-01-01"]) == (";", ".")
+    assert sniff(["value", "1.5"]) == (",", ".")  # one column
+    assert sniff([]) == (",", ".")
+
+
+def test_rows_wider_than_the_header_are_an_error_not_an_index(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("date,value\n2020-01-01,1,5\n2020-01-02,2,5\n")
+    with pytest.raises(SeriesDataError, match="rows have more fields than its header \\(3 vs 2"):
+        SeriesDataModule(str(path))
+
+
+def test_a_binary_file_is_an_error(tmp_path):
+    path = tmp_path / "s.xlsx"
+    path.write_bytes(b"PK\x03\x04\x00\x00binary")
+    with pytest.raises(SeriesDataError, match="not a text file"):
+        SeriesDataModule(str(path))
+
+
+# -------------------------------------------------------------- time column
+@pytest.mark.parametrize(
+    "column,stamps,season",
+    [
+        ("Date", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%Y-%m-%d"), 7),
+        ("Month", pd.date_range("1949-01-01", periods=N, freq="MS").strftime("%Y-%m"), 12),  # AirPassengers
+        ("ts", pd.date_range("2021-01-01", periods=N, freq="h").astype(str), 24),
+        ("period", pd.period_range("1990Q1", periods=N, freq="Q").astype(str), 4),
+        ("Year", np.arange(1871, 1871 + N), 1),  # the Nile
+        # day-first dates, one format for all rows (01.02.2020 is the 1st of February)
+        ("Datum", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%d.%m.%Y"), 7),
+        ("when", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%d/%m/%Y"), 7),
+        ("when", pd.date_range("2020-01-01", periods=N, freq="W-SUN").strftime("%m/%d/%Y"), 52),
+    ],
+)
+def test_time_column_found_by_name_or_content(tmp_path, column, stamps, season):
+    frame = pd.DataFrame({column: stamps, "value": np.arange(N, dtype=float)})
+    path = tmp_path / "s.csv"
+    frame.iloc[::-1].to_csv(path, index=False)  # newest first: sorted back by time
+    dm, _ = _module(path)
+    assert dm.time_name == column and dm.target_name == "value"
+    assert dm.series_season == [season]
+    assert dm.series.tolist() == list(range(N))
+
+
+def test_what_is_not_a_time_column():
+    frame = pd.DataFrame({
+        "id": ["A1", "B2", "C3"], "year": [2000, 2000, 2001], "month": [1, 2, 1],  # year repeats
+        "label": ["Jan", "Feb", "Mar"], "value": [1.0, 2.0, 3.0],
+    })
+    assert find_time_column(frame) is None
+    assert find_time_column(frame.assign(when=["2020-01-01", "2020-01-02", "x9"])) is None
+    dates = frame.assign(when=["2020-01-01", "2020-01-02", "2020-01-03"])
+    assert find_time_column(dates) == "when"
+    assert find_time_column(dates, exclude={"when"}) is None  # e.g. the target
+
+
+# ------------------------------------------------------------------- gaps
+@pytest.mark.parametrize(
+    "freq,drop,labels",
+    [
+        ("D", [30, 31, 70], None),
+        ("MS", [40], None),
+        ("B", [25], None),  # a holiday; weekends are not gaps
+        ("h", [5, 6, 7], None),
+        (None, [10, 11], np.arange(1871, 1871 + N)),  # integer years
+    ],
+)
+def test_gaps_warn_and_interpolate_fills_them(tmp_path, freq, drop, labels):
+    frame = _frame(freq or "D")
+    if freq in ("MS", "h", "B"):
+        fmt = {"MS": "%Y-%m", "h": "%Y-%m-%d %H:%M", "B": "%Y-%m-%d"}[freq]
+        frame["date"] = pd.date_range("2020-01-01", periods=N, freq=freq).strftime(fmt)
+    if labels is not None:
+        frame = frame.rename(columns={"date": "year"}).assign(year=labels)
+    time = frame.columns[0]
+    kept = frame.drop(index=drop)
+    path = tmp_path / "gaps.csv"
+    kept.to_csv(path, index=False)
+
+    dm, caught = _module(path)  # default: the rows as they are, one warning that names the gap
+    assert len(dm.series) == len(kept)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"{len(drop)} of {N}, first after {frame[time].iloc[drop[0] - 1]}" in message
+    assert 'missing="interpolate"' in message
+
+    dm, caught = _module(path, missing="interpolate")
+    assert not caught
+    assert dm.index == [str(t) for t in frame[time]]  # every stamp, in the file's format
+    # the filled values: linear in time between the neighbours (np.interp over the row numbers
+    # of the regular axis, an independent reference)
+    rows = np.setdiff1d(np.arange(N), drop)
+    want = np.interp(np.arange(N), rows, kept["value"].to_numpy())
+    np.testing.assert_allclose(dm.series, want, rtol=1e-12)
+
+
+def test_regular_and_irregular_stamps_have_no_gaps(tmp_path):
+    for stamps in (pd.date_range("2020-01-01", periods=N, freq="B"),  # business days, no holiday
+                   pd.DatetimeIndex(np.sort(pd.Timestamp("2020-01-01").value
+                                            + np.random.default_rng(0).integers(0, 10**15, N)))):  # events
+        frame = pd.DataFrame({"date": stamps.astype(str), "value": np.arange(N, dtype=float)})
+        frame.to_csv(tmp_path / "s.csv", index=False)
+        dm, caught = _module(tmp_path / "s.csv", missing="interpolate")
+        assert not caught and len(dm.series) == N
+
+
+def test_gaps_in_one_series_of_a_panel(tmp_path):
+    a = _frame(seed=1).assign(id="a")
+    b = _frame(seed=2).assign(id="b").drop(index=[50, 51])
+    path = tmp_path / "panel.csv"
+    pd.concat([a, b]).to_csv(path, index=False)
+    dm, caught = _module(path, id_column="id")
+    assert len(caught) == 1 and "series 'b': 2 of 120, first after 2020-02-19" in str(caught[0].message)
+    dm, caught = _module(path, id_column="id", missing="interpolate")
+    assert not caught and [int(n) for n in np.diff(dm.starts)] == [N, N]
+    np.testing.assert_array_equal(dm.series[:N], a["value"].to_numpy())  # the full series untouched
+
+
+def test_the_cli_prints_data_warnings_as_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _frame(n=200).drop(index=[100]).to_csv("gaps.csv", index=False)
+    main(["fit", "--data.csv_path", "gaps.csv", "--data.window", "8", "--trainer.fast_dev_run", "true"])
+    err = capsys.readouterr().err
+    assert "peephole-lstm: warning: gaps.csv: time stamps missing from a regular axis (1 of 200" in err
+
+
+# ------------------------------------------------------------ continuation
+@pytest.mark.parametrize(
+    "times,want",
+    [
+        (pd.date_range("1949-01-01", periods=24, freq="MS").strftime("%Y-%m"), ["1951-01", "1951-02"]),
+        (pd.date_range("2020-01-01", periods=24, freq="B").strftime("%Y-%m-%d"), ["2020-02-04", "2020-02-05"]),
+        (pd.date_range("2020-01-01", periods=24, freq="h").strftime("%Y-%m-%dT%H:%M"),
+         ["2020-01-02T00:00", "2020-01-02T01:00"]),
+        (pd.date_range("2020-01-01", periods=24, freq="D").strftime("%d.%m.%Y"), ["25.01.2020", "26.01.2020"]),
+    ],
+)
+def test_future_labels_in_the_files_format(times, want):
+    assert continue_times(pd.Series(times), 2) == want
+
+
+def test_business_days_with_a_holiday_continue_on_business_days():
+    days = pd.date_range("2020-01-01", periods=60, freq="B").delete(20)
+    assert continue_times(pd.Series(days.strftime("%Y-%m-%d")), 2) == ["2020-03-25", "2020-03-26"]
+    assert len(axis(pd.Series(days.strftime("%Y-%m-%d")))) == 60
+
+
+def test_utc_offsets_across_a_daylight_saving_change(tmp_path):
+    stamps = pd.date_range("2021-03-27", periods=72, freq="h", tz="Europe/Berlin")  # 28 March: +01:00 -> +02:00
+    frame = pd.DataFrame({"timestamp": stamps.astype(str), "value": np.arange(72.0)})
+    frame.drop(index=[30]).to_csv(tmp_path / "s.csv", index=False)
+    dm, caught = _module(tmp_path / "s.csv")
+    assert dm.series_season == [24] and len(caught) == 1
+    assert f"(1 of 72, first after {frame['timestamp'].iloc[29]})" in str(caught[0].message)
+    dm, caught = _module(tmp_path / "s.csv", missing="interpolate")
+    assert dm.series.tolist() == list(range(72))
+    last = stamps[-1].tz_convert("UTC") + pd.Timedelta(hours=1)
+    assert dm.future_labels(0) == [last.isoformat(sep=" ")]
