@@ -6,7 +6,9 @@
 
 Every ``fit`` writes to a directory of its own, ``<default_root_dir>/<data>/version_<k>``
 (``--run_dir`` names one), and prints it: checkpoints, the metrics CSV, the per-series test
-metrics and the forecast. ``fit --ckpt_path last`` resumes in the latest one.
+metrics and the forecast. ``fit --ckpt_path last`` resumes in the latest one (its metrics.csv
+keeps the rows logged before the kill); ``predict``/``test``/``validate`` with a run's
+checkpoint log into ``<run>/<subcommand>/``, leaving fit's record alone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import sys
 import warnings
 from typing import Optional
 
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from .conformal import LEVELS
 from .data import SeriesDataError, SeriesDataModule, SeriesDataWarning
@@ -55,8 +59,6 @@ class ForecastWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         if not trainer.is_global_zero or not predictions:
             return
-        import pandas as pd
-
         out_dir = self.output_dir or trainer.default_root_dir or "."
         os.makedirs(out_dir, exist_ok=True)
         cat = {k: torch.cat([p[k] for p in predictions]).cpu() for k in predictions[0]}
@@ -190,15 +192,20 @@ class PeepholeLSTMCLI(LightningCLI):
                 run_dir = _latest_version(root) or _next_version(root)
         self.run_dir = run_dir
         trainer.default_root_dir = run_dir
-        # "{run_dir}" in a logger's or callback's string argument (configs/default.yaml) is this run's
-        for obj in [*(trainer.callbacks or []), *(trainer.logger if isinstance(trainer.logger, list) else
-                                                  [trainer.logger])]:
+        # "{run_dir}" in a logger's or callback's string argument (configs/default.yaml) is this
+        # run's; predict, test and validate log into <run_dir>/<subcommand>, so that they leave
+        # fit's metrics.csv, hparams.yaml and config.yaml as they are (a logger deletes the
+        # metrics.csv it finds)
+        log_dir = run_dir if self.subcommand == "fit" else os.path.join(run_dir, self.subcommand)
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        for obj, where in [*((c, run_dir) for c in trainer.callbacks or []), *((lg, log_dir) for lg in loggers)]:
             args = getattr(obj, "init_args", None)
             for key, value in (vars(args).items() if args is not None else []):
                 if isinstance(value, str) and "{run_dir}" in value:
-                    setattr(args, key, value.replace("{run_dir}", run_dir))
+                    setattr(args, key, value.replace("{run_dir}", where))
             if getattr(obj, "class_path", "").endswith("ModelCheckpoint") and args.get("dirpath") is None:
                 args.dirpath = os.path.join(run_dir, "checkpoints")
+        self._set_aside_metrics(run_dir if self.subcommand == "fit" and ckpt == "last" else None)
         if cfg.forecast.output_dir is None:
             cfg.forecast.output_dir = run_dir
         elif "{run_dir}" in cfg.forecast.output_dir:
@@ -208,13 +215,53 @@ class PeepholeLSTMCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self._warn_if_budget_ran_out()
-        if not self.config[self.subcommand].get("test_after_fit", True):
+        try:
+            if not self.config[self.subcommand].get("test_after_fit", True):
+                return
+            ckpt = self.trainer.checkpoint_callback
+            ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+            self._write_per_series()
+            self.trainer.predict(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path,
+                                 return_predictions=False)
+        finally:
+            self._merge_metrics()
+
+    # ------------------------------------------------------- resumed metrics.csv
+    _EARLIER = "metrics_before_resume.csv"
+
+    def _set_aside_metrics(self, run_dir: Optional[str]) -> None:
+        """Resuming in ``run_dir``: move its metrics.csv (the logger would delete it) into
+        ``metrics_before_resume.csv`` (after the rows of an earlier resume that was killed),
+        for :meth:`_merge_metrics` to put back in front of the resumed rows."""
+        self._resumed_in = run_dir
+        path = os.path.join(run_dir, "metrics.csv") if run_dir else None
+        if path is None or not os.path.isfile(path) or rank_zero_only.rank != 0:
             return
-        ckpt = self.trainer.checkpoint_callback
-        ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-        self._write_per_series()
-        self.trainer.predict(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, return_predictions=False)
+        earlier = os.path.join(run_dir, self._EARLIER)
+        frames = [pd.read_csv(f) for f in (earlier, path) if os.path.isfile(f) and os.path.getsize(f)]
+        if frames:
+            pd.concat(frames, ignore_index=True).to_csv(earlier + ".tmp", index=False)
+            os.replace(earlier + ".tmp", earlier)
+        os.remove(path)
+
+    def _merge_metrics(self) -> None:
+        """metrics.csv = the rows logged before the resume (up to the step it resumed from)
+        followed by the resumed run's."""
+        run_dir = self._resumed_in
+        if run_dir is None or rank_zero_only.rank != 0:
+            return
+        earlier, path = os.path.join(run_dir, self._EARLIER), os.path.join(run_dir, "metrics.csv")
+        if not os.path.isfile(earlier):
+            return
+        new = pd.read_csv(path) if os.path.isfile(path) and os.path.getsize(path) else pd.DataFrame()
+        old = pd.read_csv(earlier)
+        if "step" in new and "step" in old and len(new):
+            old = old[old["step"] < new["step"].min()]  # rows after the checkpoint were undone
+        merged = pd.concat([old, new], ignore_index=True)
+        merged[sorted(merged.columns)].to_csv(path + ".tmp", index=False)
+        os.replace(path + ".tmp", path)
+        os.remove(earlier)
 
     def after_test(self) -> None:
         self._write_per_series()

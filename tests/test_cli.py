@@ -168,6 +168,60 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(sc["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _logged(tmp_path, root):
+    """_small with the default config's logger and checkpoints: both in the run's directory, and
+    every logged row flushed at once (so a kill leaves them on disk)."""
+    cfg = _small(root)
+    cfg["trainer"]["log_every_n_steps"] = 1
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": "{run_dir}", "name": "", "version": "",
+                                              "flush_logs_every_n_steps": 1}}
+    cfg["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"save_last": True, "enable_version_counter": False}}]
+    return cfg
+
+
+def test_resume_keeps_the_metrics_logged_before_the_kill(tmp_path):
+    """A resumed run's metrics.csv holds every step, as the uninterrupted run's does (the
+    logger deletes the metrics.csv it finds; the CLI sets it aside and merges it back)."""
+    import pandas as pd
+
+    a = _run(["fit", "--config", _write(_logged(tmp_path, tmp_path / "straight"), tmp_path / "a.yaml")], tmp_path)
+    assert a.returncode == 0, a.stderr[-3000:]
+    kill = _logged(tmp_path, tmp_path / "crashed")
+    kill["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAt", "init_args": {"epoch": 2, "batch": 3}})
+    b = _run(["fit", "--config", _write(kill, tmp_path / "b.yaml")], tmp_path)
+    assert b.returncode != 0
+    run = tmp_path / "crashed" / "synthetic" / "version_1"
+    before = pd.read_csv(run / "metrics.csv")
+    assert before["step"].max() >= 14  # rows of epoch 2 (steps 12-17), after the last checkpoint
+    c = _run(["fit", "--config", _write(_logged(tmp_path, tmp_path / "crashed"), tmp_path / "c.yaml"),
+              "--ckpt_path", "last"], tmp_path)
+    assert c.returncode == 0, c.stderr[-3000:]
+    straight = pd.read_csv(tmp_path / "straight" / "synthetic" / "version_1" / "metrics.csv")
+    resumed = pd.read_csv(run / "metrics.csv")
+    assert not (run / "metrics_before_resume.csv").exists()
+    assert list(resumed.columns) == list(straight.columns)
+    assert resumed["step"].tolist() == straight["step"].tolist()
+    pd.testing.assert_frame_equal(resumed, straight, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_leaves_the_runs_training_record_alone(tmp_path):
+    cfg = _logged(tmp_path, tmp_path)
+    cfg["trainer"]["max_epochs"] = 1
+    path = _write(cfg, tmp_path / "c.yaml")
+    fit = _run(["fit", "--config", path], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run = tmp_path / "synthetic" / "version_1"
+    kept = {name: (run / name).read_bytes() for name in ("metrics.csv", "hparams.yaml", "config.yaml")}
+    for sub in ("predict", "test"):
+        res = _run([sub, "--config", path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert (run / sub / "config.yaml").exists()
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert (run / "forecast.csv").exists()  # predict writes the forecast of the checkpoint's run
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     cfg = _small(tmp_path)
