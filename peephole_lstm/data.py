@@ -22,6 +22,8 @@ __all__ = ["SCALINGS", "SeriesDataError", "SeriesDataModule", "SeriesDataWarning
 SCALINGS = ("last", "zscore", "none")
 MISSING = ("error", "interpolate")
 PREDICT = ("both", "future", "test")
+_SCALERS = ("series_mean", "series_std", "series_diff_scale", "series_mase_scale")
+_HEAD = 8  # first values of a series kept in checkpoints to recognize it
 _DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 BUILTIN = {
     # name: its default target column
@@ -244,6 +246,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.season = self.series_season[0]
         self._split()
         self._fit_scalers()
+        self.restored: list[str] = []  # series whose scalers a checkpoint gave (load_state_dict)
 
     # ---------------------------------------------------------------- validation
     def _check_options(self) -> None:
@@ -484,8 +487,54 @@ class SeriesDataModule(L.LightningDataModule):
         self.series_std = np.stack(stds)  # (S, C)
         self.series_diff_scale = np.array(diffs)  # (S,)
         self.series_mase_scale = np.array(mases)  # (S,)
-        # The first series' statistics (the only ones for one series).
-        self.mean, self.std, self.diff_scale = self.series_mean[0], self.series_std[0], diffs[0]
+        self._first_series_stats()
+
+    def _first_series_stats(self) -> None:
+        """The first series' statistics (the only ones for one series)."""
+        self.mean, self.std = self.series_mean[0], self.series_std[0]
+        self.diff_scale = float(self.series_diff_scale[0])
+
+    # ------------------------------------------------------------ checkpoints
+    def _heads(self) -> list[np.ndarray]:
+        """Each series' first target values: what tells the same series, extended, from
+        another one under the same name."""
+        return [self.series[a : min(a + _HEAD, b)].copy() for a, b in zip(self.starts[:-1], self.starts[1:])]
+
+    def state_dict(self) -> dict:
+        """The scalers, per series by name, with the series' first values: Lightning saves them
+        in every checkpoint, so a model forecasts its series extended by new rows (a longer
+        CSV) in the units it was trained in."""
+        # tensors, lists and strings only: checkpoints load with torch.load(weights_only=True)
+        return {
+            "series_names": [str(n) for n in self.series_names],
+            "series_head": [torch.from_numpy(h) for h in self._heads()],
+            "channels": [str(c) for c in (self.target_name, *self.feature_names)],
+            **{key: torch.from_numpy(np.array(getattr(self, key), dtype=np.float64)) for key in _SCALERS},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """The trained model's scalers for every series of this data that it was trained on
+        (same name, same first values; Lightning calls this when ``test``/``predict``/a resumed
+        ``fit`` load a checkpoint); other series, e.g. another sensor's CSV under the same
+        column name, keep their own, fitted on their training rows. ``restored``: the names of
+        the series that took the checkpoint's."""
+        channels = [str(c) for c in (self.target_name, *self.feature_names)]
+        if list(state["channels"]) != channels:
+            raise SeriesDataError(
+                f"the checkpoint was trained on the columns {list(state['channels'])} (target first), but the "
+                f"data gives {channels}"
+            )
+        trained = {name: k for k, name in enumerate(state["series_names"])}
+        heads = self._heads()
+        self.restored = []
+        for s, name in enumerate(self.series_names):
+            k = trained.get(name)
+            if k is None or not np.array_equal(heads[s], torch.as_tensor(state["series_head"][k]).numpy()):
+                continue
+            self.restored.append(name)
+            for key in _SCALERS:
+                getattr(self, key)[s] = torch.as_tensor(state[key]).numpy()[k]
+        self._first_series_stats()
 
     # ------------------------------------------------------------------ the future
     def future_labels(self, s: int) -> list[str]:

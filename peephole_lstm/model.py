@@ -333,6 +333,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._calibration_series: Optional[Tensor] = None  # (n,): their series
         self._rolling: Optional[RollingCalibration] = None  # during test / predict
         self._prepared = False  # the data-dependent parts are built (and the AR term fitted)
+        self._data_state = None  # a loaded checkpoint's data-module state (its scalers)
         self._ar_lags: Optional[list[int]] = None  # per series, when "auto" resolves them
         self._series_names: list[str] = []  # the series of the per-series parts, in order
         self.ar_penalty: Optional[list[float]] = None  # the ridge penalty of each AR term
@@ -353,9 +354,13 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The parts that depend on the data, once, from the data module: the series embedding
         (a panel), ``ar_window="auto"`` resolved (``min(window, 2 season + 1)`` per series),
         one AR term per series of a panel, and before training the AR fit on its training
-        windows. A trained or loaded model keeps them and must meet the same series."""
+        windows. A trained or loaded model keeps them and must meet the same series; a model
+        loaded from a checkpoint gives the data module the scalers it was trained with
+        (:meth:`SeriesDataModule.load_state_dict`)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = list(getattr(dm, "series_names", None) or [])
+        if self._data_state is not None and hasattr(dm, "series_names") and hasattr(dm, "load_state_dict"):
+            dm.load_state_dict(self._data_state)  # load_from_checkpoint, then a data module: its scalers
         if self._prepared:
             if self.net.per_series and names and names != self._series_names:
                 raise ValueError(f"this model has per-series parts for the series {self._series_names} (in this "
@@ -418,6 +423,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._prepared = True  # a trained model keeps its data-dependent parts
+        self._data_state = checkpoint.get("SeriesDataModule")  # (Lightning's key: the class name)
         self._calibration = checkpoint.get("calibration_residuals")  # absent before rolling intervals
         self._calibration_series = checkpoint.get("calibration_series")  # absent: one pool for all
         state = checkpoint["state_dict"]

@@ -447,6 +447,54 @@ def test_ensemble_trains_members_on_their_own_losses_and_forecasts_their_mean(tm
             PeepholeLSTMRegressor(ensemble=bad)
 
 
+def test_a_checkpoint_forecasts_its_series_extended_in_its_training_units(tmp_path):
+    """Retrained on nothing, a checkpoint forecasts a longer CSV of its series with the scalers
+    of its training rows (the new file's training rows give another scale); another series
+    under the same column name keeps its own."""
+    rng = np.random.default_rng(3)
+    values = np.cumsum(rng.normal(size=400) * np.linspace(1, 4, 400))  # volatility grows: scalers move
+    frame = pd.DataFrame({"date": pd.date_range("2000-01-03", periods=400, freq="W").strftime("%Y-%m-%d"),
+                          "value": values})
+    frame.iloc[:300].to_csv(tmp_path / "old.csv", index=False)
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    frame.assign(value=values[::-1] * 10).to_csv(tmp_path / "other.csv", index=False)
+    kw = dict(window=12, batch_size=32)
+    old = SeriesDataModule(str(tmp_path / "old.csv"), **kw)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, ar_window=3)
+    trainer = L.Trainer(max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), val_check_interval=3, check_val_every_n_epoch=None)
+    trainer.fit(model, datamodule=old)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    scale = old.series_diff_scale[0]
+
+    for how in ("ckpt_path", "load_from_checkpoint"):
+        new = SeriesDataModule(str(tmp_path / "new.csv"), **kw)
+        assert new.series_diff_scale[0] != pytest.approx(scale, rel=0.05)  # the premise
+        predictor = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+        if how == "ckpt_path":
+            preds = predictor.predict(PeepholeLSTMRegressor(hidden_size=4, num_layers=1, ar_window=3),
+                                      datamodule=new, ckpt_path=str(tmp_path / "m.ckpt"))
+        else:
+            preds = predictor.predict(PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "m.ckpt"), datamodule=new)
+        assert new.restored == ["value"] and new.series_diff_scale[0] == scale
+        future = torch.cat([p["forecast"] for p in preds])[-1]
+        # by hand: the last 12 values relative to the last one, in the old scale
+        x = torch.tensor((values[-12:] - values[-1]) / scale, dtype=torch.float32)[None, :, None]
+        with torch.no_grad():
+            want = model.eval()(x)[0, 0] * scale + values[-1]
+        torch.testing.assert_close(future.double().reshape(()), want.double(), rtol=1e-5, atol=1e-4)
+
+    other = SeriesDataModule(str(tmp_path / "other.csv"), **kw)
+    own = other.series_diff_scale[0]
+    L.Trainer(logger=False, enable_progress_bar=False).predict(
+        PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "m.ckpt"), datamodule=other)
+    assert other.restored == [] and other.series_diff_scale[0] == own
+    frame.assign(temp=1.0 + np.arange(400) % 3).to_csv(tmp_path / "features.csv", index=False)
+    with pytest.raises(SeriesDataError, match="trained on the columns \\['value'\\] .* gives \\['value', 'temp'\\]"):
+        SeriesDataModule(str(tmp_path / "features.csv"), features=["temp"], **kw).load_state_dict(old.state_dict())
+
+
 def test_checkpoints_of_earlier_versions_still_forecast(tmp_path):
     """A checkpoint without the validation residuals (before the rolling pool) forecasts with
     its stored validation quantiles; one without those (before intervals) without intervals."""
