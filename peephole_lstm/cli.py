@@ -33,6 +33,10 @@ from .model import PeepholeLSTMRegressor
 __all__ = ["ForecastWriter", "PeepholeLSTMCLI", "main"]
 
 
+class CLIError(ValueError):
+    """A command that cannot do what it was asked; its message is one line for the user."""
+
+
 class ForecastWriter(BasePredictionWriter):
     """Writes ``predict``'s forecasts (original units) to ``forecast.csv`` and a plot to
     ``forecast.png``: per series, the recent history, the backtest on the test split and the
@@ -179,10 +183,19 @@ class PeepholeLSTMCLI(LightningCLI):
             trainer.enable_progress_bar = False  # no carriage-return bars in logs and files
         run_dir = cfg.get("run_dir")
         ckpt = cfg.get("ckpt_path")
+        data = cfg.data
+        name = os.path.splitext(os.path.basename(data.csv_path))[0] if data.csv_path else data.dataset
+        root = os.path.join(trainer.default_root_dir or "runs", name)
+        if self.subcommand != "fit" and ckpt is None and not trainer.get("fast_dev_run"):
+            # an untrained network's forecast would be noise written as if it were one
+            latest = _latest_version(root)
+            hint = os.path.join(latest, "checkpoints", "best.ckpt") if latest else None
+            raise CLIError(
+                f"{self.subcommand} needs a trained model: pass --ckpt_path"
+                + (f", e.g. --ckpt_path {hint} (the latest fit of this data)" if hint and os.path.isfile(hint) else
+                   f"; there is no fit of this data under {root} yet: run peephole-lstm fit first")
+            )
         if run_dir is None:
-            data = cfg.data
-            name = os.path.splitext(os.path.basename(data.csv_path))[0] if data.csv_path else data.dataset
-            root = os.path.join(trainer.default_root_dir or "runs", name)
             if self.subcommand == "fit":
                 resume = ckpt == "last" and _latest_version(root)
                 run_dir = resume or _next_version(root)
@@ -315,7 +328,7 @@ def main(args: Optional[list[str]] = None) -> None:
             parser_kwargs={"allow_abbrev": False, "exit_on_error": False},
             args=args,
         )
-    except (SeriesDataError, argparse.ArgumentError) as exc:
+    except (SeriesDataError, CLIError, argparse.ArgumentError) as exc:
         message = " ".join(str(exc).split())  # one line, whatever the parser wrapped
         print(f"peephole-lstm: error: {message} (see peephole-lstm --help)", file=sys.stderr)
         raise SystemExit(2) from None

@@ -222,6 +222,22 @@ def test_predict_leaves_the_runs_training_record_alone(tmp_path):
     assert (run / "forecast.csv").exists()  # predict writes the forecast of the checkpoint's run
 
 
+def test_predict_or_test_without_a_checkpoint_is_an_error_that_names_one(tmp_path):
+    """An untrained network's forecast is noise: predict/test/validate need --ckpt_path, and
+    the error names the latest fit's best checkpoint when there is one."""
+    for sub in ("predict", "test", "validate"):
+        res = _run([sub, "--config", CONFIGS[0]], tmp_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert (f"peephole-lstm: error: {sub} needs a trained model: pass --ckpt_path; there is no fit of this data "
+                "under runs/co2 yet") in res.stderr
+    assert _files(tmp_path) == []
+    best = tmp_path / "runs" / "co2" / "version_2" / "checkpoints" / "best.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"")
+    res = _run(["predict", "--config", CONFIGS[0]], tmp_path)
+    assert res.returncode == 2 and "e.g. --ckpt_path runs/co2/version_2/checkpoints/best.ckpt" in res.stderr
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     cfg = _small(tmp_path)
