@@ -176,8 +176,10 @@ class SeriesDataModule(L.LightningDataModule):
         missing: ``"error"``: refuse NaNs / empty cells; ``"interpolate"``: fill them linearly
             (within each series), and insert the time stamps missing from a series' regular
             axis (a daily series without 2020-04-10, a business-day one without a holiday)
-            with interpolated values. Under ``"error"`` such gaps are one warning
-            (:class:`SeriesDataWarning`) and the rows are taken as consecutive steps.
+            with interpolated values; rows before a series' first or after its last target
+            value are dropped (one warning), not filled: the forecast starts after the last
+            value. Under ``"error"`` gaps are one warning (:class:`SeriesDataWarning`) and the
+            rows are taken as consecutive steps.
         num_workers: DataLoader worker processes.
         dataset: the embedded series used when ``csv_path`` is None: ``"co2"`` (Mauna Loa
             weekly CO2, real, public domain) or ``"synthetic"`` (generated).
@@ -356,7 +358,7 @@ class SeriesDataModule(L.LightningDataModule):
                 row = int(np.flatnonzero(ids.isna().to_numpy())[0])
                 raise SeriesDataError(f"id column {hp.id_column!r} is empty at data row {row + 1}")
             groups = [(str(k), g) for k, g in frame.groupby(hp.id_column, sort=False)]
-        out, gaps = [], []
+        out, gaps, trimmed = [], [], []
         for name, g in groups:
             if self.time_name is not None:
                 key = sortable(g[self.time_name])
@@ -369,8 +371,17 @@ class SeriesDataModule(L.LightningDataModule):
                         f"first {first!r}"
                     )
                 g = g.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+            if hp.missing == "interpolate":
+                g = self._trim(name, g, trimmed)
+            if self.time_name is not None:
                 g = self._gaps(name, g, gaps)
             out.append((name, g.reset_index(drop=True)))
+        if trimmed:
+            what = "; ".join(trimmed[:3]) + (f"; and {len(trimmed) - 3} more series" if len(trimmed) > 3 else "")
+            warnings.warn(
+                f"{self._where}: rows before the first or after the last value of the target dropped, not "
+                f"filled ({what})", SeriesDataWarning, stacklevel=2,
+            )
         if gaps:
             what = "; ".join(gaps[:3]) + (f"; and {len(gaps) - 3} more series" if len(gaps) > 3 else "")
             warnings.warn(
@@ -381,6 +392,26 @@ class SeriesDataModule(L.LightningDataModule):
                 stacklevel=2,
             )
         return out
+
+    def _trim(self, name: str, g: pd.DataFrame, trimmed: list[str]) -> pd.DataFrame:
+        """A series' rows without the leading and trailing ones whose target is missing: not
+        observed yet (or any more), so not something to fill; the forecast starts after the
+        last value. A note for one warning goes to ``trimmed``."""
+        raw = g[self.target_name]
+        num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        # a value, or text that is none (left for the "non-numeric" error); NaN and inf are missing
+        have = np.flatnonzero(np.isfinite(num) | (raw.notna().to_numpy() & np.isnan(num)))
+        if len(have) == 0 or (have[0] == 0 and have[-1] == len(g) - 1):
+            return g  # nothing to trim (or nothing at all: an error later)
+        label = (lambda r: g[self.time_name].iloc[r]) if self.time_name is not None else (lambda r: f"row {r + 1}")
+        which = f"series {name!r}: " if self.hparams.id_column is not None else ""
+        parts = []
+        if have[0] > 0:
+            parts.append(f"{have[0]} before {label(have[0])}")
+        if have[-1] < len(g) - 1:
+            parts.append(f"{len(g) - 1 - have[-1]} after {label(have[-1])}")
+        trimmed.append(which + " and ".join(parts))
+        return g.iloc[have[0] : have[-1] + 1]
 
     def _gaps(self, name: str, g: pd.DataFrame, gaps: list[str]) -> pd.DataFrame:
         """A series' rows (sorted) with the stamps missing from its regular time axis inserted

@@ -217,3 +217,22 @@ def test_utc_offsets_across_a_daylight_saving_change(tmp_path):
     assert dm.series.tolist() == list(range(72))
     last = stamps[-1].tz_convert("UTC") + pd.Timedelta(hours=1)
     assert dm.future_labels(0) == [last.isoformat(sep=" ")]
+
+
+def test_missing_targets_at_the_ends_are_dropped_not_filled(tmp_path):
+    """Under missing="interpolate", empty targets inside a series are filled, but not before its
+    first value or after its last (not observed yet: the forecast starts after the last value);
+    features are filled everywhere."""
+    frame = _frame(n=60)
+    frame.loc[[0, 1, 30, 58, 59], "value"] = np.nan
+    frame.loc[[0, 59], "temp"] = np.nan
+    path = tmp_path / "s.csv"
+    frame.to_csv(path, index=False)
+    dm, caught = _module(path, features=["temp"], missing="interpolate")
+    assert dm.index == frame["date"].iloc[2:58].tolist()
+    assert dm.future_labels(0) == [frame["date"].iloc[58]]
+    assert dm.series[28] == pytest.approx((frame["value"][29] + frame["value"][31]) / 2)  # row 30, inside
+    assert len(caught) == 1
+    assert f"(2 before {frame['date'][2]} and 2 after {frame['date'][57]})" in str(caught[0].message)
+    with pytest.raises(SeriesDataError, match="column 'value' has 5 missing value"):
+        _module(path, features=["temp"])  # the default still refuses them
