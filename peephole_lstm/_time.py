@@ -134,11 +134,10 @@ def _frequency(idx: pd.DatetimeIndex) -> Optional[str]:
     return freq if count * 3 >= len(starts) else None
 
 
-def axis(times: pd.Series) -> Optional[np.ndarray]:
-    """The regular axis from the first to the last of sorted, unique stamps (datetime64 or
-    numbers, as :func:`sortable` gives them), or None when they lie on none (irregular, or
-    strings). Its stamps that ``times`` lacks are the gaps."""
-    key = sortable(times)
+def axis(key: pd.Series) -> Optional[np.ndarray]:
+    """The regular axis from the first to the last of sorted, unique stamps ``key`` (as
+    :func:`sortable` reads a time column: dates or numbers), or None when they lie on none
+    (irregular, or strings). Its stamps that ``key`` lacks are the gaps."""
     if len(key) < 3:
         return None
     if pd.api.types.is_datetime64_any_dtype(key):

@@ -370,28 +370,24 @@ class SeriesDataModule(L.LightningDataModule):
                         f"{what} has {int(dup.sum())} duplicate time stamp(s) in column {self.time_name!r}, "
                         f"first {first!r}"
                     )
-                g = g.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+                order = np.argsort(key.to_numpy(), kind="stable")
+                g, key = g.iloc[order].reset_index(drop=True), key.iloc[order].reset_index(drop=True)
             if hp.missing == "interpolate":
-                g = self._trim(name, g, trimmed)
+                g = self._trim(name, g, trimmed)  # keeps the row labels: key.loc[g.index] follows
             if self.time_name is not None:
-                g = self._gaps(name, g, gaps)
+                g = self._gaps(name, g, key.loc[g.index], gaps)
             out.append((name, g.reset_index(drop=True)))
-        if trimmed:
-            what = "; ".join(trimmed[:3]) + (f"; and {len(trimmed) - 3} more series" if len(trimmed) > 3 else "")
-            warnings.warn(
-                f"{self._where}: rows before the first or after the last value of the target dropped, not "
-                f"filled ({what})", SeriesDataWarning, stacklevel=2,
-            )
-        if gaps:
-            what = "; ".join(gaps[:3]) + (f"; and {len(gaps) - 3} more series" if len(gaps) > 3 else "")
-            warnings.warn(
-                f"{self._where}: time stamps missing from a regular axis ({what}); the rows are taken as "
-                'consecutive steps: pass missing="interpolate" (--data.missing=interpolate) to insert the '
-                "missing stamps and interpolate their values",
-                SeriesDataWarning,
-                stacklevel=2,
-            )
+        self._warn(trimmed, "rows before the first or after the last value of the target dropped, not filled ({})")
+        self._warn(gaps, "time stamps missing from a regular axis ({}); the rows are taken as consecutive steps: "
+                         'pass missing="interpolate" (--data.missing=interpolate) to insert the missing stamps and '
+                         "interpolate their values")
         return out
+
+    def _warn(self, notes: list[str], text: str) -> None:
+        """One :class:`SeriesDataWarning` for the notes of every series (the first three named)."""
+        if notes:
+            what = "; ".join(notes[:3]) + (f"; and {len(notes) - 3} more series" if len(notes) > 3 else "")
+            warnings.warn(f"{self._where}: {text.format(what)}", SeriesDataWarning, stacklevel=3)
 
     def _trim(self, name: str, g: pd.DataFrame, trimmed: list[str]) -> pd.DataFrame:
         """A series' rows without the leading and trailing ones whose target is missing: not
@@ -413,15 +409,16 @@ class SeriesDataModule(L.LightningDataModule):
         trimmed.append(which + " and ".join(parts))
         return g.iloc[have[0] : have[-1] + 1]
 
-    def _gaps(self, name: str, g: pd.DataFrame, gaps: list[str]) -> pd.DataFrame:
-        """A series' rows (sorted) with the stamps missing from its regular time axis inserted
-        (all values NaN, interpolated later) under ``missing="interpolate"``; otherwise as they
-        are, with a note on the gaps appended to ``gaps`` for one warning."""
+    def _gaps(self, name: str, g: pd.DataFrame, key: pd.Series, gaps: list[str]) -> pd.DataFrame:
+        """A series' rows (sorted; ``key`` their stamps as :func:`sortable` reads them) with the
+        stamps missing from its regular time axis inserted (all values NaN, interpolated
+        later) under ``missing="interpolate"``; otherwise as they are, with a note on the gaps
+        appended to ``gaps`` for one warning."""
         col = self.time_name
-        full = axis(g[col])
+        full = axis(key)
         if full is None or len(full) == len(g):
             return g
-        key = sortable(g[col]).to_numpy()
+        key = key.to_numpy()
         absent = full[~np.isin(full, key)]
         if self.hparams.missing != "interpolate":
             first = int(np.searchsorted(key, absent[0])) - 1  # the row before the first gap
