@@ -123,9 +123,13 @@ def _frequency(idx: pd.DatetimeIndex) -> Optional[str]:
     hold them) if at least a third of the runs agree."""
     if len(idx) < 3:
         return None
-    freq = pd.infer_freq(idx)
-    if freq is not None or len(idx) < 2 * _RUN:
-        return freq
+    return pd.infer_freq(idx) or _runs_frequency(idx)
+
+
+def _runs_frequency(idx: pd.DatetimeIndex) -> Optional[str]:
+    """The most common frequency of the runs (see :func:`_frequency`), or None."""
+    if len(idx) < 2 * _RUN:
+        return None
     starts = np.unique(np.linspace(0, len(idx) - _RUN, num=min(64, len(idx) // _RUN)).astype(int))
     found = Counter(f for s in starts if (f := pd.infer_freq(idx[s : s + _RUN])) is not None)
     if not found:
@@ -142,7 +146,9 @@ def axis(key: pd.Series) -> Optional[np.ndarray]:
         return None
     if pd.api.types.is_datetime64_any_dtype(key):
         idx = pd.DatetimeIndex(key)
-        freq = _frequency(idx)
+        if pd.infer_freq(idx) is not None:
+            return idx.to_numpy()  # regular as it is: no gaps
+        freq = _runs_frequency(idx)
         if freq is None:
             return None
         try:
