@@ -28,11 +28,13 @@ TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
 _SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 4)]
 # Date formats tried in order, each on the whole column (one format for every row, so that
 # 01.02.2020 and 13.02.2020 are both day-first); month-first before day-first for slashes, as
-# pandas and US files have it. Then ISO 8601, the format pandas infers from the first value,
-# and last a per-value guess.
+# pandas and US files have it, unless both read every value and only day-first gives a regular
+# axis (a monthly series on the 1st, 01/02/2020 = February). Then ISO 8601, the format pandas
+# infers from the first value, and last a per-value guess.
 _FORMATS = ("%Y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
             "%Y-%m-%dT%H:%M", "%Y/%m/%d", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y",
             "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%d.%m.%Y %H:%M", "%Y%m%d")
+_DAY_FIRST = {"%m/%d/%Y": "%d/%m/%Y", "%m/%d/%Y %H:%M": "%d/%m/%Y %H:%M"}
 _OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")  # a stamp's UTC offset
 _RUN = 8  # stamps per run when inferring a frequency despite gaps (8 days span a weekend)
 _MAX_FILL = 10  # an axis more than this many times longer than the stamps is not "gaps"
@@ -61,6 +63,8 @@ def parse_dates(col: pd.Series) -> Optional[pd.Series]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "could not infer format": the next try says
                 dates = pd.to_datetime(text, format=fmt, utc=utc)
+            if fmt in _DAY_FIRST:
+                dates = _month_or_day_first(text, dates, _DAY_FIRST[fmt])
             break
         except (ValueError, TypeError, OverflowError):
             continue
@@ -71,6 +75,21 @@ def parse_dates(col: pd.Series) -> Optional[pd.Series]:
     if isinstance(dates.dtype, pd.DatetimeTZDtype):
         dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
     return dates
+
+
+def _month_or_day_first(text: pd.Series, month_first: pd.Series, day_first_format: str) -> pd.Series:
+    """Slashed dates that read month-first: day-first instead if that reads every value too and
+    puts them on a regular axis (:func:`axis`) where month-first does not (every day number
+    was at most 12: read month-first, a monthly series on the 1st is 12 days a year)."""
+    try:
+        day_first = pd.to_datetime(text, format=day_first_format)
+    except (ValueError, TypeError):
+        return month_first
+
+    def regular(dates: pd.Series) -> bool:  # on an axis, with at most a few gaps
+        return axis(pd.Series(np.unique(dates.to_numpy()))) is not None
+
+    return day_first if regular(day_first) and not regular(month_first) else month_first
 
 
 def find_time_column(frame: pd.DataFrame, exclude=(), id_column: Optional[str] = None) -> Optional[str]:

@@ -190,8 +190,9 @@ class SeriesDataModule(L.LightningDataModule):
             ``timestamp``, ``datetime`` or ``ds`` (any case), else the first whose values are
             dates (e.g. ``Month`` with ``1949-01``), else an integer ``year`` column, else row
             numbers. Rows are sorted by it within each series (dates read with one format for
-            the whole column, so ``01.02.2020`` is day-first beside ``13.02.2020``);
-            duplicates are an error.
+            the whole column, so ``01.02.2020`` is day-first beside ``13.02.2020``; ambiguous
+            slashed dates month-first unless only day-first is regular); duplicates are an
+            error.
         season: the seasonal period in steps, for the seasonal naive forecast and MASE;
             ``None``: inferred from each series' time step (7 for daily, 52 weekly, 12
             monthly, 4 quarterly, 24 hourly, 48 half-hourly; 1, i.e. none, for yearly or

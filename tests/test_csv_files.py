@@ -91,6 +91,10 @@ def test_a_binary_file_is_an_error(tmp_path):
         ("Datum", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%d.%m.%Y"), 7),
         ("when", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%d/%m/%Y"), 7),
         ("when", pd.date_range("2020-01-01", periods=N, freq="W-SUN").strftime("%m/%d/%Y"), 52),
+        # every day number at most 12: both orders read; the one with a regular axis wins
+        ("when", pd.date_range("2000-01-01", periods=N, freq="MS").strftime("%d/%m/%Y"), 12),  # Europe
+        ("when", pd.date_range("2000-01-01", periods=N, freq="MS").strftime("%m/%d/%Y"), 12),  # US
+        ("when", pd.date_range("2000-01-05", periods=N, freq="MS").strftime("%m/%d/%Y %H:%M"), 12),
     ],
 )
 def test_time_column_found_by_name_or_content(tmp_path, column, stamps, season):
@@ -194,6 +198,7 @@ def test_the_cli_prints_data_warnings_as_one_line(tmp_path, monkeypatch, capsys)
         (pd.date_range("2020-01-01", periods=24, freq="h").strftime("%Y-%m-%dT%H:%M"),
          ["2020-01-02T00:00", "2020-01-02T01:00"]),
         (pd.date_range("2020-01-01", periods=24, freq="D").strftime("%d.%m.%Y"), ["25.01.2020", "26.01.2020"]),
+        (pd.date_range("2020-01-01", periods=24, freq="MS").strftime("%d/%m/%Y"), ["01/01/2022", "01/02/2022"]),
     ],
 )
 def test_future_labels_in_the_files_format(times, want):
