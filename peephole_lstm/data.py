@@ -156,9 +156,9 @@ class SeriesDataModule(L.LightningDataModule):
 
     Args:
         csv_path: a CSV file with a header row; ``None`` uses the embedded ``dataset``. The
-            delimiter (comma, semicolon, tab or bar) and a decimal comma (``3,14`` beside
-            semicolons) are recognized from the first lines; UTF-8 (with or without a BOM),
-            else Latin-1.
+            delimiter (comma, semicolon, tab or bar), a decimal comma (``3,14`` beside
+            semicolons) and thousands separators (``"1,234.5"``, ``1.234,5``) are recognized
+            from the first lines; UTF-8 (with or without a BOM), else Latin-1.
         target: the column to forecast; ``None``: the dataset's default target, or the last
             numeric column of a CSV (the id, time and feature columns excluded).
         features: extra input columns (the target is always input channel 0).
@@ -289,9 +289,9 @@ class SeriesDataModule(L.LightningDataModule):
             if exc.start < len(raw) - 3:  # not just a character cut at the end of the sample
                 encoding = "latin-1"
             text = raw.decode(encoding, errors="ignore")
-        sep, decimal = sniff(head_lines(text, complete=len(raw) < 1 << 16))
+        sep, decimal, thousands = sniff(head_lines(text, complete=len(raw) < 1 << 16))
         try:
-            frame = pd.read_csv(path, sep=sep, decimal=decimal, encoding=encoding)
+            frame = pd.read_csv(path, sep=sep, decimal=decimal, thousands=thousands, encoding=encoding)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SeriesDataError(f"cannot read {path} as CSV: {first}") from exc

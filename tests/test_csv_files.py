@@ -57,11 +57,28 @@ def test_spreadsheet_dialects_read_as_the_same_series(tmp_path, sep, decimal, en
 
 
 def test_sniff_keeps_dot_decimals_and_quoted_delimiters():
-    assert sniff(["a;b", "1.5;2"]) == (";", ".")
-    assert sniff(["a;b", "1,5;2"]) == (";", ",")
-    assert sniff(['"sales, EUR";date', "3;2020-01-01"]) == (";", ".")
-    assert sniff(["value", "1.5"]) == (",", ".")  # one column
-    assert sniff([]) == (",", ".")
+    assert sniff(["a;b", "1.5;2"]) == (";", ".", None)
+    assert sniff(["a;b", "1,5;2"]) == (";", ",", None)
+    assert sniff(["a;b", "1.234;2", "1.5;2"]) == (";", ".", None)  # dot decimals, one with 3 digits
+    assert sniff(["a;b", "1.234,5;2", "3,5;2"]) == (";", ",", ".")
+    assert sniff(["a;b", "1.234;2", "3,5;2"]) == (";", ",", ".")  # beside a decimal comma: thousands
+    assert sniff(['a,b', '"1,234.5",2']) == (",", ".", ",")
+    assert sniff(['"sales, EUR";date', "3;2020-01-01"]) == (";", ".", None)
+    assert sniff(["value", "1.5"]) == (",", ".", None)  # one column
+    assert sniff([]) == (",", ".", None)
+
+
+@pytest.mark.parametrize("sep,text", [(",", '"{:,.2f}"'), (";", "{:,.2f}")])
+def test_thousands_separators_as_spreadsheets_write_them(tmp_path, sep, text):
+    values = np.linspace(-2500.0, 1_250_000.0, N).round(2)
+    cells = [text.format(v) for v in values]
+    if sep == ";":  # 1.234.567,89: a dot for thousands, a comma for the decimals
+        cells = [c.replace(",", "_").replace(".", ",").replace("_", ".") for c in cells]
+    dates = pd.date_range("2020-01-01", periods=N, freq="D").strftime("%Y-%m-%d")
+    path = tmp_path / "s.csv"
+    path.write_text("\n".join([f"date{sep}sales"] + [f"{d}{sep}{c}" for d, c in zip(dates, cells)]) + "\n")
+    dm, _ = _module(path)
+    np.testing.assert_allclose(dm.series, values, rtol=0, atol=1e-9)
 
 
 def test_rows_wider_than_the_header_are_an_error_not_an_index(tmp_path):
