@@ -338,6 +338,15 @@ class SeriesDataModule(L.LightningDataModule):
                 if not numeric:
                     raise SeriesDataError(f"{self._where} has no numeric column to forecast (columns: {available})")
                 target = numeric[-1]
+                unused = [str(c) for c in numeric[:-1] if not str(c).startswith("Unnamed:")]
+                if unused:  # a wide file (one column per series) trains on its last column only
+                    shown = ", ".join(map(repr, unused[:5])) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+                    warnings.warn(
+                        f"{self._where}: forecasting {str(target)!r}, the last numeric column; {shown} not used: "
+                        "name the target (--data.target) and inputs (--data.features), or, for one model over "
+                        "several series, write them in long format (columns id, date, value) with --data.id_column",
+                        SeriesDataWarning, stacklevel=3,
+                    )
         features = list(hp.features or [])
         for col in [target, *features]:
             if col not in frame.columns:

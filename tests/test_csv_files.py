@@ -159,14 +159,14 @@ def test_gaps_warn_and_interpolate_fills_them(tmp_path, freq, drop, labels):
     path = tmp_path / "gaps.csv"
     kept.to_csv(path, index=False)
 
-    dm, caught = _module(path)  # default: the rows as they are, one warning that names the gap
+    dm, caught = _module(path, target="value")  # default: the rows as they are, one warning for the gap
     assert len(dm.series) == len(kept)
     assert len(caught) == 1
     message = str(caught[0].message)
     assert f"{len(drop)} of {N}, first after {frame[time].iloc[drop[0] - 1]}" in message
     assert 'missing="interpolate"' in message
 
-    dm, caught = _module(path, missing="interpolate")
+    dm, caught = _module(path, target="value", missing="interpolate")
     assert not caught
     assert dm.index == [str(t) for t in frame[time]]  # every stamp, in the file's format
     # the filled values: linear in time between the neighbours (np.interp over the row numbers
@@ -191,9 +191,9 @@ def test_gaps_in_one_series_of_a_panel(tmp_path):
     b = _frame(seed=2).assign(id="b").drop(index=[50, 51])
     path = tmp_path / "panel.csv"
     pd.concat([a, b]).to_csv(path, index=False)
-    dm, caught = _module(path, id_column="id")
+    dm, caught = _module(path, id_column="id", target="value")
     assert len(caught) == 1 and "series 'b': 2 of 120, first after 2020-02-19" in str(caught[0].message)
-    dm, caught = _module(path, id_column="id", missing="interpolate")
+    dm, caught = _module(path, id_column="id", target="value", missing="interpolate")
     assert not caught and [int(n) for n in np.diff(dm.starts)] == [N, N]
     np.testing.assert_array_equal(dm.series[:N], a["value"].to_numpy())  # the full series untouched
 
@@ -258,3 +258,15 @@ def test_missing_targets_at_the_ends_are_dropped_not_filled(tmp_path):
     assert f"(2 before {frame['date'][2]} and 2 after {frame['date'][57]})" in str(caught[0].message)
     with pytest.raises(SeriesDataError, match="column 'value' has 5 missing value"):
         _module(path, features=["temp"])  # the default still refuses them
+
+
+def test_a_wide_file_says_which_column_it_forecasts(tmp_path):
+    frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=N).strftime("%Y-%m-%d"),
+                          "north": np.arange(N, dtype=float), "south": np.arange(N, dtype=float) * 2})
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    dm, caught = _module(tmp_path / "wide.csv")
+    assert dm.target_name == "south" and len(caught) == 1
+    assert "forecasting 'south', the last numeric column; 'north' not used" in str(caught[0].message)
+    for named in (dict(target="south"), dict(features=["north"])):
+        dm, caught = _module(tmp_path / "wide.csv", **named)
+        assert dm.target_name == "south" and not caught
