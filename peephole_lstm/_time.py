@@ -192,9 +192,10 @@ def axis(key: pd.Series) -> Optional[np.ndarray]:
     return None
 
 
-def format_like(stamps, times: pd.Series) -> list[str]:
-    """``stamps`` (dates or numbers) as labels in the format of the column ``times``."""
-    key = sortable(times)
+def format_like(stamps, times: pd.Series, key: Optional[pd.Series] = None) -> list[str]:
+    """``stamps`` (dates or numbers) as labels in the format of the column ``times`` (``key``:
+    ``times`` as :func:`sortable` reads them, if the caller has them)."""
+    key = sortable(times) if key is None else key
     if pd.api.types.is_datetime64_any_dtype(key):
         stamps = pd.DatetimeIndex(stamps)
         sample = [(t, str(s).strip()) for t, s in zip(key.iloc[-20:], times.iloc[-20:])]
@@ -224,9 +225,9 @@ def continue_times(times: pd.Series, h: int) -> list[str]:
         else:
             step = pd.Timedelta(np.median(np.diff(idx.asi8))) if len(idx) > 1 else pd.Timedelta(days=1)
             future = pd.DatetimeIndex([idx[-1] + step * (k + 1) for k in range(h)])
-        return format_like(future, times)
+        return format_like(future, times, key)
     if pd.api.types.is_numeric_dtype(key):
         vals = key.to_numpy()
         step = np.median(np.diff(vals)) if len(vals) > 1 else 1
-        return format_like(vals[-1] + step * np.arange(1, h + 1), times)
+        return format_like(vals[-1] + step * np.arange(1, h + 1), times, key)
     return [f"{times.iloc[-1]}+{k + 1}" for k in range(h)]

@@ -428,18 +428,18 @@ class SeriesDataModule(L.LightningDataModule):
         full = axis(key)
         if full is None or len(full) == len(g):
             return g
-        key = key.to_numpy()
-        absent = full[~np.isin(full, key)]
+        stamps = key.to_numpy()
+        absent = full[~np.isin(full, stamps)]
         if self.hparams.missing != "interpolate":
-            first = int(np.searchsorted(key, absent[0])) - 1  # the row before the first gap
+            first = int(np.searchsorted(stamps, absent[0])) - 1  # the row before the first gap
             which = f"series {name!r}: " if self.hparams.id_column is not None else ""
             gaps.append(f"{which}{len(absent)} of {len(full)}, first after {g[col].iloc[first]}")
             return g
         filled = pd.DataFrame({c: pd.Series([np.nan] * len(absent), dtype=object) for c in g.columns})
-        filled[col] = format_like(absent, g[col])
+        filled[col] = format_like(absent, g[col], key)
         if self.hparams.id_column is not None:
             filled[self.hparams.id_column] = g[self.hparams.id_column].iloc[0]
-        order = np.argsort(np.concatenate([key, absent]), kind="stable")
+        order = np.argsort(np.concatenate([stamps, absent]), kind="stable")
         return pd.concat([g.astype(object), filled], ignore_index=True).iloc[order]
 
     def _numeric(self, frame: pd.DataFrame, name: str) -> np.ndarray:
