@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Optional
+from typing import Optional, Union
 
 import lightning as L
 import numpy as np
@@ -160,7 +160,11 @@ class SeriesDataModule(L.LightningDataModule):
             semicolons) and thousands separators (``"1,234.5"``, ``1.234,5``) are recognized
             from the first lines; UTF-8 (with or without a BOM), else Latin-1.
         target: the column to forecast; ``None``: the dataset's default target, or the last
-            numeric column of a CSV (the id, time and feature columns excluded).
+            numeric column of a CSV (the id, time and feature columns excluded). A list of
+            columns reads a wide file (one series per column, e.g. ``date,north,south``): each
+            column is a series of a panel, as if written in long format with ``id_column``,
+            sharing the time column and the ``features``; rows where a column has no value yet
+            (or any more) are that series' missing ends (``missing="interpolate"`` drops them).
         features: extra input columns (the target is always input channel 0).
         window: input length (time steps).
         horizon: number of future steps forecast at once.
@@ -207,7 +211,7 @@ class SeriesDataModule(L.LightningDataModule):
     def __init__(
         self,
         csv_path: Optional[str] = None,
-        target: Optional[str] = None,
+        target: Optional[Union[str, list[str]]] = None,
         features: Optional[list[str]] = None,
         window: int = 60,
         horizon: int = 1,
@@ -233,10 +237,9 @@ class SeriesDataModule(L.LightningDataModule):
         self.target_name, self.feature_names = self._columns(frame)
         groups = self._groups(frame)
         self.series_names: list[str] = [name for name, _ in groups]
-        columns = [self.target_name, *self.feature_names]
         values, labels, times = [], [], []
         for name, g in groups:
-            values.append(self._numeric(g[columns], name))
+            values.append(self._numeric(g[[self._target_of(name), *self.feature_names]], name))
             labels += self._labels(g)
             times.append(g[self.time_name] if self.time_name else None)
         self.starts = np.cumsum([0] + [len(v) for v in values])  # series s: rows starts[s] .. starts[s+1]
@@ -317,7 +320,17 @@ class SeriesDataModule(L.LightningDataModule):
                 )
             return col
         hp = self.hparams
-        return find_time_column(frame, exclude={hp.id_column, hp.target, *(hp.features or [])}, id_column=hp.id_column)
+        named = hp.target if isinstance(hp.target, (list, tuple)) else [hp.target]
+        return find_time_column(frame, exclude={hp.id_column, *named, *(hp.features or [])}, id_column=hp.id_column)
+
+    @property
+    def _panel(self) -> bool:
+        """Several series, each named in messages: long format (``id_column``) or a wide file."""
+        return self.hparams.id_column is not None or bool(self.wide_columns)
+
+    def _target_of(self, name: str) -> str:
+        """The column holding series ``name``'s target (its own column in a wide file)."""
+        return name if self.wide_columns else self.target_name
 
     def _columns(self, frame: pd.DataFrame) -> tuple[str, list[str]]:
         hp = self.hparams
@@ -325,6 +338,22 @@ class SeriesDataModule(L.LightningDataModule):
         if hp.id_column is not None and hp.id_column not in frame.columns:
             raise SeriesDataError(f"unknown id column {hp.id_column!r} in {self._where} (columns: {available})")
         target = hp.target
+        self.wide_columns: list[str] = []  # a wide file: the target column of each series
+        if isinstance(target, (list, tuple)):
+            named = [str(t) for t in target]
+            if not named:
+                raise SeriesDataError("target is an empty list: name the column to forecast, or several (a wide file)")
+            twice = sorted({t for t in named if named.count(t) > 1})
+            if twice:
+                raise SeriesDataError(f"target names {', '.join(map(repr, twice))} more than once")
+            if len(named) > 1:
+                if hp.id_column is not None:
+                    raise SeriesDataError(
+                        "several target columns (a wide file: one series per column) and id_column (long format: "
+                        "one value column) do not go together: name one target, or drop id_column"
+                    )
+                self.wide_columns = named
+            target = named[0]
         if target is None:
             if hp.csv_path is None:
                 target = BUILTIN[hp.dataset]
@@ -344,23 +373,31 @@ class SeriesDataModule(L.LightningDataModule):
                     warnings.warn(
                         f"{self._where}: forecasting {str(target)!r}, the last numeric column; {shown} not used: "
                         "name the target (--data.target) and inputs (--data.features), or, for one model over "
-                        "several series, write them in long format (columns id, date, value) with --data.id_column",
+                        "several series, list them: --data.target '[" + ", ".join([*unused[:2], str(target)])
+                        + "]' (a wide file: one series per column)",
                         SeriesDataWarning, stacklevel=3,
                     )
         features = list(hp.features or [])
-        for col in [target, *features]:
+        targets = self.wide_columns or [target]
+        for col in [*targets, *features]:
             if col not in frame.columns:
                 raise SeriesDataError(f"unknown column {col!r} in {self._where} (columns: {available})")
-        if target in features:
-            raise SeriesDataError(f"the target {target!r} is always input 0; do not list it in features")
-        if hp.id_column in (target, *features):
+        for col in targets:
+            if col in features:
+                raise SeriesDataError(f"the target {col!r} is always input 0; do not list it in features")
+            if col == self.time_name:
+                raise SeriesDataError(f"{col!r} is the time column; it cannot also be a target")
+        if hp.id_column in (*targets, *features):
             raise SeriesDataError(f"the id column {hp.id_column!r} cannot also be the target or a feature")
         return target, features
 
     def _groups(self, frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         """The series, in order of first appearance, each sorted by time (stable)."""
         hp = self.hparams
-        if hp.id_column is None:
+        if self.wide_columns:  # one series per column, every one on the file's time column
+            groups = [(col, frame[[c for c in frame.columns if c == col or c not in self.wide_columns]])
+                      for col in self.wide_columns]
+        elif hp.id_column is None:
             groups = [(str(self.target_name), frame)]
         else:
             ids = frame[hp.id_column]
@@ -403,14 +440,14 @@ class SeriesDataModule(L.LightningDataModule):
         """A series' rows without the leading and trailing ones whose target is missing: not
         observed yet (or any more), so not something to fill; the forecast starts after the
         last value. A note for one warning goes to ``trimmed``."""
-        raw = g[self.target_name]
+        raw = g[self._target_of(name)]
         num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         # a value, or text that is none (left for the "non-numeric" error); NaN and inf are missing
         have = np.flatnonzero(np.isfinite(num) | (raw.notna().to_numpy() & np.isnan(num)))
         if len(have) == 0 or (have[0] == 0 and have[-1] == len(g) - 1):
             return g  # nothing to trim (or nothing at all: an error later)
         label = (lambda r: g[self.time_name].iloc[r]) if self.time_name is not None else (lambda r: f"row {r + 1}")
-        which = f"series {name!r}: " if self.hparams.id_column is not None else ""
+        which = f"series {name!r}: " if self._panel else ""
         parts = []
         if have[0] > 0:
             parts.append(f"{have[0]} before {label(have[0])}")
@@ -432,7 +469,7 @@ class SeriesDataModule(L.LightningDataModule):
         absent = full[~np.isin(full, stamps)]
         if self.hparams.missing != "interpolate":
             first = int(np.searchsorted(stamps, absent[0])) - 1  # the row before the first gap
-            which = f"series {name!r}: " if self.hparams.id_column is not None else ""
+            which = f"series {name!r}: " if self._panel else ""
             gaps.append(f"{which}{len(absent)} of {len(full)}, first after {g[col].iloc[first]}")
             return g
         filled = pd.DataFrame({c: pd.Series([np.nan] * len(absent), dtype=object) for c in g.columns})
@@ -488,7 +525,7 @@ class SeriesDataModule(L.LightningDataModule):
             need = {"train": (n_train, w + h), "val": (n_val, h if hp.val_fraction > 0 else 0), "test": (n_test, h)}
             for split, (have, want) in need.items():
                 if have < want:
-                    what = f"series {name!r} too short" if hp.id_column is not None else "series too short"
+                    what = f"series {name!r} too short" if self._panel else "series too short"
                     raise SeriesDataError(
                         f"{what}: {n} rows give the {split} split {have} rows, but it needs at least {want} "
                         f"(window={w}, horizon={h}, val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction})"
@@ -546,9 +583,13 @@ class SeriesDataModule(L.LightningDataModule):
         return {
             "series_names": [str(n) for n in self.series_names],
             "series_head": [torch.from_numpy(h) for h in self._heads()],
-            "channels": [str(c) for c in (self.target_name, *self.feature_names)],
+            "channels": self._channels(),
             **{key: torch.from_numpy(np.array(getattr(self, key), dtype=np.float64)) for key in _SCALERS},
         }
+
+    def _channels(self) -> list[str]:
+        """The input columns, target first (every series' target column in a wide file)."""
+        return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names)]
 
     def load_state_dict(self, state: dict) -> None:
         """The trained model's scalers for every series of this data that it was trained on
@@ -556,7 +597,7 @@ class SeriesDataModule(L.LightningDataModule):
         ``fit`` load a checkpoint); other series, e.g. another sensor's CSV under the same
         column name, keep their own, fitted on their training rows. ``restored``: the names of
         the series that took the checkpoint's."""
-        channels = [str(c) for c in (self.target_name, *self.feature_names)]
+        channels = self._channels()
         if list(state["channels"]) != channels:
             raise SeriesDataError(
                 f"the checkpoint was trained on the columns {list(state['channels'])} (target first), but the "

@@ -270,3 +270,81 @@ def test_a_wide_file_says_which_column_it_forecasts(tmp_path):
     for named in (dict(target="south"), dict(features=["north"])):
         dm, caught = _module(tmp_path / "wide.csv", **named)
         assert dm.target_name == "south" and not caught
+    assert "--data.target '[north, south]' (a wide file" in str(_module(tmp_path / "wide.csv")[1][0].message)
+
+
+def _wide_and_long(tmp_path, n=N):
+    """A wide file (date, temp, north, south; south starts 10 rows late) and the same data in
+    long format (id, date, temp, value), its rows shuffled: the independent reading."""
+    rng = np.random.default_rng(3)
+    wide = _frame(n=n).drop(columns="value")
+    wide["north"] = (np.cumsum(rng.normal(size=n)) + 5).round(6)
+    wide["south"] = (np.cumsum(rng.normal(size=n)) * 3 + 40).round(6)
+    wide.loc[:9, "south"] = np.nan
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    long = pd.concat([wide[["date", "temp", col]].rename(columns={col: "value"}).assign(id=col)
+                      for col in ("north", "south")]).dropna(subset=["value"])
+    long = long.sample(frac=1.0, random_state=0).sort_values("id", kind="stable")  # rows in no time order
+    long.to_csv(tmp_path / "long.csv", index=False)
+    return tmp_path / "wide.csv", tmp_path / "long.csv"
+
+
+@pytest.mark.parametrize("features", [None, ["temp"]])
+def test_a_wide_file_is_the_panel_its_long_format_gives(tmp_path, features):
+    """target=[north, south] reads one series per column: the same panel, window for window and
+    scaler for scaler, as the long-format file (id_column) with the same rows."""
+    wide, long = _wide_and_long(tmp_path)
+    dm, caught = _module(wide, target=["north", "south"], features=features, missing="interpolate")
+    ref, _ = _module(long, id_column="id", target="value", features=features)
+    assert dm.series_names == ref.series_names == ["north", "south"]
+    assert [int(k) for k in np.diff(dm.starts)] == [N, N - 10]
+    np.testing.assert_array_equal(dm.inputs, ref.inputs)
+    assert dm.index == ref.index
+    for split in ("train", "val", "test", "future"):
+        np.testing.assert_array_equal(dm.ends[split], ref.ends[split])
+        np.testing.assert_array_equal(dm.sids[split], ref.sids[split])
+    for key in ("series_mean", "series_std", "series_diff_scale", "series_mase_scale"):
+        np.testing.assert_array_equal(getattr(dm, key), getattr(ref, key))
+    assert dm.future_labels(1) == ref.future_labels(1) == [str(pd.Timestamp("2020-01-01") + pd.Timedelta(days=N))[:10]]
+    assert len(caught) == 1 and "series 'south': 10 before 2020-01-11" in str(caught[0].message)
+    assert dm._channels() == ["north", "south", *(features or [])]
+    with pytest.raises(SeriesDataError, match="column 'south' has 10 missing value"):
+        _module(wide, target=["north", "south"], features=features)  # missing="error" names the column
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(target=[]), "target is an empty list"),
+        (dict(target=["north", "north"]), "target names 'north' more than once"),
+        (dict(target=["north", "west"]), "unknown column 'west'"),
+        (dict(target=["north", "south"], features=["south"]), "the target 'south' is always input 0"),
+        (dict(target=["north", "date"], time_column="date"), "'date' is the time column"),
+        (dict(target=["north", "date"]), "column 'date' has 120 non-numeric value"),
+        (dict(target=["north", "south"], id_column="temp"), "several target columns .* and id_column"),
+    ],
+)
+def test_wide_file_errors(tmp_path, kwargs, match):
+    wide, _ = _wide_and_long(tmp_path)
+    with pytest.raises(SeriesDataError, match=match):
+        _module(wide, missing="interpolate", **kwargs)
+
+
+def test_a_wide_file_through_the_cli(tmp_path, monkeypatch, capsys):
+    """fit on a wide file forecasts every column (forecast.csv, per-series metrics), and predict
+    with its checkpoint (the wide columns as its channels) gives the same forecasts again."""
+    monkeypatch.chdir(tmp_path)
+    _wide_and_long(tmp_path, n=200)
+    common = ["--data.csv_path", "wide.csv", "--data.target", "[north, south]", "--data.missing", "interpolate",
+              "--data.window", "8", "--model.hidden_size", "8", "--model.ensemble", "1"]
+    main(["fit", *common, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+          "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"])
+    run = tmp_path / "runs" / "wide" / "version_1"
+    forecast = pd.read_csv(run / "forecast.csv")
+    future = forecast[forecast["kind"] == "future"]
+    assert future["series"].tolist() == ["north", "south"] and future["time"].tolist() == ["2020-07-19"] * 2
+    assert pd.read_csv(run / "metrics_per_series.csv")["series"].tolist() == ["north", "south"]
+    main(["predict", *common, "--ckpt_path", str(next((run / "checkpoints").glob("*.ckpt"))),
+          "--trainer.enable_progress_bar", "false"])
+    again = pd.read_csv(run / "forecast.csv")
+    np.testing.assert_allclose(again["forecast"], forecast["forecast"], rtol=1e-5)
