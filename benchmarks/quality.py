@@ -178,14 +178,17 @@ def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[st
 
 def classical(y: np.ndarray, n_fit: int, season: int) -> dict:
     """AutoETS and AutoARIMA fitted on ``y[:n_fit]``, parameters then fixed: one-step forecasts
-    of every later row from the actual history (statsforecast's ``forward(fitted=True)``)."""
+    of every later row from the actual history (statsforecast's ``forward(fitted=True)``), with
+    the models' own 80% and 95% one-step intervals (``<name>_lo_80``, ...)."""
     from statsforecast.models import AutoARIMA, AutoETS
 
     out = {}
     for name, model in (("ets", AutoETS(season_length=season)), ("arima", AutoARIMA(season_length=season))):
         fit = model.fit(y[:n_fit].astype(np.float64))
-        fitted = fit.forward(y=y.astype(np.float64), h=1, fitted=True)["fitted"]
-        out[name] = fitted
+        res = fit.forward(y=y.astype(np.float64), h=1, fitted=True, level=[80, 95])
+        out[name] = res["fitted"]
+        for pct in (80, 95):
+            out[f"{name}_lo_{pct}"], out[f"{name}_hi_{pct}"] = res[f"fitted-lo-{pct}"], res[f"fitted-hi-{pct}"]
         m = fit.model_
         if name == "ets":
             out["ets_desc"] = m.get("method", "ETS")
@@ -193,6 +196,14 @@ def classical(y: np.ndarray, n_fit: int, season: int) -> dict:
             p, q, P, Q, s, d, D = m["arma"]
             out["arima_desc"] = f"({p},{d},{q})" + (f"({P},{D},{Q})[{s}]" if s > 1 and (P or D or Q) else "")
     return out
+
+
+def interval_scores(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, level: float, scale: float) -> tuple[float, float]:
+    """Coverage and the M4 mean scaled interval score (MSIS: width plus 2/alpha times the
+    distance outside, over ``scale``, the in-sample seasonal naive MAE) of intervals [lo, hi]."""
+    a = 1 - level
+    score = (hi - lo) + 2 / a * (lo - y) * (y < lo) + 2 / a * (y - hi) * (y > hi)
+    return float(np.mean((lo <= y) & (y <= hi))), float(np.mean(score) / scale)
 
 
 def main() -> None:
@@ -246,6 +257,10 @@ def evaluate(args, seed) -> dict:
             "snaive": ours["snaive_mse"], "ets": mse(cl["ets"][test_rows]), "ets_desc": cl["ets_desc"],
             "arima": mse(cl["arima"][test_rows]), "arima_desc": cl["arima_desc"],
             "cov80": ours.get("coverage_80", math.nan), "cov95": ours.get("coverage_95", math.nan),
+            "msis80": ours.get("msis_80", math.nan), "msis95": ours.get("msis_95", math.nan),
+            **{f"{m}_{what}{pct}": v for m in ("ets", "arima") for pct in (80, 95) for what, v in zip(
+                ("cov", "msis"), interval_scores(cl[f"{m}_lo_{pct}"][test_rows], cl[f"{m}_hi_{pct}"][test_rows],
+                                                 target, pct / 100, dm.series_mase_scale[0]))},
             "target": target, "val": val, "sq": sq, "draws": ratio_draws(sq, (cl[best][test_rows] - target) ** 2),
         })
         print(f"{name}: ours {ours['mse']:.4g}, ETS {rows[-1]['ets']:.4g}, ARIMA {rows[-1]['arima']:.4g}", flush=True)
@@ -276,7 +291,21 @@ def evaluate(args, seed) -> dict:
           f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x "
           f"(90% interval {_ci(geomean_interval([r['draws'] for r in rows]))})")
 
-    result = {"rows": rows, "gm": gm, "panel": {}, "panel_ci": {}}
+    print("\n# prediction intervals on the same test targets: ours (split-conformal, rolling) against ETS's and "
+          "ARIMA's own one-step intervals (parameters fitted on train+validation, then fixed); MSIS = the M4 mean "
+          "scaled interval score, lower is better")
+    print("| series | 80% coverage: ours / ETS / ARIMA | 95% coverage: ours / ETS / ARIMA "
+          "| MSIS 80%: ours / ETS / ARIMA | MSIS 95%: ours / ETS / ARIMA |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        cells = [" / ".join(f"{r[k]:{fmt}}" for k in (f"{what}{pct}", f"ets_{what}{pct}", f"arima_{what}{pct}"))
+                 for what, fmt in (("cov", ".0%"), ("msis", ".2f")) for pct in (80, 95)]
+        print(f"| {r['series']} | " + " | ".join(cells) + " |")
+    msis = {k: math.exp(np.mean(np.log([r[k] for r in rows]))) for k in ("msis95", "ets_msis95", "arima_msis95")}
+    print(f"\nMSIS 95%, geometric mean over the series: ours {msis['msis95']:.2f}, ETS {msis['ets_msis95']:.2f}, "
+          f"ARIMA {msis['arima_msis95']:.2f}")
+
+    result = {"rows": rows, "gm": gm, "panel": {}, "panel_ci": {}, "msis": msis}
     if args.no_panel or len(rows) < 2:
         return result
     panel = pd.concat(frames, ignore_index=True)[["id", "date", "value"]]
@@ -343,6 +372,10 @@ def summarize(seeds, runs) -> None:
     print("\nmean 80% coverage over the seeds: " + ", ".join(f"{n} {c:.0%}" for n, c in zip(names, mean_cov))
           + f"; in 75-85%: {sum(0.75 <= c <= 0.85 for c in mean_cov)}/{len(names)}; mean |coverage - 80%| "
           f"{np.mean([abs(c - 0.8) for c in mean_cov]) * 100:.1f} points")
+    print("MSIS 95% (geometric mean over the series; lower is better): ours "
+          + " / ".join(f"{run['msis']['msis95']:.2f}" for run in runs)
+          + f" (seeds {', '.join(map(str, seeds))}), ETS {runs[0]['msis']['ets_msis95']:.2f}, "
+          f"ARIMA {runs[0]['msis']['arima_msis95']:.2f}")
     wins = [sum(v <= 1.0 for v in run["panel"].values()) for run in runs if run["panel"]]
     if wins:
         print(f"panel: global no worse than alone on {', '.join(f'{w}/{len(names)}' for w in wins)} series "

@@ -228,7 +228,11 @@ class PeepholeLSTMRegressor(L.LightningModule):
     value one season earlier); ``{val,test}_mase``, the MAE over the in-sample seasonal naive
     MAE of each target's series (the M4 convention, comparable across series); and the
     central 80% and 95% prediction intervals' empirical coverage and mean width
-    (``{val,test}_coverage_80``, ``..._width_80``, ...). After ``test``, ``test_per_series``
+    (``{val,test}_coverage_80``, ``..._width_80``, ...), and on test their mean scaled
+    interval score (``test_msis_80``, ``test_msis_95``: the M4 competition's MSIS, width plus
+    2/α times the distance of each target outside, over the in-sample seasonal naive MAE;
+    lower is better, and it rewards narrow intervals only where they still cover). After
+    ``test``, ``test_per_series``
     holds the metrics of every series (a DataFrame; the CLI writes it to
     ``metrics_per_series.csv``). ``val_loss`` (what early stopping and checkpoints watch) is
     the MSE in scaled units; on a panel the mean of the series' MSEs, each series once.
@@ -483,19 +487,27 @@ class PeepholeLSTMRegressor(L.LightningModule):
             return None
         return self.interval_q.expand(len(residual), -1, -1)
 
-    def _log_intervals(self, stage: str, residual: Tensor, q: Optional[Tensor], scale: Tensor,
-                       n: int) -> Optional[list[Tensor]]:
-        """Coverage (share of targets inside) and mean width (original units) per level."""
+    def _log_intervals(self, stage: str, residual: Tensor, q: Optional[Tensor],
+                       batch: dict[str, Tensor]) -> Optional[tuple[list[Tensor], list[Tensor]]]:
+        """Coverage (share of targets inside), mean width (original units) and the mean scaled
+        interval score per level; returns the per-target indicators and scores."""
         if q is None:
             return None
-        inside = []
+        n, scale = len(residual), batch["scale"]
+        inside, scores = [], []
         for k, level in enumerate(LEVELS):
             pct = round(level * 100)
             ok = (residual <= q[:, k]).float()  # (B, horizon)
+            # interval score (Gneiting & Raftery 2007) of forecast ± q: the width plus 2/α times
+            # the distance outside; symmetric, so that distance is |residual| - q where positive
+            score = (2 * q[:, k] + 2 / (1 - level) * (residual - q[:, k]).clamp(min=0)) * scale  # (B, horizon)
+            scaled = score / batch["mase_scale"]
             inside.append(ok)
+            scores.append(scaled)
             self.log(f"{stage}_coverage_{pct}", ok.mean(), batch_size=n * ok.size(1))
             self.log(f"{stage}_width_{pct}", (2 * q[:, k] * scale).mean(), batch_size=n * ok.size(1))
-        return inside
+            self.log(f"{stage}_msis_{pct}", scaled.mean(), batch_size=n * ok.size(1))
+        return inside, scores
 
     def _panel(self) -> bool:
         """Whether the trainer's data holds more than one series."""
@@ -542,7 +554,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._start_rolling()
         dm = getattr(self.trainer, "datamodule", None)
         S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
-        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "in_80", "in_95", "first", "last")
+        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "in_80", "in_95", "is_80", "is_95", "first",
+                "last")
         self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
         self._test_sums["first"].fill_(float("inf"))
         self._test_sums["last"].fill_(-float("inf"))
@@ -551,7 +564,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         pred = self._evaluate(batch, "test")
         n = len(batch["x"])
         residual = (pred - batch["y"]).abs()
-        inside = self._log_intervals("test", residual, self._half_widths(batch, residual), batch["scale"], n)
+        intervals = self._log_intervals("test", residual, self._half_widths(batch, residual), batch)
         pred_o, y_o = self.to_original(pred, batch), self.to_original(batch["y"], batch)
         sid = batch["series"].cpu()
         sums = self._test_sums
@@ -565,8 +578,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
             "snaive_se": ((batch["snaive"] - y_o) ** 2).sum(1),
             "scaled_ae": ((pred_o - y_o).abs() / batch["mase_scale"]).sum(1),
         }
-        if inside is not None:
+        if intervals is not None:
+            inside, scores = intervals
             per_row["in_80"], per_row["in_95"] = inside[0].sum(1), inside[1].sum(1)
+            per_row["is_80"], per_row["is_95"] = scores[0].sum(1), scores[1].sum(1)
         for k, v in per_row.items():
             sums[k].index_add_(0, sid, v.detach().cpu().double())
         end = batch["end"].cpu().double()
@@ -601,6 +616,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             if self._rolling is not None or not torch.isnan(self.interval_q).any():
                 row["coverage_80"] = float(sums["in_80"][s] / n[s])
                 row["coverage_95"] = float(sums["in_95"][s] / n[s])
+                row["msis_80"] = float(sums["is_80"][s] / n[s])
+                row["msis_95"] = float(sums["is_95"][s] / n[s])
             rows.append(row)
         frame = pd.DataFrame(rows)
         self.test_per_series = frame

@@ -81,6 +81,15 @@ def test_quality_calibrated_hits_against_sampling(n):
                         int(np.quantile(draws, 0.95, method="inverted_cdf")))
 
 
+def test_quality_interval_scores_by_hand():
+    """Coverage and MSIS of [0, 1] at 80% for targets 0.5 (inside: the width, 1) and 2 (outside by
+    1: 1 + 2/0.2 x 1 = 11), over a scale of 2: (1 + 11) / 2 / 2."""
+    cov, msis = _quality().interval_scores(np.zeros(2), np.ones(2), np.array([0.5, 2.0]), 0.8, 2.0)
+    assert cov == 0.5 and msis == pytest.approx(3.0)
+    cov, msis = _quality().interval_scores(np.zeros(1), np.ones(1), np.array([-0.5]), 0.95, 1.0)
+    assert cov == 0.0 and msis == pytest.approx(1 + 40 * 0.5)
+
+
 def test_quality_ratio_interval():
     """The bootstrap interval of an MSE ratio: it holds the ratio, is a point for identical
     errors, narrows with more targets, and widens when the errors come in long runs (blocks)."""

@@ -74,7 +74,8 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
     path = _write(cfg, tmp_path / "c.yaml")
     fit = _run(["fit", "--config", path], tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    for key in ("test_naive_mse", "test_snaive_mse", "test_mase", "test_mape", "test_coverage_80", "test_width_95"):
+    for key in ("test_naive_mse", "test_snaive_mse", "test_mase", "test_mape", "test_coverage_80", "test_width_95",
+                "test_msis_95"):
         assert key in fit.stdout, key
     # the test table says what it scored: 300 one-step targets, rows 1700 .. 1999
     assert "test: scored 300 targets (1-step forecasts: 300 windows), 1700 .. 1999" in fit.stdout

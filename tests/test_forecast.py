@@ -208,6 +208,41 @@ def test_global_model_on_a_panel_logs_intervals_mase_and_per_series_metrics(tmp_
     assert (cat["lo_95"] <= cat["lo_80"]).all() and (cat["hi_80"] <= cat["hi_95"]).all()
 
 
+def test_interval_score_is_the_m4_msis_of_the_backtest_intervals(tmp_path):
+    """test_msis_80/95, overall and per series, equal the M4 competition's MSIS computed with
+    numpy from predict's backtest intervals (original units) and each series' in-sample seasonal
+    naive MAE taken from its training rows of the file."""
+    path, frames = _panel(tmp_path)
+    dm = SeriesDataModule(path, id_column="id", target="value", window=14, horizon=2, batch_size=32)
+    L.seed_everything(0)
+    model = PeepholeLSTMRegressor(input_size=dm.input_size, hidden_size=8, num_layers=1, horizon=2, lr=0.01)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    per = model.test_per_series.set_index("series")
+    preds = trainer.predict(model, datamodule=dm)
+    cat = {k: torch.cat([p[k] for p in preds]).double().numpy() for k in preds[0]}
+    back = ~np.isnan(cat["actual"]).any(1)  # the backtest windows (the future has no actuals)
+    total = {80: 0.0, 95: 0.0}
+    for s, name in enumerate(dm.series_names):
+        y_file = next(f for f in frames if f["id"].iloc[0] == name)["value"].to_numpy()
+        train = y_file[: dm.split_rows[s][0]]
+        scale = np.abs(train[7:] - train[:-7]).mean()  # daily: season 7
+        rows = back & (cat["series"] == s)
+        y = cat["actual"][rows]
+        for pct in (80, 95):
+            a = 1 - pct / 100
+            lo, hi = cat[f"lo_{pct}"][rows], cat[f"hi_{pct}"][rows]
+            score = (hi - lo) + 2 / a * (lo - y) * (y < lo) + 2 / a * (y - hi) * (y > hi)
+            assert per.loc[name, f"msis_{pct}"] == pytest.approx(score.mean() / scale, rel=1e-4)
+            total[pct] += score.sum() / scale
+        assert per.loc[name, "targets"] == y.size
+    for pct in (80, 95):
+        assert res[f"test_msis_{pct}"] == pytest.approx(total[pct] / per["targets"].sum(), rel=1e-4)
+        assert 0 < res[f"test_msis_{pct}"] < np.inf
+
+
 def test_balanced_sampling_weighs_every_series_the_same(tmp_path):
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", target="value", window=10, balance=True)
