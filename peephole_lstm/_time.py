@@ -25,7 +25,9 @@ __all__ = ["TIME_COLUMNS", "axis", "continue_times", "find_time_column", "format
 
 TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
 # Seasonal period from the median time step (in days): daily 7, weekly 52, monthly 12, ...
+# (a step that divides a day, e.g. 15 minutes, has the day: 96; business days the week: 5)
 _SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 4)]
+_DAY_NS = 86_400 * 10**9
 # Date formats tried in order, each on the whole column (one format for every row, so that
 # 01.02.2020 and 13.02.2020 are both day-first); month-first before day-first for slashes, as
 # pandas and US files have it, unless both read every value and only day-first gives a regular
@@ -33,7 +35,9 @@ _SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 
 # infers from the first value, and last a per-value guess.
 _FORMATS = ("%Y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
             "%Y-%m-%dT%H:%M", "%Y/%m/%d", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y",
-            "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%d.%m.%Y %H:%M", "%Y%m%d")
+            "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%d.%m.%Y %H:%M", "%Y%m%d", "%b %Y", "%B %Y", "%b-%Y",
+            "%d %b %Y", "%d-%b-%Y", "%b %d, %Y", "%B %d, %Y", "%d %B %Y")
+_QUARTER = re.compile(r"^(\d{4})([ -]?)Q([1-4])$")  # 1990Q1, 1990-Q1, 1990 Q1: read by pandas, written here
 _DAY_FIRST = {"%m/%d/%Y": "%d/%m/%Y", "%m/%d/%Y %H:%M": "%d/%m/%Y %H:%M"}
 _OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")  # a stamp's UTC offset
 _RUN = 8  # stamps per run when inferring a frequency despite gaps (8 days span a weekend)
@@ -123,12 +127,21 @@ def sortable(col: pd.Series) -> pd.Series:
 
 
 def infer_season(times: Optional[pd.Series]) -> int:
-    """The seasonal period of dated stamps from their median step; 1 (none) otherwise."""
+    """The seasonal period of dated stamps: the week (5) for business days, the day for a step
+    that divides one (96 for 15 minutes, 24 hourly, 48 half-hourly), else from the median
+    step (7 daily, 52 weekly, 12 monthly, 4 quarterly); 1 (none) for yearly or other stamps."""
     if times is None or len(times) < 3:
         return 1
     key = sortable(times)
     if not pd.api.types.is_datetime64_any_dtype(key):
         return 1
+    freq = _frequency(pd.DatetimeIndex(key))
+    if freq is not None:
+        offset = pd.tseries.frequencies.to_offset(freq)
+        if isinstance(offset, pd.offsets.BusinessDay) and offset.n == 1:
+            return 5
+        if isinstance(offset, pd.offsets.Tick) and offset.nanos < _DAY_NS and _DAY_NS % offset.nanos == 0:
+            return _DAY_NS // offset.nanos
     days = float(np.median(np.diff(key.to_numpy()).astype("timedelta64[s]").astype(np.float64))) / 86400.0
     for step, season in _SEASONS:
         if abs(days - step) <= 0.1 * step:
@@ -199,9 +212,14 @@ def format_like(stamps, times: pd.Series, key: Optional[pd.Series] = None) -> li
     if pd.api.types.is_datetime64_any_dtype(key):
         stamps = pd.DatetimeIndex(stamps)
         sample = [(t, str(s).strip()) for t, s in zip(key.iloc[-20:], times.iloc[-20:])]
+        zulu = "Z" if all(s.endswith("Z") for _, s in sample) else ""  # UTC written as Z: read as UTC
         for fmt in _FORMATS:
-            if all(t.strftime(fmt) == s for t, s in sample):
-                return [t.strftime(fmt) for t in stamps]
+            if all(t.strftime(fmt) + zulu == s for t, s in sample):
+                return [t.strftime(fmt) + zulu for t in stamps]
+        quarters = [_QUARTER.match(s) for _, s in sample]
+        if all(quarters):
+            sep = quarters[-1].group(2)
+            return [f"{t.year}{sep}Q{t.quarter}" for t in stamps]
         if _OFFSET.search(str(times.iloc[-1]).strip()):  # read as UTC: say so
             return [t.tz_localize("UTC").isoformat(sep=" ") for t in stamps]
         dated = (pd.DatetimeIndex(key).normalize() == pd.DatetimeIndex(key)).all()

@@ -198,9 +198,9 @@ class SeriesDataModule(L.LightningDataModule):
             slashed dates month-first unless only day-first is regular); duplicates are an
             error.
         season: the seasonal period in steps, for the seasonal naive forecast and MASE;
-            ``None``: inferred from each series' time step (7 for daily, 52 weekly, 12
-            monthly, 4 quarterly, 24 hourly, 48 half-hourly; 1, i.e. none, for yearly or
-            unknown).
+            ``None``: inferred from each series' time step (7 for daily, 5 business days, 52
+            weekly, 12 monthly, 4 quarterly, a day for a step that divides one: 24 hourly, 48
+            half-hourly, 96 for 15 minutes; 1, i.e. none, for yearly or unknown).
         predict: what ``predict`` forecasts: ``"both"`` (default) the test split (a backtest)
             and the ``horizon`` steps after the last row of every series; ``"future"`` or
             ``"test"`` only one of them.

@@ -216,6 +216,12 @@ def test_the_cli_prints_data_warnings_as_one_line(tmp_path, monkeypatch, capsys)
          ["2020-01-02T00:00", "2020-01-02T01:00"]),
         (pd.date_range("2020-01-01", periods=24, freq="D").strftime("%d.%m.%Y"), ["25.01.2020", "26.01.2020"]),
         (pd.date_range("2020-01-01", periods=24, freq="MS").strftime("%d/%m/%Y"), ["01/01/2022", "01/02/2022"]),
+        (pd.period_range("1990Q1", periods=12, freq="Q").astype(str), ["1993Q1", "1993Q2"]),
+        ([f"{y}-Q{q}" for y in range(1990, 1993) for q in range(1, 5)], ["1993-Q1", "1993-Q2"]),
+        (pd.date_range("2020-01-01", periods=24, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ"),
+         ["2020-01-02T00:00:00Z", "2020-01-02T01:00:00Z"]),
+        (pd.date_range("2020-01-01", periods=24, freq="MS").strftime("%b %Y"), ["Jan 2022", "Feb 2022"]),
+        (pd.date_range("2020-01-01", periods=24, freq="D").strftime("%d-%b-%Y"), ["25-Jan-2020", "26-Jan-2020"]),
     ],
 )
 def test_future_labels_in_the_files_format(times, want):

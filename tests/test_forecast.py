@@ -100,7 +100,8 @@ def test_time_continued_by_its_step(times, want):
 
 
 @pytest.mark.parametrize(
-    "freq,season", [("D", 7), ("W-SAT", 52), ("MS", 12), ("QS", 4), ("h", 24), ("30min", 48), ("YS", 1)]
+    "freq,season", [("D", 7), ("W-SAT", 52), ("MS", 12), ("QS", 4), ("h", 24), ("30min", 48), ("YS", 1),
+                    ("15min", 96), ("5min", 288), ("6h", 4), ("B", 5), ("ME", 12), ("7h", 1)]
 )
 def test_season_inferred_from_the_time_step(freq, season):
     assert infer_season(pd.Series(pd.date_range("2000-01-01", periods=30, freq=freq).astype(str))) == season
