@@ -157,6 +157,19 @@ def backtest_errors(run_dir: str, actual: np.ndarray, series: str | None = None)
     return (f["forecast"].to_numpy(np.float64) - actual) ** 2
 
 
+def data_overrides(extra: list[str]) -> dict:
+    """The ``--data.<key> <value>`` (or ``--data.<key>=<value>``) options among CLI arguments,
+    values read as YAML, as the CLI reads them."""
+    out, args = {}, list(extra)
+    for i, arg in enumerate(args):
+        if arg.startswith("--data."):
+            key, eq, value = arg[len("--data."):].partition("=")
+            if not eq and i + 1 < len(args):
+                value = args[i + 1]
+            out[key] = yaml.safe_load(value)
+    return out
+
+
 def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[str, float]:
     """Per series, the MSE (original units) of a run's best checkpoint on ``split``'s windows
     (the run's own data options ``data``): how the model that was chosen scores where it was
@@ -229,6 +242,7 @@ def evaluate(args, seed) -> dict:
     extra = (["--seed_everything", str(seed)] if seed is not None else []) + args.extra
     cfg = yaml.safe_load(open(args.config))
     data = {k: v for k, v in cfg["data"].items() if k != "dataset"}
+    data.update(data_overrides(args.extra))  # the runs' own data options (e.g. --data.calendar true)
     work = tempfile.mkdtemp(prefix="peephole-quality-")
     rows, frames = [], []
     if seed is not None:

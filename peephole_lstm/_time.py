@@ -21,7 +21,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-__all__ = ["TIME_COLUMNS", "axis", "continue_times", "find_time_column", "format_like", "infer_season", "sortable"]
+__all__ = ["CALENDAR", "TIME_COLUMNS", "axis", "calendar_phases", "continue_times", "find_time_column", "format_like",
+           "infer_season", "sortable"]
 
 TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
 # Seasonal period from the median time step (in days): daily 7, weekly 52, monthly 12, ...
@@ -147,6 +148,63 @@ def infer_season(times: Optional[pd.Series]) -> int:
         if abs(days - step) <= 0.1 * step:
             return season
     return 1
+
+
+# The calendar inputs (SeriesDataModule(calendar=True)): where a step falls in the series' season
+# and in the next longer cycle, each as (sin, cos) of its phase.
+CALENDAR = ("calendar_season_sin", "calendar_season_cos", "calendar_long_sin", "calendar_long_cos")
+
+
+def _step_kind(idx: pd.DatetimeIndex) -> str:
+    """``"subdaily"``, ``"daily"``, ``"business"``, ``"weekly"``, ``"monthly"``,
+    ``"quarterly"`` or ``""`` (yearly, irregular): the frequency (despite gaps), else the
+    median step."""
+    freq = _frequency(idx)
+    if freq is not None:
+        offset = pd.tseries.frequencies.to_offset(freq)
+        if isinstance(offset, pd.offsets.BusinessDay) and offset.n == 1:
+            return "business"
+        if isinstance(offset, pd.offsets.Tick) and offset.nanos < _DAY_NS:
+            return "subdaily"
+    if len(idx) < 2:
+        return ""
+    days = float(np.median(np.diff(idx.asi8))) / _DAY_NS
+    if days < 0.9:
+        return "subdaily"
+    for step, kind in ((1.0, "daily"), (7.0, "weekly"), (30.4, "monthly"), (91.3, "quarterly")):
+        if abs(days - step) <= 0.1 * step:
+            return kind
+    return ""
+
+
+def calendar_phases(times: pd.Series) -> np.ndarray:
+    """``(n, 4)``: the :data:`CALENDAR` inputs of dated stamps. The season's phase is the time
+    of day for sub-daily steps, the day of the week for (business) days, the day of the year
+    for weeks, the month or quarter of the year; the longer cycle's is the day of the week for
+    sub-daily steps and the day of the year for days; zeros where a cycle does not apply
+    (yearly or irregular stamps, or no longer cycle). Read off each stamp, so gaps do not
+    shift it."""
+    key = sortable(times)
+    out = np.zeros((len(times), 4))
+    if not pd.api.types.is_datetime64_any_dtype(key) or len(key) == 0:
+        return out
+    t = pd.DatetimeIndex(key)
+    kind = _step_kind(t.sort_values())
+    day = (t.hour * 3600 + t.minute * 60 + t.second).to_numpy() / 86400.0  # fraction of the day
+    dow = t.dayofweek.to_numpy()
+    year = (t.dayofyear.to_numpy() - 1 + day) / np.where(t.is_leap_year, 366.0, 365.0)
+    season, longer = {
+        "subdaily": (day, (dow + day) / 7.0),
+        "daily": (dow / 7.0, year),
+        "business": (np.minimum(dow, 4) / 5.0, year),
+        "weekly": (year, None),
+        "monthly": ((t.month.to_numpy() - 1) / 12.0, None),
+        "quarterly": ((t.quarter.to_numpy() - 1) / 4.0, None),
+    }.get(kind, (None, None))
+    for col, phase in ((0, season), (2, longer)):
+        if phase is not None:
+            out[:, col], out[:, col + 1] = np.sin(2 * np.pi * phase), np.cos(2 * np.pi * phase)
+    return out
 
 
 def _frequency(idx: pd.DatetimeIndex) -> Optional[str]:

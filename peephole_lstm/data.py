@@ -15,7 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._csv import head_lines, sniff
-from ._time import axis, continue_times, find_time_column, format_like, infer_season, sortable
+from ._time import (
+    CALENDAR,
+    axis,
+    calendar_phases,
+    continue_times,
+    find_time_column,
+    format_like,
+    infer_season,
+    sortable,
+)
 
 __all__ = ["SCALINGS", "SeriesDataError", "SeriesDataModule", "SeriesDataWarning", "load_builtin"]
 
@@ -206,6 +215,13 @@ class SeriesDataModule(L.LightningDataModule):
             ``"test"`` only one of them.
         balance: draw training windows so that every series weighs the same per epoch (with
             replacement), instead of in proportion to its length.
+        calendar: add four inputs read off each row's time stamp: the (sin, cos) of its phase
+            in the series' season (time of day for sub-daily steps, day of week for days, day
+            of year for weeks, month or quarter of year) and in the next longer cycle (day of
+            week for sub-daily steps, day of year for days), zeros where a cycle does not apply.
+            They let the network place a window in its cycles when the window is shorter than
+            the season (e.g. 15-minute data, whose day is 96 steps). Needs a time column of
+            dates.
     """
 
     def __init__(
@@ -228,6 +244,7 @@ class SeriesDataModule(L.LightningDataModule):
         season: Optional[int] = None,
         predict: str = "both",
         balance: bool = False,
+        calendar: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -238,10 +255,13 @@ class SeriesDataModule(L.LightningDataModule):
         groups = self._groups(frame)
         self.series_names: list[str] = [name for name, _ in groups]
         values, labels, times = [], [], []
+        self.calendar_names: list[str] = list(CALENDAR) if calendar else []
         for name, g in groups:
             values.append(self._numeric(g[[self._target_of(name), *self.feature_names]], name))
             labels += self._labels(g)
             times.append(g[self.time_name] if self.time_name else None)
+            if calendar:
+                values[-1] = np.concatenate([values[-1], self._calendar(times[-1])], axis=1)
         self.starts = np.cumsum([0] + [len(v) for v in values])  # series s: rows starts[s] .. starts[s+1]
         self.inputs = np.concatenate(values)  # (N, C) original units, target first
         self.series = self.inputs[:, 0]  # (N,)
@@ -322,6 +342,13 @@ class SeriesDataModule(L.LightningDataModule):
         hp = self.hparams
         named = hp.target if isinstance(hp.target, (list, tuple)) else [hp.target]
         return find_time_column(frame, exclude={hp.id_column, *named, *(hp.features or [])}, id_column=hp.id_column)
+
+    def _calendar(self, times: Optional[pd.Series]) -> np.ndarray:
+        """The calendar inputs of one series' rows (see ``calendar``)."""
+        if times is None or not pd.api.types.is_datetime64_any_dtype(sortable(times)):
+            what = "no time column" if times is None else f"time column {self.time_name!r} holds no dates"
+            raise SeriesDataError(f"calendar=True needs dates, but {self._where} has {what}")
+        return calendar_phases(times)
 
     @property
     def _panel(self) -> bool:
@@ -589,7 +616,7 @@ class SeriesDataModule(L.LightningDataModule):
 
     def _channels(self) -> list[str]:
         """The input columns, target first (every series' target column in a wide file)."""
-        return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names)]
+        return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names, *self.calendar_names)]
 
     def load_state_dict(self, state: dict) -> None:
         """The trained model's scalers for every series of this data that it was trained on
@@ -630,7 +657,7 @@ class SeriesDataModule(L.LightningDataModule):
     @property
     def input_size(self) -> int:
         """Number of input channels: the target plus the features."""
-        return 1 + len(self.feature_names)
+        return 1 + len(self.feature_names) + len(self.calendar_names)
 
     def dataset(self, split: str) -> WindowDataset:
         return WindowDataset(self, self.ends[split], self.sids[split])

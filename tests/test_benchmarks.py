@@ -90,6 +90,12 @@ def test_quality_interval_scores_by_hand():
     assert cov == 0.0 and msis == pytest.approx(1 + 40 * 0.5)
 
 
+def test_quality_reads_the_runs_data_options():
+    got = _quality().data_overrides(["--seed_everything", "1", "--data.calendar", "true", "--data.window=30",
+                                     "--model.ensemble", "1", "--data.features", "[a, b]"])
+    assert got == {"calendar": True, "window": 30, "features": ["a", "b"]}
+
+
 def test_quality_ratio_interval():
     """The bootstrap interval of an MSE ratio: it holds the ratio, is a point for identical
     errors, narrows with more targets, and widens when the errors come in long runs (blocks)."""

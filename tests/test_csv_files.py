@@ -354,3 +354,48 @@ def test_a_wide_file_through_the_cli(tmp_path, monkeypatch, capsys):
           "--trainer.enable_progress_bar", "false"])
     again = pd.read_csv(run / "forecast.csv")
     np.testing.assert_allclose(again["forecast"], forecast["forecast"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ calendar
+@pytest.mark.parametrize(
+    "stamps,row,season,longer",
+    [
+        # 15 minutes: 06:00 is a quarter of the day; Wednesday 1 Jan 2020 is day 2 of the week
+        (pd.date_range("2020-01-01", periods=200, freq="15min"), 24, 0.25, (2 + 0.25) / 7),
+        (pd.date_range("2020-01-01", periods=60, freq="D"), 0, 2 / 7, 0.0),  # Wednesday, 1 January
+        (pd.date_range("2020-01-01", periods=60, freq="B"), 2, 4 / 5, 2 / 366),  # Friday 3 Jan, leap year
+        (pd.date_range("2021-01-03", periods=60, freq="W"), 1, 9 / 365, None),  # Sunday 10 Jan 2021
+        (pd.date_range("2020-01-01", periods=30, freq="MS"), 2, 2 / 12, None),  # March
+        (pd.date_range("2020-01-01", periods=30, freq="QS"), 3, 3 / 4, None),  # Q4
+        (pd.date_range("2000-01-01", periods=30, freq="YS"), 3, None, None),  # yearly: no cycle
+    ],
+)
+def test_calendar_phases_by_hand(stamps, row, season, longer):
+    from peephole_lstm._time import calendar_phases
+
+    got = calendar_phases(pd.Series(stamps.strftime("%Y-%m-%d %H:%M")))
+    for col, phase in ((0, season), (2, longer)):
+        want = [0.0, 0.0] if phase is None else [np.sin(2 * np.pi * phase), np.cos(2 * np.pi * phase)]
+        np.testing.assert_allclose(got[row, col : col + 2], want, atol=1e-12)
+    kept = np.r_[0:10, 13:len(stamps)]  # gaps do not shift the phases of the rows around them
+    np.testing.assert_allclose(calendar_phases(pd.Series(stamps[kept].strftime("%Y-%m-%d %H:%M"))), got[kept])
+
+
+def test_calendar_inputs_through_the_data_module_and_the_cli(tmp_path, monkeypatch):
+    from peephole_lstm._time import CALENDAR, calendar_phases
+
+    frame = _frame(n=200)
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    dm, _ = _module(tmp_path / "s.csv", features=["temp"], calendar=True)
+    assert dm.input_size == 2 + 4 and dm._channels() == ["value", "temp", *CALENDAR]
+    np.testing.assert_array_equal(dm.inputs[:, 2:], calendar_phases(frame["date"]))
+    np.testing.assert_array_equal(dm.inputs[:, :2], _module(tmp_path / "s.csv", features=["temp"])[0].inputs)
+    x = dm.dataset("train")[0]["x"]  # z-scored with the training rows' statistics, like features
+    mean, std = dm.inputs[: dm.split_rows[0][0], 2:].mean(0), dm.inputs[: dm.split_rows[0][0], 2:].std(0)
+    np.testing.assert_allclose(x[:, 2:].numpy(), ((dm.inputs[:8, 2:] - mean) / std), rtol=1e-5, atol=1e-6)
+    pd.DataFrame({"year": range(1900, 2000), "value": np.arange(100.0)}).to_csv(tmp_path / "y.csv", index=False)
+    with pytest.raises(SeriesDataError, match="calendar=True needs dates, but .* time column 'year' holds no dates"):
+        _module(tmp_path / "y.csv", calendar=True)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--data.csv_path", "s.csv", "--data.window", "8", "--data.calendar", "true",
+          "--trainer.fast_dev_run", "true"])
