@@ -610,12 +610,14 @@ class SeriesDataModule(L.LightningDataModule):
         return {
             "series_names": [str(n) for n in self.series_names],
             "series_head": [torch.from_numpy(h) for h in self._heads()],
-            "channels": self._channels(),
+            "channels": self.input_columns,
             **{key: torch.from_numpy(np.array(getattr(self, key), dtype=np.float64)) for key in _SCALERS},
         }
 
-    def _channels(self) -> list[str]:
-        """The input columns, target first (every series' target column in a wide file)."""
+    @property
+    def input_columns(self) -> list[str]:
+        """The input columns, target first (every series' target column in a wide file), then
+        the features and the calendar inputs: what a checkpoint's weights were shaped by."""
         return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names, *self.calendar_names)]
 
     def load_state_dict(self, state: dict) -> None:
@@ -624,7 +626,7 @@ class SeriesDataModule(L.LightningDataModule):
         ``fit`` load a checkpoint); other series, e.g. another sensor's CSV under the same
         column name, keep their own, fitted on their training rows. ``restored``: the names of
         the series that took the checkpoint's."""
-        channels = self._channels()
+        channels = self.input_columns
         if list(state["channels"]) != channels:
             raise SeriesDataError(
                 f"the checkpoint was trained on the columns {list(state['channels'])} (target first), but the "

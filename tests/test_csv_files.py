@@ -313,7 +313,7 @@ def test_a_wide_file_is_the_panel_its_long_format_gives(tmp_path, features):
         np.testing.assert_array_equal(getattr(dm, key), getattr(ref, key))
     assert dm.future_labels(1) == ref.future_labels(1) == [str(pd.Timestamp("2020-01-01") + pd.Timedelta(days=N))[:10]]
     assert len(caught) == 1 and "series 'south': 10 before 2020-01-11" in str(caught[0].message)
-    assert dm._channels() == ["north", "south", *(features or [])]
+    assert dm.input_columns == ["north", "south", *(features or [])]
     with pytest.raises(SeriesDataError, match="column 'south' has 10 missing value"):
         _module(wide, target=["north", "south"], features=features)  # missing="error" names the column
 
@@ -387,7 +387,7 @@ def test_calendar_inputs_through_the_data_module_and_the_cli(tmp_path, monkeypat
     frame = _frame(n=200)
     frame.to_csv(tmp_path / "s.csv", index=False)
     dm, _ = _module(tmp_path / "s.csv", features=["temp"], calendar=True)
-    assert dm.input_size == 2 + 4 and dm._channels() == ["value", "temp", *CALENDAR]
+    assert dm.input_size == 2 + 4 and dm.input_columns == ["value", "temp", *CALENDAR]
     np.testing.assert_array_equal(dm.inputs[:, 2:], calendar_phases(frame["date"]))
     np.testing.assert_array_equal(dm.inputs[:, :2], _module(tmp_path / "s.csv", features=["temp"])[0].inputs)
     x = dm.dataset("train")[0]["x"]  # z-scored with the training rows' statistics, like features
@@ -399,3 +399,27 @@ def test_calendar_inputs_through_the_data_module_and_the_cli(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     main(["fit", "--data.csv_path", "s.csv", "--data.window", "8", "--data.calendar", "true",
           "--trainer.fast_dev_run", "true"])
+
+
+def test_a_checkpoint_of_other_input_columns_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """predict/test with a checkpoint trained on other inputs (the calendar on, a feature) stop
+    before loading it, naming the columns and the data options it was fit with; nothing is
+    written. Before, the weight loading failed with a tensor-size mismatch."""
+    monkeypatch.chdir(tmp_path)
+    _frame(n=200).to_csv("s.csv", index=False)
+    small = ["--data.csv_path", "s.csv", "--data.window", "8", "--model.hidden_size", "4", "--model.ensemble", "1"]
+    main(["fit", *small, "--data.calendar", "true", "--data.features", "[temp]", "--trainer.max_steps", "2",
+          "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"])
+    ckpt = str(next((tmp_path / "runs" / "s" / "version_1" / "checkpoints").glob("*.ckpt")))
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    for command, drop, hint in [("predict", ["--data.calendar", "false"], "--data.calendar true"),
+                                ("test", ["--data.features", "[]"], "--data.features [temp]")]:
+        capsys.readouterr()
+        args = [*small, "--data.calendar", "true", "--data.features", "[temp]", *drop]
+        with pytest.raises(SystemExit) as exc:
+            main([command, *args, "--ckpt_path", ckpt])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "was trained on the input columns ['value', 'temp', 'calendar_season_sin'" in err
+        assert f"pass the data options it was fit with, {hint}" in err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()} == written
+    main(["predict", *small, "--data.calendar", "true", "--data.features", "[temp]", "--ckpt_path", ckpt])
