@@ -25,9 +25,9 @@ __all__ = ["CALENDAR", "TIME_COLUMNS", "axis", "calendar_phases", "continue_time
            "infer_season", "sortable"]
 
 TIME_COLUMNS = ("date", "time", "timestamp", "datetime", "ds")
-# Seasonal period from the median time step (in days): daily 7, weekly 52, monthly 12, ...
-# (a step that divides a day, e.g. 15 minutes, has the day: 96; business days the week: 5)
-_SEASONS = [(1 / 48, 48), (1 / 24, 24), (1.0, 7), (7.0, 52), (30.4, 12), (91.3, 4)]
+# Seasonal period of a step kind (see _step_kind); a sub-daily step that divides a day has the
+# day (15 minutes: 96)
+_SEASONS = {"business": 5, "daily": 7, "weekly": 52, "monthly": 12, "quarterly": 4}
 _DAY_NS = 86_400 * 10**9
 # Date formats tried in order, each on the whole column (one format for every row, so that
 # 01.02.2020 and 13.02.2020 are both day-first); month-first before day-first for slashes, as
@@ -136,18 +136,8 @@ def infer_season(times: Optional[pd.Series]) -> int:
     key = sortable(times)
     if not pd.api.types.is_datetime64_any_dtype(key):
         return 1
-    freq = _frequency(pd.DatetimeIndex(key))
-    if freq is not None:
-        offset = pd.tseries.frequencies.to_offset(freq)
-        if isinstance(offset, pd.offsets.BusinessDay) and offset.n == 1:
-            return 5
-        if isinstance(offset, pd.offsets.Tick) and offset.nanos < _DAY_NS and _DAY_NS % offset.nanos == 0:
-            return _DAY_NS // offset.nanos
-    days = float(np.median(np.diff(key.to_numpy()).astype("timedelta64[s]").astype(np.float64))) / 86400.0
-    for step, season in _SEASONS:
-        if abs(days - step) <= 0.1 * step:
-            return season
-    return 1
+    kind, per_day = _step_kind(pd.DatetimeIndex(key).sort_values())
+    return (per_day or 1) if kind == "subdaily" else _SEASONS.get(kind, 1)
 
 
 # The calendar inputs (SeriesDataModule(calendar=True)): where a step falls in the series' season
@@ -155,41 +145,43 @@ def infer_season(times: Optional[pd.Series]) -> int:
 CALENDAR = ("calendar_season_sin", "calendar_season_cos", "calendar_long_sin", "calendar_long_cos")
 
 
-def _step_kind(idx: pd.DatetimeIndex) -> str:
-    """``"subdaily"``, ``"daily"``, ``"business"``, ``"weekly"``, ``"monthly"``,
-    ``"quarterly"`` or ``""`` (yearly, irregular): the frequency (despite gaps), else the
-    median step."""
+def _step_kind(idx: pd.DatetimeIndex) -> tuple[str, int]:
+    """The step of sorted dates, from their frequency (despite gaps), else their median step:
+    ``"subdaily"``, ``"daily"``, ``"business"``, ``"weekly"``, ``"monthly"``, ``"quarterly"``
+    or ``""`` (yearly, irregular); and for sub-daily steps that divide a day, the steps per day
+    (else 0)."""
     freq = _frequency(idx)
     if freq is not None:
         offset = pd.tseries.frequencies.to_offset(freq)
         if isinstance(offset, pd.offsets.BusinessDay) and offset.n == 1:
-            return "business"
+            return "business", 0
         if isinstance(offset, pd.offsets.Tick) and offset.nanos < _DAY_NS:
-            return "subdaily"
+            return "subdaily", _DAY_NS // offset.nanos if _DAY_NS % offset.nanos == 0 else 0
     if len(idx) < 2:
-        return ""
+        return "", 0
     days = float(np.median(np.diff(idx.asi8))) / _DAY_NS
     if days < 0.9:
-        return "subdaily"
+        n = round(1 / days) if days > 0 else 0
+        return "subdaily", n if n >= 2 and abs(days * n - 1) <= 0.1 else 0
     for step, kind in ((1.0, "daily"), (7.0, "weekly"), (30.4, "monthly"), (91.3, "quarterly")):
         if abs(days - step) <= 0.1 * step:
-            return kind
-    return ""
+            return kind, 0
+    return "", 0
 
 
-def calendar_phases(times: pd.Series) -> np.ndarray:
+def calendar_phases(times: pd.Series, key: Optional[pd.Series] = None) -> np.ndarray:
     """``(n, 4)``: the :data:`CALENDAR` inputs of dated stamps. The season's phase is the time
     of day for sub-daily steps, the day of the week for (business) days, the day of the year
     for weeks, the month or quarter of the year; the longer cycle's is the day of the week for
     sub-daily steps and the day of the year for days; zeros where a cycle does not apply
     (yearly or irregular stamps, or no longer cycle). Read off each stamp, so gaps do not
-    shift it."""
-    key = sortable(times)
+    shift it. ``key``: ``times`` as :func:`sortable` reads them, if the caller has them."""
+    key = sortable(times) if key is None else key
     out = np.zeros((len(times), 4))
     if not pd.api.types.is_datetime64_any_dtype(key) or len(key) == 0:
         return out
     t = pd.DatetimeIndex(key)
-    kind = _step_kind(t.sort_values())
+    kind = _step_kind(t.sort_values())[0]
     day = (t.hour * 3600 + t.minute * 60 + t.second).to_numpy() / 86400.0  # fraction of the day
     dow = t.dayofweek.to_numpy()
     year = (t.dayofyear.to_numpy() - 1 + day) / np.where(t.is_leap_year, 366.0, 365.0)

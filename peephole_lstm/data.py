@@ -345,10 +345,11 @@ class SeriesDataModule(L.LightningDataModule):
 
     def _calendar(self, times: Optional[pd.Series]) -> np.ndarray:
         """The calendar inputs of one series' rows (see ``calendar``)."""
-        if times is None or not pd.api.types.is_datetime64_any_dtype(sortable(times)):
+        key = sortable(times) if times is not None else None
+        if key is None or not pd.api.types.is_datetime64_any_dtype(key):
             what = "no time column" if times is None else f"time column {self.time_name!r} holds no dates"
             raise SeriesDataError(f"calendar=True needs dates, but {self._where} has {what}")
-        return calendar_phases(times)
+        return calendar_phases(times, key)
 
     @property
     def _panel(self) -> bool:
