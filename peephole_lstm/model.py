@@ -16,6 +16,7 @@ from torchmetrics import (
     MeanMetric,
     MeanSquaredError,
     MetricCollection,
+    SymmetricMeanAbsolutePercentageError,
 )
 
 from .conformal import LEVELS, RollingCalibration, conformal_quantiles
@@ -213,6 +214,7 @@ def _metrics(prefix: str) -> MetricCollection:
             "mae": MeanAbsoluteError(),
             "rmse": MeanSquaredError(squared=False),
             "mape": MeanAbsolutePercentageError(),
+            "smape": SymmetricMeanAbsolutePercentageError(),
         },
         prefix=prefix,
     )
@@ -222,8 +224,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
     """Forecast the next ``horizon`` values of one or many series with a peephole LSTM, with
     prediction intervals.
 
-    Trains on MSE of the scaled targets with Adam. Reports ``{val,test}_{mse,mae,rmse,mape}``
-    in the series' original units; the classical baselines on the same targets:
+    Trains on MSE of the scaled targets with Adam. Reports ``{val,test}_{mse,mae,rmse,mape,smape}``
+    in the series' original units (``mape`` a fraction, which explodes for targets near zero;
+    ``smape`` the symmetric one of the M4 competition, 2|y - ŷ| / (|y| + |ŷ|), within [0, 2],
+    also per series); the classical baselines on the same targets:
     ``{val,test}_naive_mse`` (the last observed value) and ``{val,test}_snaive_mse`` (the
     value one season earlier); ``{val,test}_mase``, the MAE over the in-sample seasonal naive
     MAE of each target's series (the M4 convention, comparable across series); and the
@@ -554,8 +558,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._start_rolling()
         dm = getattr(self.trainer, "datamodule", None)
         S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
-        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "in_80", "in_95", "is_80", "is_95", "first",
-                "last")
+        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape", "in_80", "in_95", "is_80", "is_95",
+                "first", "last")
         self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
         self._test_sums["first"].fill_(float("inf"))
         self._test_sums["last"].fill_(-float("inf"))
@@ -577,6 +581,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
             "naive_se": ((batch["naive"] - y_o) ** 2).sum(1),
             "snaive_se": ((batch["snaive"] - y_o) ** 2).sum(1),
             "scaled_ae": ((pred_o - y_o).abs() / batch["mase_scale"]).sum(1),
+            "sape": (2 * (pred_o - y_o).abs() / (pred_o.abs() + y_o.abs()).clamp(min=1.17e-6)).sum(1),
         }
         if intervals is not None:
             inside, scores = intervals
@@ -612,6 +617,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 "naive_mse": float(sums["naive_se"][s] / n[s]),
                 "snaive_mse": float(sums["snaive_se"][s] / n[s]),
                 "mase": float(sums["scaled_ae"][s] / n[s]),
+                "smape": float(sums["sape"][s] / n[s]),
             }
             if self._rolling is not None or not torch.isnan(self.interval_q).any():
                 row["coverage_80"] = float(sums["in_80"][s] / n[s])

@@ -209,10 +209,10 @@ def test_global_model_on_a_panel_logs_intervals_mase_and_per_series_metrics(tmp_
     assert (cat["lo_95"] <= cat["lo_80"]).all() and (cat["hi_80"] <= cat["hi_95"]).all()
 
 
-def test_interval_score_is_the_m4_msis_of_the_backtest_intervals(tmp_path):
-    """test_msis_80/95, overall and per series, equal the M4 competition's MSIS computed with
-    numpy from predict's backtest intervals (original units) and each series' in-sample seasonal
-    naive MAE taken from its training rows of the file."""
+def test_interval_score_and_smape_are_the_m4_measures_of_the_backtest(tmp_path):
+    """test_msis_80/95 and test_smape, overall and per series, equal the M4 competition's MSIS
+    and sMAPE computed with numpy from predict's backtest (original units) and each series'
+    in-sample seasonal naive MAE taken from its training rows of the file."""
     path, frames = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", target="value", window=14, horizon=2, batch_size=32)
     L.seed_everything(0)
@@ -225,7 +225,7 @@ def test_interval_score_is_the_m4_msis_of_the_backtest_intervals(tmp_path):
     preds = trainer.predict(model, datamodule=dm)
     cat = {k: torch.cat([p[k] for p in preds]).double().numpy() for k in preds[0]}
     back = ~np.isnan(cat["actual"]).any(1)  # the backtest windows (the future has no actuals)
-    total = {80: 0.0, 95: 0.0}
+    total = {80: 0.0, 95: 0.0, "smape": 0.0}
     for s, name in enumerate(dm.series_names):
         y_file = next(f for f in frames if f["id"].iloc[0] == name)["value"].to_numpy()
         train = y_file[: dm.split_rows[s][0]]
@@ -239,6 +239,10 @@ def test_interval_score_is_the_m4_msis_of_the_backtest_intervals(tmp_path):
             assert per.loc[name, f"msis_{pct}"] == pytest.approx(score.mean() / scale, rel=1e-4)
             total[pct] += score.sum() / scale
         assert per.loc[name, "targets"] == y.size
+        sape = 2 * np.abs(cat["forecast"][rows] - y) / (np.abs(cat["forecast"][rows]) + np.abs(y))
+        assert per.loc[name, "smape"] == pytest.approx(sape.mean(), rel=1e-4)
+        total["smape"] += sape.sum()
+    assert res["test_smape"] == pytest.approx(total["smape"] / per["targets"].sum(), rel=1e-4)
     for pct in (80, 95):
         assert res[f"test_msis_{pct}"] == pytest.approx(total[pct] / per["targets"].sum(), rel=1e-4)
         assert 0 < res[f"test_msis_{pct}"] < np.inf
