@@ -145,6 +145,12 @@ def infer_season(times: Optional[pd.Series]) -> int:
 CALENDAR = ("calendar_season_sin", "calendar_season_cos", "calendar_long_sin", "calendar_long_cos")
 
 
+def _median_step_ns(idx: pd.DatetimeIndex) -> float:
+    """The median step of sorted dates in nanoseconds, whatever their resolution (pandas 3
+    parses to microseconds, pandas 2 to nanoseconds)."""
+    return float(np.median(np.diff(idx.to_numpy()).astype("timedelta64[ns]").astype(np.int64)))
+
+
 def _step_kind(idx: pd.DatetimeIndex) -> tuple[str, int]:
     """The step of sorted dates, from their frequency (despite gaps), else their median step:
     ``"subdaily"``, ``"daily"``, ``"business"``, ``"weekly"``, ``"monthly"``, ``"quarterly"``
@@ -159,7 +165,7 @@ def _step_kind(idx: pd.DatetimeIndex) -> tuple[str, int]:
             return "subdaily", _DAY_NS // offset.nanos if _DAY_NS % offset.nanos == 0 else 0
     if len(idx) < 2:
         return "", 0
-    days = float(np.median(np.diff(idx.asi8))) / _DAY_NS
+    days = _median_step_ns(idx) / _DAY_NS
     if days < 0.9:
         n = round(1 / days) if days > 0 else 0
         return "subdaily", n if n >= 2 and abs(days * n - 1) <= 0.1 else 0
@@ -291,7 +297,7 @@ def continue_times(times: pd.Series, h: int) -> list[str]:
         if freq is not None:
             future = pd.date_range(idx[-1], periods=h + 1, freq=freq)[1:]
         else:
-            step = pd.Timedelta(np.median(np.diff(idx.asi8))) if len(idx) > 1 else pd.Timedelta(days=1)
+            step = pd.Timedelta(_median_step_ns(idx), unit="ns") if len(idx) > 1 else pd.Timedelta(days=1)
             future = pd.DatetimeIndex([idx[-1] + step * (k + 1) for k in range(h)])
         return format_like(future, times, key)
     if pd.api.types.is_numeric_dtype(key):

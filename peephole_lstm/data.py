@@ -398,11 +398,12 @@ class SeriesDataModule(L.LightningDataModule):
                 unused = [str(c) for c in numeric[:-1] if not str(c).startswith("Unnamed:")]
                 if unused:  # a wide file (one column per series) trains on its last column only
                     shown = ", ".join(map(repr, unused[:5])) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+                    wide = ("" if hp.id_column is not None else  # long format: the other columns are inputs
+                            ", or, for one model over several series, list them: --data.target '["
+                            + ", ".join([*unused[:2], str(target)]) + "]' (a wide file: one series per column)")
                     warnings.warn(
                         f"{self._where}: forecasting {str(target)!r}, the last numeric column; {shown} not used: "
-                        "name the target (--data.target) and inputs (--data.features), or, for one model over "
-                        "several series, list them: --data.target '[" + ", ".join([*unused[:2], str(target)])
-                        + "]' (a wide file: one series per column)",
+                        f"name the target (--data.target) and inputs (--data.features){wide}",
                         SeriesDataWarning, stacklevel=3,
                     )
         features = list(hp.features or [])

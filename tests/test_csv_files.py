@@ -222,6 +222,9 @@ def test_the_cli_prints_data_warnings_as_one_line(tmp_path, monkeypatch, capsys)
          ["2020-01-02T00:00:00Z", "2020-01-02T01:00:00Z"]),
         (pd.date_range("2020-01-01", periods=24, freq="MS").strftime("%b %Y"), ["Jan 2022", "Feb 2022"]),
         (pd.date_range("2020-01-01", periods=24, freq="D").strftime("%d-%b-%Y"), ["25-Jan-2020", "26-Jan-2020"]),
+        # irregular (no frequency): by the median step, 60 minutes, whatever resolution pandas parses to
+        ([f"2020-01-01 {h:02d}:{m:02d}" for h, m in zip(range(12), [0, 59, 0, 1, 0, 2, 0, 58, 0, 0, 3, 0])],
+         ["2020-01-01 12:00", "2020-01-01 13:00"]),
     ],
 )
 def test_future_labels_in_the_files_format(times, want):
@@ -277,6 +280,9 @@ def test_a_wide_file_says_which_column_it_forecasts(tmp_path):
         dm, caught = _module(tmp_path / "wide.csv", **named)
         assert dm.target_name == "south" and not caught
     assert "--data.target '[north, south]' (a wide file" in str(_module(tmp_path / "wide.csv")[1][0].message)
+    frame.assign(id="a").to_csv(tmp_path / "long.csv", index=False)  # long format: the others are inputs
+    message = str(_module(tmp_path / "long.csv", id_column="id")[1][0].message)
+    assert message.endswith("'north' not used: name the target (--data.target) and inputs (--data.features)")
 
 
 def _wide_and_long(tmp_path, n=N):
