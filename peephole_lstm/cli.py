@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from .conformal import LEVELS
+from .conformal import LEVELS, level_name
 from .data import SeriesDataError, SeriesDataModule, SeriesDataWarning
 from .model import PeepholeLSTMRegressor
 
@@ -44,8 +44,9 @@ class ForecastWriter(BasePredictionWriter):
 
     ``forecast.csv`` has one row per series, forecast origin and step: ``kind`` is
     ``backtest`` (``actual`` known) or ``future`` (``actual`` empty); ``lo_80``/``hi_80`` and
-    ``lo_95``/``hi_95`` bound the intervals; ``naive`` and ``snaive`` are the last value and
-    the seasonal naive forecast.
+    ``lo_95``/``hi_95`` bound the intervals (one pair per level of the model's
+    ``interval_levels``); ``naive`` and ``snaive`` are the last value and the seasonal naive
+    forecast.
 
     Args:
         output_dir: where to write; ``None``: the run directory (``fit``) or the directory of
@@ -84,8 +85,8 @@ class ForecastWriter(BasePredictionWriter):
                     "step": step + 1,
                     "forecast": float(cat["forecast"][i, step]),
                 }
-                for level in LEVELS:
-                    pct = round(level * 100)
+                for level in pl_module.levels:
+                    pct = level_name(level)
                     rec[f"lo_{pct}"] = float(cat[f"lo_{pct}"][i, step])
                     rec[f"hi_{pct}"] = float(cat[f"hi_{pct}"][i, step])
                 rec["actual"] = float(cat["actual"][i, step])
@@ -96,17 +97,19 @@ class ForecastWriter(BasePredictionWriter):
         csv_path = os.path.join(out_dir, "forecast.csv")
         frame.to_csv(csv_path, index=False)
         png_path = os.path.join(out_dir, "forecast.png")
-        plot_forecast(frame, dm, png_path, self.history, self.max_plots)
+        plot_forecast(frame, dm, png_path, self.history, self.max_plots, pl_module.levels)
         print(f"wrote {csv_path} and {png_path}")
 
 
-def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6) -> None:
-    """Per series: recent actuals, the one-step backtest and the future forecast, with bands."""
+def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6, levels=LEVELS) -> None:
+    """Per series: recent actuals, the one-step backtest and the future forecast, with bands:
+    the backtest's widest interval, the future's two widest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    bands = [level_name(lv) for lv in sorted(levels, reverse=True)[:2]]  # widest first
     names = list(dict.fromkeys(frame["series"]))[:max_plots]
     fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
@@ -122,14 +125,14 @@ def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6) 
         if len(back):
             xb = range(first - start, first - start + len(back))
             ax.plot(xb, back["forecast"], color="tab:blue", linewidth=1.0, label="backtest (one step)")
-            ax.fill_between(xb, back["lo_95"], back["hi_95"], color="tab:blue", alpha=0.12, linewidth=0)
+            ax.fill_between(xb, back[f"lo_{bands[0]}"], back[f"hi_{bands[0]}"], color="tab:blue", alpha=0.12,
+                            linewidth=0)
         if len(fut):
             xf = range(stop - start, stop - start + len(fut))
             ax.plot(xf, fut["forecast"], color="tab:red", linewidth=1.4, marker=".", label="future")
-            ax.fill_between(xf, fut["lo_95"], fut["hi_95"], color="tab:red", alpha=0.12, linewidth=0,
-                            label="95% interval")
-            ax.fill_between(xf, fut["lo_80"], fut["hi_80"], color="tab:red", alpha=0.22, linewidth=0,
-                            label="80% interval")
+            for band, alpha in zip(bands, (0.12, 0.22)):
+                ax.fill_between(xf, fut[f"lo_{band}"], fut[f"hi_{band}"], color="tab:red", alpha=alpha, linewidth=0,
+                                label=f"{band}% interval")
         labels = dm.index[lo:stop] + (list(fut["time"]) if len(fut) else [])
         n = len(labels)
         ticks = list(range(0, n, max(1, n // 7)))
@@ -174,6 +177,17 @@ class PeepholeLSTMCLI(LightningCLI):
                  "<trainer.default_root_dir>/<csv name or dataset>/version_<k>, the next free k "
                  "(fit --ckpt_path last: the latest)",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning takes the model's options from a checkpoint (its weights fix them), over the
+        command line's. ``interval_levels`` stays the command line's where it names other levels
+        than the default: a checkpoint keeps its calibration residuals, so ``predict``/``test``
+        can give intervals at levels it was not fitted with."""
+        sub = self.config.get("subcommand")
+        asked = self.config[sub].get("model", {}).get("interval_levels") if sub else None
+        super()._parse_ckpt_path()
+        if asked is not None and tuple(float(v) for v in asked) != LEVELS:
+            self.config[sub].model.interval_levels = asked
 
     # -------------------------------------------------------------- run directory
     def before_instantiate_classes(self) -> None:

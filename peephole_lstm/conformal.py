@@ -33,9 +33,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["LEVELS", "RollingCalibration", "conformal_quantiles"]
+__all__ = ["LEVELS", "RollingCalibration", "check_levels", "conformal_quantiles", "level_name"]
 
-LEVELS = (0.8, 0.95)  # the central prediction intervals every forecast carries
+LEVELS = (0.8, 0.95)  # the central prediction intervals every forecast carries by default
+
+
+def check_levels(levels) -> tuple[float, ...]:
+    """``levels`` as a sorted tuple of distinct floats in (0, 1); a ``ValueError`` otherwise."""
+    try:
+        out = tuple(sorted(float(lv) for lv in levels))
+    except (TypeError, ValueError):
+        raise ValueError(f"interval_levels must be a list of numbers in (0, 1), got {levels!r}") from None
+    if not out or not all(0.0 < lv < 1.0 for lv in out) or len(set(out)) < len(out):
+        raise ValueError(f"interval_levels must be distinct numbers in (0, 1), e.g. [0.8, 0.95], got {list(levels)}")
+    return out
+
+
+def level_name(level: float) -> str:
+    """A level as it names columns and metrics: 0.8 -> ``"80"``, 0.975 -> ``"97.5"``."""
+    return f"{level * 100:.6g}"
 
 
 def _rank(n: int, level: float) -> int:

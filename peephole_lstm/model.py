@@ -19,7 +19,7 @@ from torchmetrics import (
     SymmetricMeanAbsolutePercentageError,
 )
 
-from .conformal import LEVELS, RollingCalibration, conformal_quantiles
+from .conformal import LEVELS, RollingCalibration, check_levels, conformal_quantiles, level_name
 from .lstm import PeepholeLSTM
 
 __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
@@ -231,9 +231,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
     ``{val,test}_naive_mse`` (the last observed value) and ``{val,test}_snaive_mse`` (the
     value one season earlier); ``{val,test}_mase``, the MAE over the in-sample seasonal naive
     MAE of each target's series (the M4 convention, comparable across series); and the
-    central 80% and 95% prediction intervals' empirical coverage and mean width
-    (``{val,test}_coverage_80``, ``..._width_80``, ...), and on test their mean scaled
-    interval score (``test_msis_80``, ``test_msis_95``: the M4 competition's MSIS, width plus
+    central prediction intervals' (``interval_levels``, 80% and 95% by default) empirical
+    coverage and mean width (``{val,test}_coverage_80``, ``..._width_80``, ...), and on test
+    their mean scaled interval score (``test_msis_80``, ...: the M4 competition's MSIS, width plus
     2/α times the distance of each target outside, over the in-sample seasonal naive MAE;
     lower is better, and it rewards narrow intervals only where they still cover). After
     ``test``, ``test_per_series``
@@ -287,6 +287,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
             ``ensemble`` times the training and forecasting arithmetic. Validation (early
             stopping, checkpoints) and the intervals see the mean. The members share the fixed
             AR term (it is fitted once).
+        interval_levels: the central prediction intervals every forecast carries, e.g.
+            ``[0.5, 0.9]`` (columns ``lo_50``, ``hi_50``, ...; metrics ``test_coverage_50``,
+            ...). They come from the conformal residuals a checkpoint keeps, so ``predict`` with
+            a checkpoint can ask for other levels than it was trained with.
     """
 
     def __init__(
@@ -304,8 +308,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
         ar_window: Union[int, Literal["auto"]] = 0,
         series_embedding: int = 0,
         ensemble: int = 1,
+        interval_levels: tuple[float, ...] = LEVELS,
     ) -> None:
         super().__init__()
+        self.levels = check_levels(interval_levels)
         if isinstance(series_embedding, bool) or not isinstance(series_embedding, int) or series_embedding < 0:
             raise ValueError(f"series_embedding must be a non-negative integer, got {series_embedding!r}")
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
@@ -334,7 +340,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
             }
         )
         # (levels, horizon): the conformal half-widths in scaled units; NaN until validated.
-        self.register_buffer("interval_q", torch.full((len(LEVELS), horizon), float("nan")))
+        self.register_buffer("interval_q", torch.full((len(self.levels), horizon), float("nan")))
         self._val_residuals: list[Tensor] = []
         self._val_series: list[Tensor] = []  # the series of each validation window
         self._calibration: Optional[Tensor] = None  # (n, horizon): the last validation's residuals
@@ -449,6 +455,11 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._series_names = checkpoint.get("series_names", checkpoint.get("ar_series_names", []))
         # checkpoints written before the intervals existed: no intervals, not an error
         checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
+        if checkpoint["state_dict"]["interval_q"].shape != self.interval_q.shape:
+            # other interval_levels than at fit: this model's levels, from the residuals kept
+            q = (conformal_quantiles(self._calibration, self.levels) if self._calibration is not None
+                 else torch.full_like(self.interval_q, float("nan")))
+            checkpoint["state_dict"]["interval_q"] = q.to(self.interval_q)
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Dropout draws from the global RNG, which other code (a DataLoader iterator's base
@@ -499,8 +510,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             return None
         n, scale = len(residual), batch["scale"]
         inside, scores = [], []
-        for k, level in enumerate(LEVELS):
-            pct = round(level * 100)
+        for k, level in enumerate(self.levels):
+            pct = level_name(level)
             ok = (residual <= q[:, k]).float()  # (B, horizon)
             # interval score (Gneiting & Raftery 2007) of forecast ± q: the width plus 2/α times
             # the distance outside; symmetric, so that distance is |residual| - q where positive
@@ -546,20 +557,21 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self.log("val_loss", (sums[has] / counts[has]).mean().float(), prog_bar=True)
         self._calibration = residuals.detach().float().cpu()
         self._calibration_series = series.detach().cpu()
-        self.interval_q.copy_(conformal_quantiles(residuals).to(self.interval_q))
-        for k, level in enumerate(LEVELS):  # in-sample: near the level by construction
-            self.log(f"val_coverage_{round(level * 100)}", (residuals <= self.interval_q[k]).float().mean())
+        self.interval_q.copy_(conformal_quantiles(residuals, self.levels).to(self.interval_q))
+        for k, level in enumerate(self.levels):  # in-sample: near the level by construction
+            self.log(f"val_coverage_{level_name(level)}", (residuals <= self.interval_q[k]).float().mean())
 
     def _start_rolling(self) -> None:
-        self._rolling = (RollingCalibration(self._calibration, series=self._calibration_series)
+        self._rolling = (RollingCalibration(self._calibration, self.levels, series=self._calibration_series)
                          if self._calibration is not None else None)
 
     def on_test_epoch_start(self) -> None:
         self._start_rolling()
         dm = getattr(self.trainer, "datamodule", None)
         S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
-        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape", "in_80", "in_95", "is_80", "is_95",
-                "first", "last")
+        names = [level_name(lv) for lv in self.levels]
+        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape", *(f"{what}_{name}" for name in names
+                for what in ("in", "is")), "first", "last")
         self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
         self._test_sums["first"].fill_(float("inf"))
         self._test_sums["last"].fill_(-float("inf"))
@@ -585,8 +597,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         }
         if intervals is not None:
             inside, scores = intervals
-            per_row["in_80"], per_row["in_95"] = inside[0].sum(1), inside[1].sum(1)
-            per_row["is_80"], per_row["is_95"] = scores[0].sum(1), scores[1].sum(1)
+            for level, ok, score in zip(self.levels, inside, scores):
+                per_row[f"in_{level_name(level)}"], per_row[f"is_{level_name(level)}"] = ok.sum(1), score.sum(1)
         for k, v in per_row.items():
             sums[k].index_add_(0, sid, v.detach().cpu().double())
         end = batch["end"].cpu().double()
@@ -620,10 +632,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 "smape": float(sums["sape"][s] / n[s]),
             }
             if self._rolling is not None or not torch.isnan(self.interval_q).any():
-                row["coverage_80"] = float(sums["in_80"][s] / n[s])
-                row["coverage_95"] = float(sums["in_95"][s] / n[s])
-                row["msis_80"] = float(sums["is_80"][s] / n[s])
-                row["msis_95"] = float(sums["is_95"][s] / n[s])
+                names = [level_name(lv) for lv in self.levels]
+                row.update({f"coverage_{name}": float(sums[f"in_{name}"][s] / n[s]) for name in names})
+                row.update({f"msis_{name}": float(sums[f"is_{name}"][s] / n[s]) for name in names})
             rows.append(row)
         frame = pd.DataFrame(rows)
         self.test_per_series = frame
@@ -647,9 +658,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
             "series": batch["series"],
         }
         q = self._half_widths(batch, (pred - batch["y"]).abs())  # (B, levels, horizon); joins the pool
-        for k, level in enumerate(LEVELS):
+        for k, level in enumerate(self.levels):
             half = (q[:, k] if q is not None else torch.full_like(pred, math.nan)) * batch["scale"]  # original units
-            pct = round(level * 100)
+            pct = level_name(level)
             out[f"lo_{pct}"] = out["forecast"] - half
             out[f"hi_{pct}"] = out["forecast"] + half
         return out

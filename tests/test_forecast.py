@@ -573,3 +573,43 @@ def test_panel_checkpoints_from_before_the_series_embedding_keep_their_series(tm
     fresh.on_load_checkpoint(ckpt)
     fresh.load_state_dict(ckpt["state_dict"])
     assert fresh._series_names == ["north", "south"] and fresh.net.ar_series == 2
+
+
+def test_interval_levels_check():
+    from peephole_lstm.conformal import check_levels, level_name
+
+    assert check_levels([0.95, 0.5]) == (0.5, 0.95) and [level_name(v) for v in (0.8, 0.975, 0.5)] == ["80", "97.5", "50"]
+    for bad in ([], [0.0], [1.0], [0.8, 0.8], [1.5], ["x"], None):
+        with pytest.raises(ValueError, match="interval_levels must be"):
+            check_levels(bad)
+    with pytest.raises(ValueError, match="interval_levels must be"):
+        PeepholeLSTMRegressor(interval_levels=[0.9, 0.9])
+
+
+def test_other_interval_levels_through_fit_and_predict(tmp_path, monkeypatch):
+    """--model.interval_levels [0.5, 0.9] names the forecast's columns and the metrics; predict
+    with that checkpoint at more levels recomputes them from the residuals it keeps: the fit's
+    levels come out the same (no level above 90%, so each series draws on the same pool), and
+    the intervals nest (50% inside 80% inside 90%)."""
+    from peephole_lstm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path, _ = _panel(tmp_path)
+    common = ["--data.csv_path", path, "--data.id_column", "id", "--data.target", "value", "--data.window", "10",
+              "--model.hidden_size", "4", "--trainer.enable_progress_bar", "false"]
+    main(["fit", *common, "--model.interval_levels", "[0.9, 0.5]", "--trainer.max_steps", "4",
+          "--trainer.val_check_interval", "2", "--trainer.logger", "false"])
+    run = tmp_path / "runs" / "panel" / "version_1"
+    fit = pd.read_csv(run / "forecast.csv")
+    assert {"lo_50", "hi_50", "lo_90", "hi_90"} <= set(fit.columns) and "lo_80" not in fit.columns
+    per = pd.read_csv(run / "metrics_per_series.csv")
+    assert {"coverage_50", "coverage_90", "msis_50", "msis_90"} <= set(per.columns)
+    assert (per["coverage_50"] <= per["coverage_90"]).all()
+    main(["predict", *common, "--model.interval_levels", "[0.5, 0.8, 0.9]",
+          "--ckpt_path", str(next((run / "checkpoints").glob("*.ckpt")))])
+    again = pd.read_csv(run / "forecast.csv")
+    for col in ("forecast", "lo_50", "hi_50", "lo_90", "hi_90"):
+        np.testing.assert_allclose(again[col], fit[col], rtol=1e-6, err_msg=col)
+    for a, b in (("90", "80"), ("80", "50")):
+        assert (again[f"lo_{a}"] <= again[f"lo_{b}"]).all() and (again[f"hi_{b}"] <= again[f"hi_{a}"]).all()
+    assert (again["lo_80"] < again["lo_50"]).any()  # a real 80% interval, not a copy
