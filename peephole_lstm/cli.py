@@ -85,8 +85,7 @@ class ForecastWriter(BasePredictionWriter):
                     "step": step + 1,
                     "forecast": float(cat["forecast"][i, step]),
                 }
-                for level in pl_module.levels:
-                    pct = level_name(level)
+                for pct in pl_module.level_names:
                     rec[f"lo_{pct}"] = float(cat[f"lo_{pct}"][i, step])
                     rec[f"hi_{pct}"] = float(cat[f"hi_{pct}"][i, step])
                 rec["actual"] = float(cat["actual"][i, step])

@@ -312,6 +312,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
     ) -> None:
         super().__init__()
         self.levels = check_levels(interval_levels)
+        self.level_names = [level_name(lv) for lv in self.levels]  # "80", "95": columns and metrics
         if isinstance(series_embedding, bool) or not isinstance(series_embedding, int) or series_embedding < 0:
             raise ValueError(f"series_embedding must be a non-negative integer, got {series_embedding!r}")
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
@@ -510,8 +511,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
             return None
         n, scale = len(residual), batch["scale"]
         inside, scores = [], []
-        for k, level in enumerate(self.levels):
-            pct = level_name(level)
+        for k, (level, pct) in enumerate(zip(self.levels, self.level_names)):
             ok = (residual <= q[:, k]).float()  # (B, horizon)
             # interval score (Gneiting & Raftery 2007) of forecast ± q: the width plus 2/α times
             # the distance outside; symmetric, so that distance is |residual| - q where positive
@@ -558,8 +558,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._calibration = residuals.detach().float().cpu()
         self._calibration_series = series.detach().cpu()
         self.interval_q.copy_(conformal_quantiles(residuals, self.levels).to(self.interval_q))
-        for k, level in enumerate(self.levels):  # in-sample: near the level by construction
-            self.log(f"val_coverage_{level_name(level)}", (residuals <= self.interval_q[k]).float().mean())
+        for k, pct in enumerate(self.level_names):  # in-sample: near the level by construction
+            self.log(f"val_coverage_{pct}", (residuals <= self.interval_q[k]).float().mean())
 
     def _start_rolling(self) -> None:
         self._rolling = (RollingCalibration(self._calibration, self.levels, series=self._calibration_series)
@@ -569,9 +569,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._start_rolling()
         dm = getattr(self.trainer, "datamodule", None)
         S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
-        names = [level_name(lv) for lv in self.levels]
-        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape", *(f"{what}_{name}" for name in names
-                for what in ("in", "is")), "first", "last")
+        keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape",
+                *(f"{what}_{pct}" for pct in self.level_names for what in ("in", "is")), "first", "last")
         self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
         self._test_sums["first"].fill_(float("inf"))
         self._test_sums["last"].fill_(-float("inf"))
@@ -597,8 +596,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         }
         if intervals is not None:
             inside, scores = intervals
-            for level, ok, score in zip(self.levels, inside, scores):
-                per_row[f"in_{level_name(level)}"], per_row[f"is_{level_name(level)}"] = ok.sum(1), score.sum(1)
+            for pct, ok, score in zip(self.level_names, inside, scores):
+                per_row[f"in_{pct}"], per_row[f"is_{pct}"] = ok.sum(1), score.sum(1)
         for k, v in per_row.items():
             sums[k].index_add_(0, sid, v.detach().cpu().double())
         end = batch["end"].cpu().double()
@@ -632,9 +631,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 "smape": float(sums["sape"][s] / n[s]),
             }
             if self._rolling is not None or not torch.isnan(self.interval_q).any():
-                names = [level_name(lv) for lv in self.levels]
-                row.update({f"coverage_{name}": float(sums[f"in_{name}"][s] / n[s]) for name in names})
-                row.update({f"msis_{name}": float(sums[f"is_{name}"][s] / n[s]) for name in names})
+                row.update({f"coverage_{pct}": float(sums[f"in_{pct}"][s] / n[s]) for pct in self.level_names})
+                row.update({f"msis_{pct}": float(sums[f"is_{pct}"][s] / n[s]) for pct in self.level_names})
             rows.append(row)
         frame = pd.DataFrame(rows)
         self.test_per_series = frame
@@ -658,9 +656,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             "series": batch["series"],
         }
         q = self._half_widths(batch, (pred - batch["y"]).abs())  # (B, levels, horizon); joins the pool
-        for k, level in enumerate(self.levels):
+        for k, pct in enumerate(self.level_names):
             half = (q[:, k] if q is not None else torch.full_like(pred, math.nan)) * batch["scale"]  # original units
-            pct = level_name(level)
             out[f"lo_{pct}"] = out["forecast"] - half
             out[f"hi_{pct}"] = out["forecast"] + half
         return out
