@@ -240,38 +240,20 @@ class PeepholeLSTMCLI(LightningCLI):
             print(f"run directory: {run_dir}")
 
     # ------------------------------------------------------------- checkpoints
-    _COLUMN_OPTIONS = ("target", "features", "calendar", "id_column")
-
     def _check_checkpoint_columns(self) -> None:
         """A checkpoint trained on other input columns than this data gives (other features, the
         calendar inputs on or off) would fail inside the weight loading with a tensor-size
-        mismatch, or load and forecast from the wrong inputs: say which columns and which data
-        options differ, before anything runs."""
+        mismatch: the data module's check (:meth:`SeriesDataModule.check_columns`), with the data
+        options of the fit, before anything runs or is written."""
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt == "last":
             ckpt = os.path.join(self.run_dir, "checkpoints", "last.ckpt")
         dm = self.datamodule
-        if not ckpt or not os.path.isfile(ckpt) or not hasattr(dm, "input_columns"):
+        if not ckpt or not os.path.isfile(ckpt) or not hasattr(dm, "check_columns"):
             return
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        trained = (state.get("SeriesDataModule") or {}).get("channels")
-        if trained is None or list(trained) == dm.input_columns:
-            return
-        fitted = state.get("datamodule_hyper_parameters") or {}
-
-        def cli(value) -> str:  # as the option is written on the command line
-            if isinstance(value, bool) or value is None:
-                return {True: "true", False: "false", None: "null"}[value]
-            if isinstance(value, (list, tuple)):
-                return "[" + ", ".join(map(str, value)) + "]"
-            return str(value)
-
-        differ = [f"--data.{k} {cli(fitted[k])}" for k in self._COLUMN_OPTIONS
-                  if k in fitted and fitted[k] != dm.hparams.get(k)]
-        raise CLIError(
-            f"{ckpt} was trained on the input columns {list(trained)} (target first), but this data gives "
-            f"{dm.input_columns}" + (f": pass the data options it was fit with, {' '.join(differ)}" if differ else "")
-        )
+        if state.get("SeriesDataModule") is not None:
+            dm.check_columns(state["SeriesDataModule"], state.get("datamodule_hyper_parameters"))
 
     def before_fit(self) -> None:
         self._check_checkpoint_columns()

@@ -622,18 +622,38 @@ class SeriesDataModule(L.LightningDataModule):
         the features and the calendar inputs: what a checkpoint's weights were shaped by."""
         return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names, *self.calendar_names)]
 
+    _COLUMN_OPTIONS = ("target", "features", "calendar", "id_column")  # what shapes input_columns
+
+    def check_columns(self, state: dict, fitted: Optional[dict] = None) -> None:
+        """A :class:`SeriesDataError` unless this data gives the input columns a checkpoint's
+        data state ``state`` was trained on; ``fitted``, the data options of its fit (the
+        checkpoint's ``datamodule_hyper_parameters``), names the ones to pass again."""
+        trained = list(state["channels"])
+        if trained == self.input_columns:
+            return
+
+        def cli(value) -> str:  # as the option is written on the command line
+            if isinstance(value, bool) or value is None:
+                return {True: "true", False: "false", None: "null"}[value]
+            if isinstance(value, (list, tuple)):
+                return "[" + ", ".join(map(str, value)) + "]"
+            return str(value)
+
+        fitted = fitted or {}
+        differ = [f"--data.{k} {cli(fitted[k])}" for k in self._COLUMN_OPTIONS
+                  if k in fitted and fitted[k] != self.hparams.get(k)]
+        raise SeriesDataError(
+            f"the checkpoint was trained on the input columns {trained} (target first), but this data gives "
+            f"{self.input_columns}" + (f": pass the data options it was fit with, {' '.join(differ)}" if differ else "")
+        )
+
     def load_state_dict(self, state: dict) -> None:
         """The trained model's scalers for every series of this data that it was trained on
         (same name, same first values; Lightning calls this when ``test``/``predict``/a resumed
         ``fit`` load a checkpoint); other series, e.g. another sensor's CSV under the same
         column name, keep their own, fitted on their training rows. ``restored``: the names of
         the series that took the checkpoint's."""
-        channels = self.input_columns
-        if list(state["channels"]) != channels:
-            raise SeriesDataError(
-                f"the checkpoint was trained on the columns {list(state['channels'])} (target first), but the "
-                f"data gives {channels}"
-            )
+        self.check_columns(state)
         trained = {name: k for k, name in enumerate(state["series_names"])}
         heads = self._heads()
         self.restored = []

@@ -531,7 +531,7 @@ def test_a_checkpoint_forecasts_its_series_extended_in_its_training_units(tmp_pa
         PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "m.ckpt"), datamodule=other)
     assert other.restored == [] and other.series_diff_scale[0] == own
     frame.assign(temp=1.0 + np.arange(400) % 3).to_csv(tmp_path / "features.csv", index=False)
-    with pytest.raises(SeriesDataError, match="trained on the columns \\['value'\\] .* gives \\['value', 'temp'\\]"):
+    with pytest.raises(SeriesDataError, match="trained on the input columns \\['value'\\] .* gives \\['value', 'temp'\\]"):
         SeriesDataModule(str(tmp_path / "features.csv"), features=["temp"], **kw).load_state_dict(old.state_dict())
 
 
