@@ -164,6 +164,7 @@ class PeepholeLSTMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_size", "model.input_size", apply_on="instantiate")
+        parser.link_arguments("data.future_size", "model.future_size", apply_on="instantiate")
         parser.link_arguments("data.horizon", "model.horizon")
         parser.add_lightning_class_args(ForecastWriter, "forecast")
         parser.add_argument(

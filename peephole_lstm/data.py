@@ -81,7 +81,9 @@ class WindowDataset(Dataset):
     scale + offset; ``naive`` (1,), the last observed target (the persistence forecast);
     ``snaive`` (horizon,), the seasonal naive forecast (the value one season before each
     target); ``mase_scale`` (1,), the series' in-sample seasonal naive MAE (MASE's
-    denominator); ``end`` the row of the first target; ``series`` the series' number.
+    denominator); ``end`` the row of the first target; ``series`` the series' number; with
+    ``future_features``, ``future`` (horizon, F): their values at the target steps, z-scored
+    like the other inputs (past the data: the rows the file gives after the series' last value).
     """
 
     def __init__(self, dm: SeriesDataModule, ends: np.ndarray, sids: np.ndarray) -> None:
@@ -117,7 +119,7 @@ class WindowDataset(Dataset):
             x = (x - mean) / std
         else:
             offset, scale = 0.0, 1.0
-        return {
+        item = {
             "x": torch.as_tensor(x, dtype=torch.float32),
             "y": torch.as_tensor((y - offset) / scale, dtype=torch.float32),
             "offset": torch.tensor([offset], dtype=torch.float32),
@@ -128,6 +130,16 @@ class WindowDataset(Dataset):
             "end": torch.tensor(e),
             "series": torch.tensor(s),
         }
+        if dm.future_names:
+            cols = dm.future_channels
+            fut = np.empty((h, len(cols)))  # (horizon, F), original units
+            fut[:have] = dm.inputs[e : e + have, cols]
+            if have < h:  # past the data: the rows the file gives after the series' last value
+                fut[have:] = dm.future_values(s)[: h - have]
+            if dm.hparams.scaling != "none":
+                fut = (fut - mean[cols]) / std[cols]
+            item["future"] = torch.as_tensor(fut, dtype=torch.float32)
+        return item
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -175,6 +187,13 @@ class SeriesDataModule(L.LightningDataModule):
             sharing the time column and the ``features``; rows where a column has no value yet
             (or any more) are that series' missing ends (``missing="interpolate"`` drops them).
         features: extra input columns (the target is always input channel 0).
+        future_features: input columns whose values are known ahead for the forecast steps (a
+            holiday or promotion flag, a planned price, a weather forecast): inputs over the
+            window like ``features``, and their values at each of the ``horizon`` target steps
+            go to the network as well (``future`` in each item; the model's ``future_size``).
+            To forecast the future, the file gives them for the ``horizon`` steps after each
+            series' last value: rows with the target empty and these columns filled (rows
+            further ahead are not used); ``predict="test"`` needs no such rows.
         window: input length (time steps).
         horizon: number of future steps forecast at once.
         batch_size: windows per batch.
@@ -229,6 +248,7 @@ class SeriesDataModule(L.LightningDataModule):
         csv_path: Optional[str] = None,
         target: Optional[Union[str, list[str]]] = None,
         features: Optional[list[str]] = None,
+        future_features: Optional[list[str]] = None,
         window: int = 60,
         horizon: int = 1,
         batch_size: int = 32,
@@ -251,15 +271,22 @@ class SeriesDataModule(L.LightningDataModule):
         self._check_options()
         frame = self._read()
         self.time_name = self._time_column(frame)
-        self.target_name, self.feature_names = self._columns(frame)
+        self.target_name, self.feature_names = self._columns(frame)  # feature_names: future ones last
+        self._tails: dict[str, pd.DataFrame] = {}  # per series: the rows after its last value
         groups = self._groups(frame)
         self.series_names: list[str] = [name for name, _ in groups]
         values, labels, times = [], [], []
         self.calendar_names: list[str] = list(CALENDAR) if calendar else []
+        self._future_inputs: list[Optional[np.ndarray]] = []  # per series (horizon, F), original units
+        self._future_times: list[Optional[list[str]]] = []  # per series: the labels of those rows
         for name, g in groups:
             values.append(self._numeric(g[[self._target_of(name), *self.feature_names]], name))
             labels += self._labels(g)
             times.append(g[self.time_name] if self.time_name else None)
+            if self.future_names:
+                fut, stamps = self._future_rows(name, g)
+                self._future_inputs.append(fut)
+                self._future_times.append(stamps)
             if calendar:
                 values[-1] = np.concatenate([values[-1], self._calendar(times[-1])], axis=1)
         self.starts = np.cumsum([0] + [len(v) for v in values])  # series s: rows starts[s] .. starts[s+1]
@@ -341,7 +368,8 @@ class SeriesDataModule(L.LightningDataModule):
             return col
         hp = self.hparams
         named = hp.target if isinstance(hp.target, (list, tuple)) else [hp.target]
-        return find_time_column(frame, exclude={hp.id_column, *named, *(hp.features or [])}, id_column=hp.id_column)
+        exclude = {hp.id_column, *named, *(hp.features or []), *(hp.future_features or [])}
+        return find_time_column(frame, exclude=exclude, id_column=hp.id_column)
 
     def _calendar(self, times: Optional[pd.Series]) -> np.ndarray:
         """The calendar inputs of one series' rows (see ``calendar``)."""
@@ -387,7 +415,7 @@ class SeriesDataModule(L.LightningDataModule):
                 target = BUILTIN[hp.dataset]
             else:
                 # "Mostly numeric", so that one bad cell is reported as such, not as "no column".
-                skip = {hp.id_column, self.time_name, *(hp.features or [])}
+                skip = {hp.id_column, self.time_name, *(hp.features or []), *(hp.future_features or [])}
                 numeric = [
                     c for c in frame.columns
                     if c not in skip and pd.to_numeric(frame[c], errors="coerce").notna().mean() >= 0.5
@@ -407,18 +435,31 @@ class SeriesDataModule(L.LightningDataModule):
                         SeriesDataWarning, stacklevel=3,
                     )
         features = list(hp.features or [])
+        future = list(hp.future_features or [])
         targets = self.wide_columns or [target]
-        for col in [*targets, *features]:
+        for col in [*targets, *features, *future]:
             if col not in frame.columns:
                 raise SeriesDataError(f"unknown column {col!r} in {self._where} (columns: {available})")
         for col in targets:
-            if col in features:
-                raise SeriesDataError(f"the target {col!r} is always input 0; do not list it in features")
+            if col in features or col in future:
+                which = "features" if col in features else "future_features"
+                raise SeriesDataError(f"the target {col!r} is always input 0; do not list it in {which}")
             if col == self.time_name:
                 raise SeriesDataError(f"{col!r} is the time column; it cannot also be a target")
-        if hp.id_column in (*targets, *features):
+        for name, cols in (("features", features), ("future_features", future)):
+            twice = sorted({c for c in cols if cols.count(c) > 1})
+            if twice:
+                raise SeriesDataError(f"{name} names {', '.join(map(repr, twice))} more than once")
+        both = [c for c in future if c in features]
+        if both:
+            raise SeriesDataError(
+                f"{', '.join(map(repr, both))} in both features and future_features: a future feature is an input "
+                "over the window as well; list it once, in future_features"
+            )
+        if hp.id_column in (*targets, *features, *future):
             raise SeriesDataError(f"the id column {hp.id_column!r} cannot also be the target or a feature")
-        return target, features
+        self.future_names: list[str] = future
+        return target, [*features, *future]
 
     def _groups(self, frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         """The series, in order of first appearance, each sorted by time (stable)."""
@@ -448,6 +489,8 @@ class SeriesDataModule(L.LightningDataModule):
                     )
                 order = np.argsort(key.to_numpy(), kind="stable")
                 g, key = g.iloc[order].reset_index(drop=True), key.iloc[order].reset_index(drop=True)
+            if hp.future_features:
+                g = self._cut_tail(name, g)  # the rows after the last value: the future's inputs
             if hp.missing == "interpolate":
                 g = self._trim(name, g, trimmed)  # keeps the row labels: key.loc[g.index] follows
             if self.time_name is not None:
@@ -465,14 +508,67 @@ class SeriesDataModule(L.LightningDataModule):
             what = "; ".join(notes[:3]) + (f"; and {len(notes) - 3} more series" if len(notes) > 3 else "")
             warnings.warn(f"{self._where}: {text.format(what)}", SeriesDataWarning, stacklevel=3)
 
+    def _has_value(self, name: str, g: pd.DataFrame) -> np.ndarray:
+        """The rows of series ``name`` (its rows ``g``) where the target has a value, or text
+        that is none (left for the "non-numeric" error); NaN, inf and empty cells are missing."""
+        raw = g[self._target_of(name)]
+        num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.flatnonzero(np.isfinite(num) | (raw.notna().to_numpy() & np.isnan(num)))
+
+    def _cut_tail(self, name: str, g: pd.DataFrame) -> pd.DataFrame:
+        """Series ``name``'s rows up to its last target value; the rows after it (target
+        empty) are kept in ``_tails`` for the future forecast's ``future_features``."""
+        have = self._has_value(name, g)
+        last = int(have[-1]) if len(have) else len(g) - 1
+        self._tails[name] = g.iloc[last + 1 :]
+        return g.iloc[: last + 1]
+
+    def _future_rows(self, name: str, g: pd.DataFrame) -> tuple[Optional[np.ndarray], Optional[list[str]]]:
+        """The values of ``future_features`` at the ``horizon`` steps after series ``name``'s
+        last value (``g``: its rows up to that value) and their time labels, from the rows the
+        file gives after it; ``(None, None)`` when it gives too few and no future forecast is
+        asked for (``predict="test"``)."""
+        h, names = self.hparams.horizon, self.future_names
+        which = f"series {name!r}" if self._panel else self._where
+        last = str(g[self.time_name].iloc[-1]) if self.time_name is not None else f"data row {len(g)}"
+        rows = self._tails.get(name, g.iloc[:0]).iloc[:h]
+        if len(rows) < h:
+            if self.hparams.predict == "test":
+                return None, None
+            raise SeriesDataError(
+                f"{which}: the future forecast needs the values of future_features {names} at the {h} step(s) after "
+                f"its last value ({last}), as rows with the target empty; there are {len(rows)}: add them, or pass "
+                'predict="test" (--data.predict test) to forecast the test split only'
+            )
+        labels = self._labels(rows)
+        out = np.empty((h, len(names)))
+        for k, col in enumerate(names):
+            num = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            bad = np.flatnonzero(~np.isfinite(num))
+            if len(bad):
+                raise SeriesDataError(
+                    f"{which}: future feature {col!r} has no numeric value at {labels[bad[0]]} (forecast step "
+                    f"{bad[0] + 1} of {h}, cell {rows[col].iloc[bad[0]]!r}); the future forecast needs it at every step"
+                )
+            out[:, k] = num
+        if self.time_name is not None:
+            want = continue_times(g[self.time_name], h)
+            both = [sortable(pd.concat([g[self.time_name], pd.Series(v)], ignore_index=True)).iloc[-h:].to_numpy()
+                    for v in (want, rows[self.time_name].tolist())]
+            if both[0].dtype == both[1].dtype and both[0].dtype != object and not np.array_equal(*both):
+                raise SeriesDataError(
+                    f"{which}: the rows after its last value ({last}) give future_features for {', '.join(labels)}, "
+                    f"but the forecast steps are {', '.join(want)}: one row per step, none missing"
+                )
+        else:
+            labels = [str(len(g) + k) for k in range(h)]
+        return out, labels
+
     def _trim(self, name: str, g: pd.DataFrame, trimmed: list[str]) -> pd.DataFrame:
         """A series' rows without the leading and trailing ones whose target is missing: not
         observed yet (or any more), so not something to fill; the forecast starts after the
         last value. A note for one warning goes to ``trimmed``."""
-        raw = g[self._target_of(name)]
-        num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        # a value, or text that is none (left for the "non-numeric" error); NaN and inf are missing
-        have = np.flatnonzero(np.isfinite(num) | (raw.notna().to_numpy() & np.isnan(num)))
+        have = self._has_value(name, g)
         if len(have) == 0 or (have[0] == 0 and have[-1] == len(g) - 1):
             return g  # nothing to trim (or nothing at all: an error later)
         label = (lambda r: g[self.time_name].iloc[r]) if self.time_name is not None else (lambda r: f"row {r + 1}")
@@ -525,6 +621,13 @@ class SeriesDataModule(L.LightningDataModule):
             if missing.any():
                 if self.hparams.missing == "error":
                     row = int(np.flatnonzero(missing.to_numpy())[0])
+                    if col == frame.columns[0] and missing.to_numpy()[row:].all():  # the target's last rows
+                        raise SeriesDataError(
+                            f"column {col!r}{which} has no value in its last {len(frame) - row} row(s), from data row "
+                            f"{row + 1}: if they give inputs known ahead for the forecast, name those columns with "
+                            '--data.future_features; else pass missing="interpolate" (--data.missing=interpolate) '
+                            "to drop them"
+                        )
                     raise SeriesDataError(
                         f"column {col!r}{which} has {int(missing.sum())} missing value(s), first at data row "
                         f'{row + 1}; pass missing="interpolate" (--data.missing=interpolate) to fill them'
@@ -613,23 +716,25 @@ class SeriesDataModule(L.LightningDataModule):
             "series_names": [str(n) for n in self.series_names],
             "series_head": [torch.from_numpy(h) for h in self._heads()],
             "channels": self.input_columns,
+            "future_channels": [str(c) for c in self.future_names],
             **{key: torch.from_numpy(np.array(getattr(self, key), dtype=np.float64)) for key in _SCALERS},
         }
 
     @property
     def input_columns(self) -> list[str]:
         """The input columns, target first (every series' target column in a wide file), then
-        the features and the calendar inputs: what a checkpoint's weights were shaped by."""
+        the features, the future features and the calendar inputs: what a checkpoint's weights
+        were shaped by (with ``future_names``)."""
         return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names, *self.calendar_names)]
 
-    _COLUMN_OPTIONS = ("target", "features", "calendar", "id_column")  # what shapes input_columns
+    _COLUMN_OPTIONS = ("target", "features", "future_features", "calendar", "id_column")  # shape the inputs
 
     def check_columns(self, state: dict, fitted: Optional[dict] = None) -> None:
         """A :class:`SeriesDataError` unless this data gives the input columns a checkpoint's
         data state ``state`` was trained on; ``fitted``, the data options of its fit (the
         checkpoint's ``datamodule_hyper_parameters``), names the ones to pass again."""
-        trained = list(state["channels"])
-        if trained == self.input_columns:
+        trained, ahead = list(state["channels"]), list(state.get("future_channels", []))
+        if trained == self.input_columns and ahead == self.future_names:
             return
 
         def cli(value) -> str:  # as the option is written on the command line
@@ -642,9 +747,14 @@ class SeriesDataModule(L.LightningDataModule):
         fitted = fitted or {}
         differ = [f"--data.{k} {cli(fitted[k])}" for k in self._COLUMN_OPTIONS
                   if k in fitted and fitted[k] != self.hparams.get(k)]
+
+        def known(cols: list[str]) -> str:
+            return f", known ahead {cols}" if cols else ""
+
         raise SeriesDataError(
-            f"the checkpoint was trained on the input columns {trained} (target first), but this data gives "
-            f"{self.input_columns}" + (f": pass the data options it was fit with, {' '.join(differ)}" if differ else "")
+            f"the checkpoint was trained on the input columns {trained} (target first{known(ahead)}), but this data "
+            f"gives {self.input_columns}{known(self.future_names)}"
+            + (f": pass the data options it was fit with, {' '.join(differ)}" if differ else "")
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -672,16 +782,41 @@ class SeriesDataModule(L.LightningDataModule):
         continued by its step (dates by their inferred frequency), else row numbers."""
         h = self.hparams.horizon
         n = int(self.starts[s + 1] - self.starts[s])
+        if self.future_names and self._future_times[s] is not None:
+            return list(self._future_times[s])  # the file's own rows for those steps
         times = self._times[s]
         if times is None:
             return [str(n + k) for k in range(h)]
         return continue_times(times, h)
 
     # ----------------------------------------------------------------- Lightning
+    def future_values(self, s: int) -> np.ndarray:
+        """``(horizon, F)``: series ``s``'s ``future_features`` at the steps after its last value
+        (original units), as the file gives them."""
+        fut = self._future_inputs[s]
+        if fut is None:
+            raise SeriesDataError(
+                f"series {self.series_names[s]!r} has no rows after its last value giving future_features "
+                f"{self.future_names}: only the test split can be forecast (predict='test')"
+            )
+        return fut
+
+    @property
+    def future_channels(self) -> list[int]:
+        """The input channels of ``future_features`` (after the target and the other features)."""
+        first = 1 + len(self.feature_names) - len(self.future_names)
+        return list(range(first, first + len(self.future_names)))
+
     @property
     def input_size(self) -> int:
-        """Number of input channels: the target plus the features."""
+        """Number of input channels: the target, the features (future ones included) and the
+        calendar inputs."""
         return 1 + len(self.feature_names) + len(self.calendar_names)
+
+    @property
+    def future_size(self) -> int:
+        """Number of inputs known at each forecast step: the ``future_features``."""
+        return len(self.future_names)
 
     def dataset(self, split: str) -> WindowDataset:
         return WindowDataset(self, self.ends[split], self.sids[split])

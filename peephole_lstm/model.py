@@ -65,6 +65,12 @@ class PeepholeLSTMNet(nn.Module):
     form (the hybrid of Zhang 2003: the linear model first, the network on what it leaves);
     it starts at zero otherwise. A plain ``nn.Module`` (no Lightning).
 
+    With ``future_size > 0`` each window also comes with ``future`` ``(N, horizon,
+    future_size)``, the inputs known ahead at every forecast step (a holiday flag, a planned
+    price): they join the LSTM's last state at the linear head, and the lags of the AR term
+    (which is then an ARX model, regression with autoregressive errors), so a covariate's
+    effect at the target's own time needs no detour through the recurrence.
+
     Input ``(N, L, input_size)`` (batch first, ``L >= ar_window``), output ``(N, horizon)``.
     """
 
@@ -79,8 +85,11 @@ class PeepholeLSTMNet(nn.Module):
         bidirectional: bool = False,
         cell_clip: Optional[float] = None,
         ar_window: int = 0,
+        future_size: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(future_size, bool) or not isinstance(future_size, int) or future_size < 0:
+            raise ValueError(f"future_size must be a non-negative integer, got {future_size!r}")
         self.lstm = PeepholeLSTM(
             input_size,
             hidden_size,
@@ -92,9 +101,12 @@ class PeepholeLSTMNet(nn.Module):
             cell_clip=cell_clip,
         )
         self.input_size = input_size
+        self.future_size = future_size
+        self.horizon = horizon
         self.emb: Optional[nn.Embedding] = None  # see set_series_embedding
         self.dropout = nn.Dropout(dropout)  # after the last layer
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), horizon)
+        # the top layer's last state (each direction), then the known-ahead inputs of every step
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1) + horizon * future_size, horizon)
         self.ar: Optional[nn.Linear] = None
         self.set_ar_window(ar_window)
 
@@ -119,8 +131,9 @@ class PeepholeLSTMNet(nn.Module):
             )
 
     def set_ar_window(self, ar_window: int, series: int = 1) -> None:
-        """(Re)create the autoregressive term for ``ar_window`` lags, starting at zero (0: none);
-        ``series > 1``: one term per series (``forward`` then takes each window's series)."""
+        """(Re)create the autoregressive term for ``ar_window`` lags (and the ``horizon *
+        future_size`` known-ahead inputs), starting at zero (0 lags: none); ``series > 1``: one
+        term per series (``forward`` then takes each window's series)."""
         if isinstance(ar_window, bool) or not isinstance(ar_window, int) or ar_window < 0:
             raise ValueError(f"ar_window must be a non-negative integer, got {ar_window!r}")
         if isinstance(series, bool) or not isinstance(series, int) or series < 1:
@@ -130,21 +143,23 @@ class PeepholeLSTMNet(nn.Module):
         self.ar = None
         if ar_window > 0:
             horizon = self.head.out_features
-            # (series * horizon, ar_window): series s owns output rows s*horizon .. (s+1)*horizon
-            self.ar = nn.Linear(ar_window, series * horizon, device=self.head.weight.device,
-                                dtype=self.head.weight.dtype)
+            # (series * horizon, ar_window + horizon * future_size): series s owns output rows
+            # s*horizon .. (s+1)*horizon; the lags, oldest first, then the known-ahead inputs
+            self.ar = nn.Linear(ar_window + horizon * self.future_size, series * horizon,
+                                device=self.head.weight.device, dtype=self.head.weight.dtype)
             nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
             nn.init.zeros_(self.ar.bias)
 
     @torch.no_grad()
     def fit_ar(self, lags: Tensor, target: Tensor, series: Optional[Tensor] = None,
-               lags_per_series: Optional[list[int]] = None) -> list[float]:
+               lags_per_series: Optional[list[int]] = None, future: Optional[Tensor] = None) -> list[float]:
         """Set the autoregressive term to the ridge regression of ``target`` ``(N, horizon)`` on
-        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`). With
-        one term per series, ``series`` ``(N,)`` says whose each row is and each series is
-        fitted on its own rows, on its last ``lags_per_series[s]`` lags (default all; the older
-        ones get weight 0); a series with fewer than 3 rows gets the fit of all rows together.
-        Returns the penalty chosen for each term."""
+        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`), and
+        with ``future_size > 0`` on ``future`` ``(N, horizon, future_size)`` too. With one term
+        per series, ``series`` ``(N,)`` says whose each row is and each series is fitted on its
+        own rows, on its last ``lags_per_series[s]`` lags (default all; the older ones get
+        weight 0); a series with fewer than 3 rows gets the fit of all rows together. Returns
+        the penalty chosen for each term."""
         S = self.ar_series if self.ar is not None else 0
         if self.ar is None or lags.dim() != 2 or lags.size(1) != self.ar_window:
             raise ValueError(f"fit_ar expects lags (N, ar_window={self.ar_window}), got {tuple(lags.shape)}")
@@ -153,22 +168,24 @@ class PeepholeLSTMNet(nn.Module):
             raise ValueError(f"fit_ar expects target (N, horizon={h}), got {tuple(target.shape)}")
         if S > 1 and (series is None or series.shape != (len(lags),)):
             raise ValueError(f"this network has an AR term for each of {S} series: fit_ar needs series (N,)")
-        weight = torch.zeros(S * h, self.ar_window, dtype=torch.float64)
+        known = self._future_flat(future, len(lags), "fit_ar").to(lags)  # (N, horizon * future_size)
+        A = self.ar_window
+        weight = torch.zeros(S * h, self.ar.in_features, dtype=torch.float64)
         bias = torch.zeros(S * h, dtype=torch.float64)
         penalties = []
         pooled = None
         for s in range(S):
             rows = slice(None) if S == 1 else series == s
-            p = self.ar_window if lags_per_series is None else int(lags_per_series[s])
-            if not 1 <= p <= self.ar_window:
-                raise ValueError(f"lags_per_series[{s}] = {p} is not in 1 .. ar_window ({self.ar_window})")
-            X, Y = lags[rows][:, -p:], target[rows]
+            p = A if lags_per_series is None else int(lags_per_series[s])
+            if not 1 <= p <= A:
+                raise ValueError(f"lags_per_series[{s}] = {p} is not in 1 .. ar_window ({A})")
+            X, Y = torch.cat([lags[rows][:, -p:], known[rows]], 1), target[rows]  # (n, p + h*F)
             if len(X) >= 3:
-                W, b, lam = ridge_ar(X, Y)  # (h, p), (h,)
+                W, b, lam = ridge_ar(X, Y)  # (h, p + h*F), (h,)
             else:  # too few windows of its own: the fit of every row
-                pooled = pooled or ridge_ar(lags, target)
-                (W, b, lam), p = pooled, self.ar_window
-            weight[s * h : (s + 1) * h, -p:] = W
+                pooled = pooled or ridge_ar(torch.cat([lags, known], 1), target)
+                (W, b, lam), p = pooled, A
+            weight[s * h : (s + 1) * h, A - p :] = W
             bias[s * h : (s + 1) * h] = b
             penalties.append(lam)
         self.ar.weight.copy_(weight)
@@ -180,9 +197,25 @@ class PeepholeLSTMNet(nn.Module):
         """Whether the network has per-series parts (an embedding, one AR term per series)."""
         return self.emb is not None or (self.ar is not None and self.ar_series > 1)
 
-    def forward(self, x: Tensor, series: Optional[Tensor] = None) -> Tensor:
+    def _future_flat(self, future: Optional[Tensor], n: int, where: str) -> Tensor:
+        """``future`` ``(N, horizon, future_size)`` checked and flattened to ``(N, horizon *
+        future_size)`` (``(N, 0)`` for a network without known-ahead inputs)."""
+        want = (n, self.horizon, self.future_size)
+        if self.future_size == 0:
+            if future is not None and future.numel():
+                raise ValueError(f"{where}: this network takes no known-ahead inputs (future_size=0), got future "
+                                 f"{tuple(future.shape)}")
+            return torch.zeros(n, 0)
+        if future is None or tuple(future.shape) != want:
+            got = "none" if future is None else str(tuple(future.shape))
+            raise ValueError(f"{where}: this network takes the known-ahead inputs of every forecast step, future "
+                             f"(N, horizon, future_size) = {want}; got {got}")
+        return future.flatten(1)
+
+    def forward(self, x: Tensor, series: Optional[Tensor] = None, future: Optional[Tensor] = None) -> Tensor:
         """``x`` ``(N, L, input_size)``; ``series`` ``(N,)``: each window's series, needed only by
-        a network with per-series parts (an embedding, one AR term per series)."""
+        a network with per-series parts (an embedding, one AR term per series); ``future``
+        ``(N, horizon, future_size)``: the known-ahead inputs, needed with ``future_size > 0``."""
         if self.ar is not None and x.size(1) < self.ar_window:
             raise ValueError(f"ar_window ({self.ar_window}) is longer than the input window ({x.size(1)} steps)")
         if series is None and self.per_series:
@@ -196,9 +229,16 @@ class PeepholeLSTMNet(nn.Module):
         _, (h_n, _) = self.lstm(x_in)  # h_n: (num_layers * D, N, H)
         D = 2 if self.lstm.bidirectional else 1
         last = torch.cat(list(h_n[-D:]), dim=-1)  # (N, D*H): the top layer, each direction's end
-        out = self.head(self.dropout(last))  # (N, horizon)
+        known = self._future_flat(future, len(x), "forward")  # (N, horizon * future_size)
+        feat = self.dropout(last)
+        if self.future_size:
+            feat = torch.cat([feat, known.to(feat)], dim=-1)  # (N, D*H + horizon * future_size)
+        out = self.head(feat)  # (N, horizon)
         if self.ar is not None:
-            ar = self.ar(x[:, -self.ar_window :, 0])  # (N, ar_window) -> (N, series * horizon)
+            lags = x[:, -self.ar_window :, 0]  # (N, ar_window)
+            if self.future_size:
+                lags = torch.cat([lags, known.to(lags)], dim=-1)  # (N, ar_window + horizon * future_size)
+            ar = self.ar(lags)  # (N, series * horizon)
             if self.ar_series > 1:
                 h = out.size(1)
                 idx = series.to(device=ar.device, dtype=torch.long).view(-1, 1, 1).expand(-1, 1, h)  # (N, 1, h)
@@ -287,6 +327,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
             ``ensemble`` times the training and forecasting arithmetic. Validation (early
             stopping, checkpoints) and the intervals see the mean. The members share the fixed
             AR term (it is fitted once).
+        future_size: inputs known ahead at each forecast step (the CLI links it to the data's
+            ``future_features``): they enter the linear head beside the LSTM's last state, and
+            the AR term's regression (see :class:`PeepholeLSTMNet`); 0: none.
         interval_levels: the central prediction intervals every forecast carries, e.g.
             ``[0.5, 0.9]`` (columns ``lo_50``, ``hi_50``, ...; metrics ``test_coverage_50``,
             ...). They come from the conformal residuals a checkpoint keeps, so ``predict`` with
@@ -309,6 +352,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         series_embedding: int = 0,
         ensemble: int = 1,
         interval_levels: tuple[float, ...] = LEVELS,
+        future_size: int = 0,
     ) -> None:
         super().__init__()
         self.levels = check_levels(interval_levels)
@@ -324,7 +368,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         def network() -> PeepholeLSTMNet:
             return PeepholeLSTMNet(
                 input_size, hidden_size, num_layers, dropout, horizon, peephole, bidirectional, cell_clip,
-                0 if ar_window == "auto" else ar_window,
+                0 if ar_window == "auto" else ar_window, future_size,
             )
 
         self.net = network()
@@ -360,10 +404,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The networks: ``net`` and, with ``ensemble > 1``, the other members."""
         return [self.net, *(self.ensemble_nets or [])]
 
-    def forward(self, x: Tensor, series: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, series: Optional[Tensor] = None, future: Optional[Tensor] = None) -> Tensor:
         if self.ensemble_nets is None:
-            return self.net(x, series)
-        return torch.stack([net(x, series) for net in self.nets]).mean(0)  # (K, N, horizon) -> (N, horizon)
+            return self.net(x, series, future)
+        return torch.stack([net(x, series, future) for net in self.nets]).mean(0)  # (K, N, horizon) -> (N, horizon)
 
     def setup(self, stage: str) -> None:
         """The parts that depend on the data, once, from the data module: the series embedding
@@ -376,6 +420,12 @@ class PeepholeLSTMRegressor(L.LightningModule):
         names = list(getattr(dm, "series_names", None) or [])
         if self._data_state is not None and hasattr(dm, "series_names") and hasattr(dm, "load_state_dict"):
             dm.load_state_dict(self._data_state)  # load_from_checkpoint, then a data module: its scalers
+        ahead = getattr(dm, "future_size", None)
+        if ahead is not None and ahead != self.hparams.future_size:
+            raise ValueError(
+                f"the data gives {ahead} known-ahead input(s) (future_features {list(dm.future_names)}) but the model "
+                f"takes {self.hparams.future_size}: build it with future_size={ahead} (the CLI links them)"
+            )
         if self._prepared:
             if self.net.per_series and names and names != self._series_names:
                 raise ValueError(f"this model has per-series parts for the series {self._series_names} (in this "
@@ -408,16 +458,19 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The closed-form ridge fit of the AR terms on every training window (scaled units;
         one per series of a panel); they then stay fixed (see ``ar_window``)."""
         p = self.net.ar_window
-        lags, target, series = [], [], []
+        lags, target, series, future = [], [], [], []
         for batch in batches:
             lags.append(batch["x"][:, -p:, 0])  # (B, p): the last p values of channel 0, the target
             target.append(batch["y"])  # (B, horizon)
             if "series" in batch:
                 series.append(batch["series"])
+            if "future" in batch:
+                future.append(batch["future"])  # (B, horizon, F)
         if not lags:
             raise ValueError("the autoregressive term needs training windows; the training data has none")
         sid = torch.cat(series).cpu() if self.net.ar_series > 1 else None
-        self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu(), sid, self._ar_lags)
+        known = torch.cat(future).cpu() if future else None
+        self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu(), sid, self._ar_lags, known)
         for net in self.nets[1:]:  # the same fit for every member
             net.ar.load_state_dict(self.net.ar.state_dict())
 
@@ -450,8 +503,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
             w = state.get(prefix + "ar.weight")
             if w is not None:  # one term per series: its shape says how many
                 series = w.size(0) // self.hparams.horizon
-                if (w.size(1), series) != (net.ar_window, net.ar_series):
-                    net.set_ar_window(w.size(1), series=series)
+                lags = w.size(1) - self.hparams.horizon * net.future_size  # then the known-ahead inputs
+                if (lags, series) != (net.ar_window, net.ar_series):
+                    net.set_ar_window(lags, series=series)
         # "ar_series_names": checkpoints from before the series embedding (per-series AR terms only)
         self._series_names = checkpoint.get("series_names", checkpoint.get("ar_series_names", []))
         # checkpoints written before the intervals existed: no intervals, not an error
@@ -471,13 +525,13 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         # each member on its own loss (their mean: Adam's steps do not depend on the 1/K)
-        series = batch.get("series")
-        loss = torch.stack([F.mse_loss(net(batch["x"], series), batch["y"]) for net in self.nets]).mean()
+        series, future = batch.get("series"), batch.get("future")
+        loss = torch.stack([F.mse_loss(net(batch["x"], series, future), batch["y"]) for net in self.nets]).mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        pred = self(batch["x"], batch.get("series"))
+        pred = self(batch["x"], batch.get("series"), batch.get("future"))
         n = len(batch["x"])
         if not (stage == "val" and self._panel()):  # a panel's val_loss: on_validation_epoch_end
             self.log(f"{stage}_loss", F.mse_loss(pred, batch["y"]), prog_bar=True, sync_dist=True, batch_size=n)
@@ -646,7 +700,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """Forecasts in original units with their 80%/95% intervals (NaN without), the actual
         values (NaN for the future), the naive and seasonal naive forecasts, the row of the
         first forecast step and the series."""
-        pred = self(batch["x"], batch.get("series"))
+        pred = self(batch["x"], batch.get("series"), batch.get("future"))
         out = {
             "forecast": self.to_original(pred, batch),
             "actual": self.to_original(batch["y"], batch),
@@ -671,7 +725,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             return
         for batch in dm.test_dataloader():
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            self._rolling(batch["series"], batch["end"], (self(batch["x"], batch["series"]) - batch["y"]).abs())
+            pred = self(batch["x"], batch["series"], batch.get("future"))
+            self._rolling(batch["series"], batch["end"], (pred - batch["y"]).abs())
 
     @staticmethod
     def to_original(scaled: Tensor, batch: dict[str, Tensor]) -> Tensor:
