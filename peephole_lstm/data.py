@@ -287,8 +287,9 @@ class SeriesDataModule(L.LightningDataModule):
                 fut, stamps = self._future_rows(name, g)
                 self._future_inputs.append(fut)
                 self._future_times.append(stamps)
-            if calendar:
-                values[-1] = np.concatenate([values[-1], self._calendar(times[-1])], axis=1)
+            if calendar:  # after the target and the features, before the future features (last)
+                k = values[-1].shape[1] - len(self.future_names)
+                values[-1] = np.concatenate([values[-1][:, :k], self._calendar(times[-1]), values[-1][:, k:]], axis=1)
         self.starts = np.cumsum([0] + [len(v) for v in values])  # series s: rows starts[s] .. starts[s+1]
         self.inputs = np.concatenate(values)  # (N, C) original units, target first
         self.series = self.inputs[:, 0]  # (N,)
@@ -723,9 +724,11 @@ class SeriesDataModule(L.LightningDataModule):
     @property
     def input_columns(self) -> list[str]:
         """The input columns, target first (every series' target column in a wide file), then
-        the features, the future features and the calendar inputs: what a checkpoint's weights
-        were shaped by (with ``future_names``)."""
-        return [str(c) for c in (*(self.wide_columns or [self.target_name]), *self.feature_names, *self.calendar_names)]
+        the features, the calendar inputs and the future features (always the last): what a
+        checkpoint's weights were shaped by (with ``future_names``)."""
+        plain = self.feature_names[: len(self.feature_names) - len(self.future_names)]
+        columns = (*(self.wide_columns or [self.target_name]), *plain, *self.calendar_names, *self.future_names)
+        return [str(c) for c in columns]
 
     _COLUMN_OPTIONS = ("target", "features", "future_features", "calendar", "id_column")  # shape the inputs
 
@@ -803,9 +806,8 @@ class SeriesDataModule(L.LightningDataModule):
 
     @property
     def future_channels(self) -> list[int]:
-        """The input channels of ``future_features`` (after the target and the other features)."""
-        first = 1 + len(self.feature_names) - len(self.future_names)
-        return list(range(first, first + len(self.future_names)))
+        """The input channels of ``future_features``: the last ones (the network's convention)."""
+        return list(range(self.input_size - len(self.future_names), self.input_size))
 
     @property
     def input_size(self) -> int:

@@ -67,9 +67,14 @@ class PeepholeLSTMNet(nn.Module):
 
     With ``future_size > 0`` each window also comes with ``future`` ``(N, horizon,
     future_size)``, the inputs known ahead at every forecast step (a holiday flag, a planned
-    price): they join the LSTM's last state at the linear head, and the lags of the AR term
-    (which is then an ARX model, regression with autoregressive errors), so a covariate's
-    effect at the target's own time needs no detour through the recurrence.
+    price), whose past values are the last ``future_size`` input channels: the future values
+    join the LSTM's last state at the head, both directly (linear) and through a hidden layer
+    of ``hidden_size`` ReLU units on the two together (an effect that is not linear, such as
+    demand against temperature, heating below and cooling above a comfort range); and the AR
+    term regresses on them and on
+    the last ``ar_window`` values of those channels too (an ARX model: the covariate now and
+    in the window, as regression with autoregressive errors is), so a covariate's effect at
+    the target's own time needs no detour through the recurrence.
 
     Input ``(N, L, input_size)`` (batch first, ``L >= ar_window``), output ``(N, horizon)``.
     """
@@ -105,8 +110,14 @@ class PeepholeLSTMNet(nn.Module):
         self.horizon = horizon
         self.emb: Optional[nn.Embedding] = None  # see set_series_embedding
         self.dropout = nn.Dropout(dropout)  # after the last layer
+        last = hidden_size * (2 if bidirectional else 1)
+        # (future_size > 0) a hidden ReLU layer on the LSTM's last state and the known-ahead inputs
+        self.future_net: Optional[nn.Sequential] = None
+        if future_size:
+            self.future_net = nn.Sequential(nn.Linear(last + horizon * future_size, hidden_size), nn.ReLU())
         # the top layer's last state (each direction), then the known-ahead inputs of every step
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1) + horizon * future_size, horizon)
+        # and that layer's units
+        self.head = nn.Linear(last + (horizon * future_size + hidden_size if future_size else 0), horizon)
         self.ar: Optional[nn.Linear] = None
         self.set_ar_window(ar_window)
 
@@ -143,9 +154,11 @@ class PeepholeLSTMNet(nn.Module):
         self.ar = None
         if ar_window > 0:
             horizon = self.head.out_features
-            # (series * horizon, ar_window + horizon * future_size): series s owns output rows
-            # s*horizon .. (s+1)*horizon; the lags, oldest first, then the known-ahead inputs
-            self.ar = nn.Linear(ar_window + horizon * self.future_size, series * horizon,
+            # (series * horizon, ar_window * (1 + F) + horizon * F): series s owns output rows
+            # s*horizon .. (s+1)*horizon; the columns: the target's lags (oldest first), each
+            # known-ahead channel's lags, then their values at the horizon steps
+            F = self.future_size
+            self.ar = nn.Linear(ar_window * (1 + F) + horizon * F, series * horizon,
                                 device=self.head.weight.device, dtype=self.head.weight.dtype)
             nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
             nn.init.zeros_(self.ar.bias)
@@ -154,22 +167,35 @@ class PeepholeLSTMNet(nn.Module):
     def fit_ar(self, lags: Tensor, target: Tensor, series: Optional[Tensor] = None,
                lags_per_series: Optional[list[int]] = None, future: Optional[Tensor] = None) -> list[float]:
         """Set the autoregressive term to the ridge regression of ``target`` ``(N, horizon)`` on
-        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`), and
-        with ``future_size > 0`` on ``future`` ``(N, horizon, future_size)`` too. With one term
-        per series, ``series`` ``(N,)`` says whose each row is and each series is fitted on its
-        own rows, on its last ``lags_per_series[s]`` lags (default all; the older ones get
+        ``lags`` ``(N, ar_window)``, the last values of input channel 0 (:func:`ridge_ar`); with
+        ``future_size > 0`` ``lags`` is ``(N, ar_window, 1 + future_size)``, channel 0 and the
+        known-ahead ones (the last input channels), and ``future`` ``(N, horizon, future_size)``
+        their values at the forecast steps joins the regression. With one term per series,
+        ``series`` ``(N,)`` says whose each row is and each series is fitted on its own rows,
+        on its last ``lags_per_series[s]`` lags of each channel (default all; the older ones get
         weight 0); a series with fewer than 3 rows gets the fit of all rows together. Returns
         the penalty chosen for each term."""
         S = self.ar_series if self.ar is not None else 0
-        if self.ar is None or lags.dim() != 2 or lags.size(1) != self.ar_window:
-            raise ValueError(f"fit_ar expects lags (N, ar_window={self.ar_window}), got {tuple(lags.shape)}")
+        F, A = self.future_size, self.ar_window
+        if lags.dim() == 2 and F == 0:
+            lags = lags[:, :, None]  # (N, A, 1)
+        if self.ar is None or lags.dim() != 3 or lags.shape[1:] != (A, 1 + F):
+            want = f"(N, ar_window={A})" if F == 0 else f"(N, ar_window={A}, 1 + future_size={1 + F})"
+            raise ValueError(f"fit_ar expects lags {want}, got {tuple(lags.shape)}")
         h = self.ar.out_features // S
         if target.dim() != 2 or target.size(1) != h:
             raise ValueError(f"fit_ar expects target (N, horizon={h}), got {tuple(target.shape)}")
         if S > 1 and (series is None or series.shape != (len(lags),)):
             raise ValueError(f"this network has an AR term for each of {S} series: fit_ar needs series (N,)")
-        known = self._future_flat(future, len(lags), "fit_ar").to(lags)  # (N, horizon * future_size)
-        A = self.ar_window
+        known = self._future_flat(future, len(lags), "fit_ar").to(lags)  # (N, horizon * F)
+
+        def columns(p: int) -> list[int]:  # the weight's columns: the last p lags of every channel, then known
+            ahead = range(A * (1 + F), self.ar.in_features)
+            return [c * A + j for c in range(1 + F) for j in range(A - p, A)] + list(ahead)
+
+        def design(rows, p: int) -> Tensor:  # (n, p * (1 + F) + horizon * F), in the order of columns(p)
+            return torch.cat([lags[rows][:, -p:].transpose(1, 2).flatten(1), known[rows]], 1)
+
         weight = torch.zeros(S * h, self.ar.in_features, dtype=torch.float64)
         bias = torch.zeros(S * h, dtype=torch.float64)
         penalties = []
@@ -179,13 +205,13 @@ class PeepholeLSTMNet(nn.Module):
             p = A if lags_per_series is None else int(lags_per_series[s])
             if not 1 <= p <= A:
                 raise ValueError(f"lags_per_series[{s}] = {p} is not in 1 .. ar_window ({A})")
-            X, Y = torch.cat([lags[rows][:, -p:], known[rows]], 1), target[rows]  # (n, p + h*F)
+            X, Y = design(rows, p), target[rows]
             if len(X) >= 3:
-                W, b, lam = ridge_ar(X, Y)  # (h, p + h*F), (h,)
+                W, b, lam = ridge_ar(X, Y)  # (h, p * (1 + F) + h * F), (h,)
             else:  # too few windows of its own: the fit of every row
-                pooled = pooled or ridge_ar(torch.cat([lags, known], 1), target)
+                pooled = pooled or ridge_ar(design(slice(None), A), target)
                 (W, b, lam), p = pooled, A
-            weight[s * h : (s + 1) * h, A - p :] = W
+            weight[s * h : (s + 1) * h, columns(p)] = W
             bias[s * h : (s + 1) * h] = b
             penalties.append(lam)
         self.ar.weight.copy_(weight)
@@ -231,13 +257,15 @@ class PeepholeLSTMNet(nn.Module):
         last = torch.cat(list(h_n[-D:]), dim=-1)  # (N, D*H): the top layer, each direction's end
         known = self._future_flat(future, len(x), "forward")  # (N, horizon * future_size)
         feat = self.dropout(last)
-        if self.future_size:
+        if self.future_net is not None:
             feat = torch.cat([feat, known.to(feat)], dim=-1)  # (N, D*H + horizon * future_size)
+            feat = torch.cat([feat, self.future_net(feat)], dim=-1)  # (N, D*H + horizon * future_size + H)
         out = self.head(feat)  # (N, horizon)
         if self.ar is not None:
             lags = x[:, -self.ar_window :, 0]  # (N, ar_window)
             if self.future_size:
-                lags = torch.cat([lags, known.to(lags)], dim=-1)  # (N, ar_window + horizon * future_size)
+                past = x[:, -self.ar_window :, -self.future_size :].transpose(1, 2).flatten(1)  # (N, F * ar_window)
+                lags = torch.cat([lags, past, known.to(lags)], dim=-1)  # (N, ar_window * (1 + F) + horizon * F)
             ar = self.ar(lags)  # (N, series * horizon)
             if self.ar_series > 1:
                 h = out.size(1)
@@ -460,7 +488,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         p = self.net.ar_window
         lags, target, series, future = [], [], [], []
         for batch in batches:
-            lags.append(batch["x"][:, -p:, 0])  # (B, p): the last p values of channel 0, the target
+            F = self.net.future_size  # the known-ahead channels are the last F
+            lags.append(batch["x"][:, -p:, [0, *range(-F, 0)]] if F else batch["x"][:, -p:, 0])  # (B, p[, 1 + F])
             target.append(batch["y"])  # (B, horizon)
             if "series" in batch:
                 series.append(batch["series"])
@@ -503,7 +532,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             w = state.get(prefix + "ar.weight")
             if w is not None:  # one term per series: its shape says how many
                 series = w.size(0) // self.hparams.horizon
-                lags = w.size(1) - self.hparams.horizon * net.future_size  # then the known-ahead inputs
+                F = net.future_size  # the columns: lags of the target and the F known-ahead channels, then F per step
+                lags = (w.size(1) - self.hparams.horizon * F) // (1 + F)
                 if (lags, series) != (net.ar_window, net.ar_series):
                     net.set_ar_window(lags, series=series)
         # "ar_series_names": checkpoints from before the series embedding (per-series AR terms only)

@@ -69,6 +69,12 @@ def test_items_carry_the_known_ahead_values_of_every_target_step(tmp_path):
     assert dm.future_labels(0) == frame["date"].iloc[240:].tolist()
     assert len(dm.series) == 240  # the plan rows are no part of the series
     assert dm.state_dict()["future_channels"] == ["promo"]
+    cal = _module(_write(tmp_path, frame), calendar=True)  # the known-ahead channels stay the last
+    assert cal.input_columns[:2] == ["sales", "price"] and cal.input_columns[-1] == "promo"
+    assert cal.input_size == 7 and cal.future_channels == [6]
+    item = cal.dataset("test")[0]
+    np.testing.assert_allclose(item["x"][:, 6].numpy(), (promo[int(item["end"]) - 10 : int(item["end"])] - mean) / std,
+                               atol=1e-6)
 
 
 def test_rows_further_ahead_than_the_horizon_are_not_used(tmp_path):
@@ -123,29 +129,41 @@ def test_without_plan_rows_the_test_split_still_forecasts(tmp_path):
 
 
 def test_the_arx_term_is_the_least_squares_fit_on_lags_and_known_inputs():
-    """fit_ar with known-ahead inputs: on data that an ARX model explains exactly, the closed
-    form recovers its coefficients (checked against numpy's least squares)."""
+    """fit_ar with known-ahead inputs: on data that an ARX model explains exactly (the target's
+    lags, the known channels' lags and their values at the forecast steps), the closed form
+    recovers its coefficients (checked against numpy's least squares), and forward applies them
+    to the right channels of the window."""
     g = torch.Generator().manual_seed(0)
-    n, p, h, f = 400, 4, 2, 3
-    lags = torch.randn(n, p, generator=g, dtype=torch.float64)
+    n, p, h, f = 400, 4, 2, 2
+    lags = torch.randn(n, p, 1 + f, generator=g, dtype=torch.float64)  # channel 0, then the known ones
     future = torch.randn(n, h, f, generator=g, dtype=torch.float64)
-    X = np.concatenate([lags.numpy(), future.flatten(1).numpy(), np.ones((n, 1))], 1)
+    X = np.concatenate([lags.transpose(1, 2).flatten(1).numpy(), future.flatten(1).numpy(), np.ones((n, 1))], 1)
     coef = np.random.default_rng(0).normal(size=(X.shape[1], h))
     target = torch.from_numpy(X @ coef + 1e-6 * np.random.default_rng(1).normal(size=(n, h)))
-    net = PeepholeLSTMNet(hidden_size=3, num_layers=1, horizon=h, ar_window=p, future_size=f).double()
+    net = PeepholeLSTMNet(input_size=2 + f, hidden_size=3, num_layers=1, horizon=h, ar_window=p,
+                          future_size=f).double()
     net.fit_ar(lags, target, future=future)
-    want = np.linalg.lstsq(X, target.numpy(), rcond=None)[0]  # (p + h*f + 1, h)
+    want = np.linalg.lstsq(X, target.numpy(), rcond=None)[0]  # (p * (1 + f) + h * f + 1, h)
     np.testing.assert_allclose(net.ar.weight.detach().numpy(), want[:-1].T, atol=2e-3)
     np.testing.assert_allclose(net.ar.bias.detach().numpy(), want[-1], atol=2e-3)
-    # forward: the head sees the known inputs too; its AR part is exactly that fit
-    x = torch.zeros(5, 6, 1, dtype=torch.float64)
-    x[:, -p:, 0] = lags[:5]
+    # forward: channel 0 and the last f channels feed the AR term (channel 1, a plain feature, does not)
+    x = torch.randn(5, 6, 2 + f, generator=g, dtype=torch.float64)
+    x[:, -p:, 0], x[:, -p:, 2:] = lags[:5, :, 0], lags[:5, :, 1:]
     net.eval()
     with torch.no_grad():
         out = net(x, future=future[:5])
         _, (h_n, _) = net.lstm(x)
-        head = net.head(torch.cat([h_n[-1], future[:5].flatten(1)], 1))
+        z = torch.cat([h_n[-1], future[:5].flatten(1)], 1)  # the last state and the known inputs
+        head = net.head(torch.cat([z, net.future_net(z)], 1))
     np.testing.assert_allclose(out.numpy(), (head + torch.from_numpy(X[:5] @ want)).numpy(), atol=1e-2)
+    # per-series lag counts: a series on fewer lags gets zero weight on the older ones of every channel
+    net2 = PeepholeLSTMNet(input_size=2 + f, hidden_size=3, num_layers=1, horizon=h, ar_window=p, future_size=f)
+    net2.set_ar_window(p, series=2)
+    net2.double().fit_ar(lags, target, series=torch.arange(n) % 2, lags_per_series=[p, 2], future=future)
+    w = net2.ar.weight.detach()[h:]  # series 1: lags 2 of each channel
+    for c in range(1 + f):
+        assert (w[:, c * p : c * p + p - 2] == 0).all() and (w[:, c * p + p - 2 : (c + 1) * p] != 0).all()
+    assert (w[:, p * (1 + f) :] != 0).all()
 
 
 def test_the_network_checks_its_known_ahead_inputs():
@@ -159,10 +177,11 @@ def test_the_network_checks_its_known_ahead_inputs():
         PeepholeLSTMNet(hidden_size=3, num_layers=1)(x, future=torch.zeros(4, 1, 1))
     with pytest.raises(ValueError, match="future_size must be a non-negative integer"):
         PeepholeLSTMNet(future_size=-1)
-    assert net.head.in_features == 3 + 2 * 2
-    # gradients reach the head's weights of the known inputs
-    net(x, future=torch.ones(4, 2, 2)).sum().backward()
-    assert net.head.weight.grad[:, 3:].abs().sum() > 0
+    assert net.head.in_features == 3 + 2 * 2 + 3  # the last state, the known inputs, the hidden layer
+    assert net.future_net[0].in_features == 3 + 2 * 2
+    # gradients reach the head's weights of the known inputs and the hidden layer
+    net(x, future=torch.randn(4, 2, 2)).sum().backward()
+    assert net.head.weight.grad[:, 3:].abs().sum() > 0 and net.future_net[0].weight.grad[:, 3:].abs().sum() > 0
 
 
 def _fit(dm, future_size, steps=150, seed=0):
