@@ -86,6 +86,16 @@ def consumption(seed: int = 0) -> tuple[pd.DataFrame, str, int]:
 CASES = {"promo": promo, "heat": heat, "consumption": consumption}
 
 
+def with_next_step(frame: pd.DataFrame, x_col: str, season: int) -> pd.DataFrame:
+    """``frame`` with one more row: the step after its last (a day, or a quarter for season 4),
+    the known-ahead column ``x_col`` given (its last value: only the forecast past the data
+    reads it), the target empty."""
+    last = pd.Timestamp(frame["date"].iloc[-1])
+    nxt = last + (pd.DateOffset(months=3) if season == 4 else pd.Timedelta(days=1))
+    return pd.concat([frame, pd.DataFrame({"date": [nxt.strftime("%Y-%m-%d")], x_col: [frame[x_col].iloc[-1]]})],
+                     ignore_index=True)
+
+
 def arima(y: np.ndarray, x: np.ndarray | None, n_fit: int, season: int) -> tuple[np.ndarray, str]:
     """AutoARIMA (with regressor ``x`` (n,) when given) fitted on the first ``n_fit`` rows, then
     one-step forecasts of every row with the parameters fixed."""
@@ -126,10 +136,7 @@ def main() -> None:
         naive = ((y[-n_test - 1 : -1] - actual) ** 2).mean()
         # known ahead: the covariate of the step after the last row is given, the target empty
         ahead = os.path.join(work, f"{case}-ahead.csv")
-        nxt = {"date": pd.Timestamp(frame["date"].iloc[-1]) + (pd.DateOffset(months=3) if season == 4
-                                                                  else pd.Timedelta(days=1))}
-        nxt = pd.DataFrame({"date": [nxt["date"].strftime("%Y-%m-%d")], x_col: [frame[x_col].iloc[-1]]})
-        pd.concat([frame, nxt], ignore_index=True).to_csv(ahead, index=False)
+        with_next_step(frame, x_col, season).to_csv(ahead, index=False)
         for seed in args.seeds:
             got = {}
             for name, csv, option in (("past", past, "--data.features"), ("ahead", ahead, "--data.future_features")):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,8 +135,6 @@ def test_quality_geomean_interval():
 def test_quality_split_mse_is_the_logged_validation_mse(tmp_path):
     """split_mse scores a run's best checkpoint on the validation windows: on one series it is
     the val_mse that the run logged at its lowest val_loss; on a panel one number per series."""
-    import pandas as pd
-
     q = _quality()
     rng = np.random.default_rng(3)
     t = np.arange(160)
@@ -158,3 +157,30 @@ def test_quality_split_mse_is_the_logged_validation_mse(tmp_path):
               [*fast, "--data.id_column", "id"])
     got = q.split_mse(str(tmp_path / "panel"), str(panel), {**data, "id_column": "id"})
     assert sorted(got) == ["a", "b"] and got["b"] > got["a"] > 0  # b is a times 3
+
+
+@pytest.mark.parametrize("case", ["promo", "heat"])
+def test_future_inputs_cases_give_the_known_step_ahead(case, tmp_path):
+    """benchmarks/future_inputs.py's generated series with their next step: the data module
+    reads the known-ahead column there, and the target responds to it as documented."""
+    import importlib.util
+
+    pytest.importorskip("lightning")
+    from peephole_lstm import SeriesDataModule
+
+    spec = importlib.util.spec_from_file_location("future_inputs", os.path.join(ROOT, "benchmarks", "future_inputs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frame, x_col, season = mod.CASES[case]()
+    path = tmp_path / "ahead.csv"
+    mod.with_next_step(frame, x_col, season).to_csv(path, index=False)
+    dm = SeriesDataModule(str(path), target=frame.columns[-1], future_features=[x_col], window=20)
+    assert len(dm.series) == len(frame) and dm.season == season
+    assert dm.future_values(0)[0, 0] == frame[x_col].iloc[-1]
+    assert dm.future_labels(0) == [str((pd.Timestamp(frame["date"].iloc[-1]) + pd.Timedelta(days=1)).date())]
+    y, x = frame.iloc[:, -1].to_numpy(), frame[x_col].to_numpy()
+    if case == "promo":  # +3 on promotion days
+        assert 2.5 < np.mean(y[x == 1]) - np.mean(y[x == 0]) < 3.5
+    else:  # heating below 16 degrees, cooling above 22: higher demand at both ends
+        mid = y[(x > 16) & (x < 22)].mean()
+        assert y[x < 6].mean() > mid + 15 and y[x > 26].mean() > mid
