@@ -185,7 +185,8 @@ def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[st
     out = {}
     with torch.no_grad():
         for batch in DataLoader(dm.dataset(split), batch_size=256):
-            err = ((model(batch["x"], batch["series"]) - batch["y"]) * batch["scale"]).pow(2)[:, 0]  # (N,), step 1
+            pred = model(batch["x"], batch["series"], batch.get("future"))
+            err = ((pred - batch["y"]) * batch["scale"]).pow(2)[:, 0]  # (N,), step 1
             for s, e in zip(batch["series"].tolist(), err.tolist()):
                 out.setdefault(dm.series_names[s], []).append(e)
     return {k: float(np.mean(v)) for k, v in out.items()}
