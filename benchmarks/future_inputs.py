@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 
-from quality import backtest_errors, ratio_draws, run_cli  # noqa: E402
+from quality import backtest_errors, describe, ratio_draws, run_cli  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 from peephole_lstm import SeriesDataModule  # noqa: E402
@@ -104,8 +104,7 @@ def arima(y: np.ndarray, x: np.ndarray | None, n_fit: int, season: int) -> tuple
     X = None if x is None else x.reshape(-1, 1).astype(np.float64)
     fit = AutoARIMA(season_length=season).fit(y[:n_fit].astype(np.float64), None if X is None else X[:n_fit])
     res = fit.forward(y=y.astype(np.float64), h=1, X=X, X_future=None if X is None else X[-1:], fitted=True)
-    p, q, P, Q, s, d, D = fit.model_["arma"]
-    desc = f"({p},{d},{q})" + (f"({P},{D},{Q})[{s}]" if s > 1 and (P or D or Q) else "")
+    desc = describe(fit)
     if X is not None:
         coef = fit.model_["coef"]
         desc += f", x coef {float(coef.get('ex_1', np.nan)):.3g}" if isinstance(coef, dict) else ""

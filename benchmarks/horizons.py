@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 
-from quality import SERIES, interval, ratio_draws, run_cli  # noqa: E402
+from quality import SERIES, describe, interval, ratio_draws, run_cli  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 from peephole_lstm import SeriesDataModule  # noqa: E402
@@ -60,12 +60,7 @@ def classical_paths(y: np.ndarray, n_fit: int, season: int, starts: np.ndarray, 
         fit = model.fit(y[:n_fit].astype(np.float64))
         paths = [fit.forward(y=y[:e].astype(np.float64), h=h, level=[80]) for e in starts]
         out[name] = tuple(np.stack([p[k] for p in paths]) for k in ("mean", "lo-80", "hi-80"))
-        m = fit.model_
-        if name == "ets":
-            out["ets_desc"] = m.get("method", "ETS")
-        else:
-            p, q, P, Q, s, d, D = m["arma"]
-            out["arima_desc"] = f"({p},{d},{q})" + (f"({P},{D},{Q})[{s}]" if s > 1 and (P or D or Q) else "")
+        out[f"{name}_desc"] = describe(fit)
     return out
 
 

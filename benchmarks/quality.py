@@ -205,13 +205,18 @@ def classical(y: np.ndarray, n_fit: int, season: int) -> dict:
         out[name] = res["fitted"]
         for pct in (80, 95):
             out[f"{name}_lo_{pct}"], out[f"{name}_hi_{pct}"] = res[f"fitted-lo-{pct}"], res[f"fitted-hi-{pct}"]
-        m = fit.model_
-        if name == "ets":
-            out["ets_desc"] = m.get("method", "ETS")
-        else:
-            p, q, P, Q, s, d, D = m["arma"]
-            out["arima_desc"] = f"({p},{d},{q})" + (f"({P},{D},{Q})[{s}]" if s > 1 and (P or D or Q) else "")
+        out[f"{name}_desc"] = describe(fit)
     return out
+
+
+def describe(fit) -> str:
+    """A fitted statsforecast AutoETS's method (``ETS(A,Ad,N)``) or AutoARIMA's orders
+    (``(2,1,2)(2,1,0)[52]``)."""
+    m = fit.model_
+    if "arma" not in m:
+        return m.get("method", "ETS")
+    p, q, P, Q, s, d, D = m["arma"]
+    return f"({p},{d},{q})" + (f"({P},{D},{Q})[{s}]" if s > 1 and (P or D or Q) else "")
 
 
 def interval_scores(lo: np.ndarray, hi: np.ndarray, y: np.ndarray, level: float, scale: float) -> tuple[float, float]:
