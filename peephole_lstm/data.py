@@ -541,7 +541,8 @@ class SeriesDataModule(L.LightningDataModule):
                 f"its last value ({last}), as rows with the target empty; there are {len(rows)}: add them, or pass "
                 'predict="test" (--data.predict test) to forecast the test split only'
             )
-        labels = self._labels(rows)
+        # the steps' labels: the rows' own time stamps, else the row numbers that continue the series
+        labels = self._labels(rows) if self.time_name is not None else [str(len(g) + k) for k in range(h)]
         out = np.empty((h, len(names)))
         for k, col in enumerate(names):
             num = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -561,8 +562,6 @@ class SeriesDataModule(L.LightningDataModule):
                     f"{which}: the rows after its last value ({last}) give future_features for {', '.join(labels)}, "
                     f"but the forecast steps are {', '.join(want)}: one row per step, none missing"
                 )
-        else:
-            labels = [str(len(g) + k) for k in range(h)]
         return out, labels
 
     def _trim(self, name: str, g: pd.DataFrame, trimmed: list[str]) -> pd.DataFrame:

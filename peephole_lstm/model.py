@@ -71,10 +71,10 @@ class PeepholeLSTMNet(nn.Module):
     join the LSTM's last state at the head, both directly (linear) and through a hidden layer
     of ``hidden_size`` ReLU units on the two together (an effect that is not linear, such as
     demand against temperature, heating below and cooling above a comfort range); and the AR
-    term regresses on them and on
-    the last ``ar_window`` values of those channels too (an ARX model: the covariate now and
-    in the window, as regression with autoregressive errors is), so a covariate's effect at
-    the target's own time needs no detour through the recurrence.
+    term regresses on them and on the last ``ar_window`` values of those channels too (an ARX
+    model: the covariate now and in the window, as regression with autoregressive errors
+    is), so a covariate's effect at the target's own time needs no detour through the
+    recurrence.
 
     Input ``(N, L, input_size)`` (batch first, ``L >= ar_window``), output ``(N, horizon)``.
     """
@@ -154,11 +154,11 @@ class PeepholeLSTMNet(nn.Module):
         self.ar = None
         if ar_window > 0:
             horizon = self.head.out_features
-            # (series * horizon, ar_window * (1 + F) + horizon * F): series s owns output rows
-            # s*horizon .. (s+1)*horizon; the columns: the target's lags (oldest first), each
-            # known-ahead channel's lags, then their values at the horizon steps
-            F = self.future_size
-            self.ar = nn.Linear(ar_window * (1 + F) + horizon * F, series * horizon,
+            # (series * horizon, ar_window * (1 + nf) + horizon * nf), nf = future_size: series s
+            # owns output rows s*horizon .. (s+1)*horizon; the columns: the target's lags (oldest
+            # first), each known-ahead channel's lags, then their values at the horizon steps
+            nf = self.future_size
+            self.ar = nn.Linear(ar_window * (1 + nf) + horizon * nf, series * horizon,
                                 device=self.head.weight.device, dtype=self.head.weight.dtype)
             nn.init.zeros_(self.ar.weight)  # starts as the LSTM alone
             nn.init.zeros_(self.ar.bias)
@@ -176,24 +176,24 @@ class PeepholeLSTMNet(nn.Module):
         weight 0); a series with fewer than 3 rows gets the fit of all rows together. Returns
         the penalty chosen for each term."""
         S = self.ar_series if self.ar is not None else 0
-        F, A = self.future_size, self.ar_window
-        if lags.dim() == 2 and F == 0:
+        nf, A = self.future_size, self.ar_window
+        if lags.dim() == 2 and nf == 0:
             lags = lags[:, :, None]  # (N, A, 1)
-        if self.ar is None or lags.dim() != 3 or lags.shape[1:] != (A, 1 + F):
-            want = f"(N, ar_window={A})" if F == 0 else f"(N, ar_window={A}, 1 + future_size={1 + F})"
+        if self.ar is None or lags.dim() != 3 or lags.shape[1:] != (A, 1 + nf):
+            want = f"(N, ar_window={A})" if nf == 0 else f"(N, ar_window={A}, 1 + future_size={1 + nf})"
             raise ValueError(f"fit_ar expects lags {want}, got {tuple(lags.shape)}")
         h = self.ar.out_features // S
         if target.dim() != 2 or target.size(1) != h:
             raise ValueError(f"fit_ar expects target (N, horizon={h}), got {tuple(target.shape)}")
         if S > 1 and (series is None or series.shape != (len(lags),)):
             raise ValueError(f"this network has an AR term for each of {S} series: fit_ar needs series (N,)")
-        known = self._future_flat(future, len(lags), "fit_ar").to(lags)  # (N, horizon * F)
+        known = self._future_flat(future, len(lags), "fit_ar").to(lags)  # (N, horizon * nf)
 
         def columns(p: int) -> list[int]:  # the weight's columns: the last p lags of every channel, then known
-            ahead = range(A * (1 + F), self.ar.in_features)
-            return [c * A + j for c in range(1 + F) for j in range(A - p, A)] + list(ahead)
+            ahead = range(A * (1 + nf), self.ar.in_features)
+            return [c * A + j for c in range(1 + nf) for j in range(A - p, A)] + list(ahead)
 
-        def design(rows, p: int) -> Tensor:  # (n, p * (1 + F) + horizon * F), in the order of columns(p)
+        def design(rows, p: int) -> Tensor:  # (n, p * (1 + nf) + horizon * nf), in the order of columns(p)
             return torch.cat([lags[rows][:, -p:].transpose(1, 2).flatten(1), known[rows]], 1)
 
         weight = torch.zeros(S * h, self.ar.in_features, dtype=torch.float64)
@@ -207,7 +207,7 @@ class PeepholeLSTMNet(nn.Module):
                 raise ValueError(f"lags_per_series[{s}] = {p} is not in 1 .. ar_window ({A})")
             X, Y = design(rows, p), target[rows]
             if len(X) >= 3:
-                W, b, lam = ridge_ar(X, Y)  # (h, p * (1 + F) + h * F), (h,)
+                W, b, lam = ridge_ar(X, Y)  # (h, p * (1 + nf) + h * nf), (h,)
             else:  # too few windows of its own: the fit of every row
                 pooled = pooled or ridge_ar(design(slice(None), A), target)
                 (W, b, lam), p = pooled, A
@@ -264,8 +264,8 @@ class PeepholeLSTMNet(nn.Module):
         if self.ar is not None:
             lags = x[:, -self.ar_window :, 0]  # (N, ar_window)
             if self.future_size:
-                past = x[:, -self.ar_window :, -self.future_size :].transpose(1, 2).flatten(1)  # (N, F * ar_window)
-                lags = torch.cat([lags, past, known.to(lags)], dim=-1)  # (N, ar_window * (1 + F) + horizon * F)
+                past = x[:, -self.ar_window :, -self.future_size :].transpose(1, 2).flatten(1)  # (N, nf * ar_window)
+                lags = torch.cat([lags, past, known.to(lags)], dim=-1)  # (N, ar_window * (1 + nf) + horizon * nf)
             ar = self.ar(lags)  # (N, series * horizon)
             if self.ar_series > 1:
                 h = out.size(1)
@@ -356,8 +356,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
             stopping, checkpoints) and the intervals see the mean. The members share the fixed
             AR term (it is fitted once).
         future_size: inputs known ahead at each forecast step (the CLI links it to the data's
-            ``future_features``): they enter the linear head beside the LSTM's last state, and
-            the AR term's regression (see :class:`PeepholeLSTMNet`); 0: none.
+            ``future_features``, the last input channels): their values at the forecast steps
+            enter the head beside the LSTM's last state, directly and through a hidden ReLU
+            layer, and the AR term becomes an ARX regression on them and on their lags (see
+            :class:`PeepholeLSTMNet`); 0: none.
         interval_levels: the central prediction intervals every forecast carries, e.g.
             ``[0.5, 0.9]`` (columns ``lo_50``, ``hi_50``, ...; metrics ``test_coverage_50``,
             ...). They come from the conformal residuals a checkpoint keeps, so ``predict`` with
@@ -486,15 +488,15 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The closed-form ridge fit of the AR terms on every training window (scaled units;
         one per series of a panel); they then stay fixed (see ``ar_window``)."""
         p = self.net.ar_window
+        nf = self.net.future_size  # the known-ahead channels are the last nf
         lags, target, series, future = [], [], [], []
         for batch in batches:
-            F = self.net.future_size  # the known-ahead channels are the last F
-            lags.append(batch["x"][:, -p:, [0, *range(-F, 0)]] if F else batch["x"][:, -p:, 0])  # (B, p[, 1 + F])
+            lags.append(batch["x"][:, -p:, [0, *range(-nf, 0)]] if nf else batch["x"][:, -p:, 0])  # (B, p[, 1 + nf])
             target.append(batch["y"])  # (B, horizon)
             if "series" in batch:
                 series.append(batch["series"])
             if "future" in batch:
-                future.append(batch["future"])  # (B, horizon, F)
+                future.append(batch["future"])  # (B, horizon, nf)
         if not lags:
             raise ValueError("the autoregressive term needs training windows; the training data has none")
         sid = torch.cat(series).cpu() if self.net.ar_series > 1 else None
@@ -532,8 +534,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             w = state.get(prefix + "ar.weight")
             if w is not None:  # one term per series: its shape says how many
                 series = w.size(0) // self.hparams.horizon
-                F = net.future_size  # the columns: lags of the target and the F known-ahead channels, then F per step
-                lags = (w.size(1) - self.hparams.horizon * F) // (1 + F)
+                nf = net.future_size  # the columns: lags of the target and the nf known channels, then nf per step
+                lags = (w.size(1) - self.hparams.horizon * nf) // (1 + nf)
                 if (lags, series) != (net.ar_window, net.ar_series):
                     net.set_ar_window(lags, series=series)
         # "ar_series_names": checkpoints from before the series embedding (per-series AR terms only)

@@ -247,3 +247,12 @@ def test_future_features_through_the_cli(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert "known ahead ['promo']" in err and "--data.future_features [promo]" in err
+
+
+def test_without_a_time_column_the_steps_are_row_numbers(tmp_path):
+    frame = _promo_frame().drop(columns="date")
+    dm = _module(_write(tmp_path, frame))
+    assert dm.time_name is None and dm.future_labels(0) == ["240", "241", "242"]
+    frame.loc[241, "promo"] = np.nan
+    with pytest.raises(SeriesDataError, match=r"no numeric value at 241 \(forecast step 2 of 3"):
+        _module(_write(tmp_path, frame))
