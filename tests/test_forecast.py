@@ -25,7 +25,7 @@ def _panel(tmp_path, shuffle=True):
         t = np.arange(n)
         value = level + 0.05 * t + np.sin(2 * np.pi * t / 7) + rng.normal(scale=0.2, size=n)
         frames.append(pd.DataFrame({"id": name, "date": pd.date_range(start, periods=n, freq="D").strftime("%Y-%m-%d"),
-                                    "value": value, "temp": rng.normal(size=n)}))
+                                    "temp": rng.normal(size=n), "value": value}))
     frame = pd.concat(frames, ignore_index=True)
     if shuffle:
         frame = frame.sample(frac=1.0, random_state=1)
