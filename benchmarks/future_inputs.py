@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 
-from quality import backtest_errors, describe, ratio_draws, run_cli  # noqa: E402
+from quality import backtest_errors, ci, describe, interval, ratio_draws, run_cli  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 from peephole_lstm import SeriesDataModule  # noqa: E402
@@ -156,11 +156,10 @@ def main() -> None:
         ahead, past = got["ahead"][0], got["past"][0]
         ax = classical["ARIMAX"][0]
         r1, r2 = ratio_draws(ahead, past), ratio_draws(ahead, ax)
-        ci = lambda r: f"[{np.quantile(r, 0.05):.2f}, {np.quantile(r, 0.95):.2f}]"  # noqa: E731
         ratios.append(ahead.mean() / ax.mean())
         print(f"| {case} | {seed} | {n_test} | {naive:.4g} | {past.mean():.4g} | {ahead.mean():.4g} "
               f"| {classical['ARIMA'][0].mean():.4g} {classical['ARIMA'][1]} | {ax.mean():.4g} {classical['ARIMAX'][1]} "
-              f"| {ahead.mean() / past.mean():.2f}x {ci(r1)} | {ahead.mean() / ax.mean():.2f}x {ci(r2)} "
+              f"| {ahead.mean() / past.mean():.2f}x {ci(interval(r1))} | {ahead.mean() / ax.mean():.2f}x {ci(interval(r2))} "
               f"| {got['ahead'][1]['coverage_80']:.0%} |")
     print(f"\nknown ahead / ARIMAX, geometric mean: {math.exp(np.mean(np.log(ratios))):.2f}x")
 

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 
-from quality import SERIES, describe, interval, ratio_draws, run_cli  # noqa: E402
+from quality import SERIES, ci, describe, interval, ratio_draws, run_cli  # noqa: E402
 from speed import cpu_model  # noqa: E402
 
 from peephole_lstm import SeriesDataModule  # noqa: E402
@@ -128,12 +128,11 @@ def main() -> None:
         ratio = sq["ours"].mean() / sq[b].mean()
         ratios.setdefault(r["seed"], []).append(ratio)
         first, last = sq["ours"][:, 0].mean() / sq[b][:, 0].mean(), sq["ours"][:, -1].mean() / sq[b][:, -1].mean()
-        lo, hi = interval(r["draws"])
         mark = "**" if ratio < 1 else ""
         c = r["cover"]
         print(f"| {r['series']} | {r['seed']} | {r['h']} | {r['windows']} | {mark}{sq['ours'].mean():.4g}{mark} "
               f"| {sq['naive'].mean():.4g} | {sq['snaive'].mean():.4g} | {sq['ets'].mean():.4g} {r['ets_desc']} "
-              f"| {sq['arima'].mean():.4g} {r['arima_desc']} | {ratio:.2f}x [{lo:.2f}, {hi:.2f}] | {first:.2f}x "
+              f"| {sq['arima'].mean():.4g} {r['arima_desc']} | {ratio:.2f}x {ci(interval(r['draws']))} | {first:.2f}x "
               f"| {last:.2f}x | {c['ours']:.0%} / {c['ets']:.0%} / {c['arima']:.0%} |")
     for seed, v in ratios.items():
         print(f"seed {seed}: ours / the better classical model, geometric mean {math.exp(np.mean(np.log(v))):.2f}x; "

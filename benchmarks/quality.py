@@ -303,7 +303,7 @@ def evaluate(args, seed) -> dict:
         mark = "**" if r["ours"] < best else ""
         print(f"| {r['series']} | {r['kind']} | {r['rows']} | {r['season']} | {r['test']} | {mark}{r['ours']:.4g}{mark} "
               f"| {r['mase']:.3f} | {r['naive']:.4g} | {r['snaive']:.4g} | {r['ets']:.4g} {r['ets_desc']} "
-              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x {_ci(interval(r['draws']))} "
+              f"| {r['arima']:.4g} {r['arima_desc']} | {r['ours'] / best:.2f}x {ci(interval(r['draws']))} "
               f"| {r['cov80']:.0%} / {r['cov95']:.0%} | {_hits(r['cov80'], r['test'])} |")
     gm = {k: math.exp(np.mean(np.log(v))) for k, v in ratios.items()}
     wins = {k: sum(x < 1 for x in v) for k, v in ratios.items()}
@@ -311,7 +311,7 @@ def evaluate(args, seed) -> dict:
     print(f"\nours beats naive on {wins['naive']}/{n}, ETS on {wins['ets']}/{n}, ARIMA on {wins['arima']}/{n}, the "
           f"better of the two on {wins['best']}/{n}; geometric mean of MSE ratios: vs naive {gm['naive']:.2f}x, "
           f"vs ETS {gm['ets']:.2f}x, vs ARIMA {gm['arima']:.2f}x, vs the better {gm['best']:.2f}x "
-          f"(90% interval {_ci(geomean_interval([r['draws'] for r in rows]))})")
+          f"(90% interval {ci(geomean_interval([r['draws'] for r in rows]))})")
 
     print("\n# prediction intervals on the same test targets: ours (split-conformal, rolling) against ETS's and "
           "ARIMA's own one-step intervals (parameters fitted on train+validation, then fixed); MSIS = the M4 mean "
@@ -347,15 +347,15 @@ def evaluate(args, seed) -> dict:
         draws.append(ratio_draws(sq, r["sq"]))
         result["panel_ci"][g["series"]] = interval(draws[-1])
         print(f"| {g['series']} | {r['ours']:.4g} | {g['mse']:.4g} | {g['mse'] / r['ours']:.2f}x "
-              f"{_ci(result['panel_ci'][g['series']])} "
+              f"{ci(result['panel_ci'][g['series']])} "
               f"| {val[g['series']] / r['val']:.2f}x | {_hits(g.get('coverage_80', math.nan), r['test'])} |")
         result["panel"][g["series"]] = g["mse"] / r["ours"]
     gm = math.exp(np.mean(np.log(list(result["panel"].values()))))
-    print(f"\nglobal / alone, geometric mean: {gm:.2f}x {_ci(geomean_interval(draws))}")
+    print(f"\nglobal / alone, geometric mean: {gm:.2f}x {ci(geomean_interval(draws))}")
     return result
 
 
-def _ci(lo_hi: tuple[float, float]) -> str:
+def ci(lo_hi: tuple[float, float]) -> str:
     """``[0.84, 1.11]``: an interval in a table cell."""
     return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
 
@@ -383,7 +383,7 @@ def summarize(seeds, runs) -> None:
         for run in runs:
             r = run["rows"][i]
             cells.append(f"{r['ours'] / min(r['ets'], r['arima']):.2f}x ({r['cov80']:.0%})")
-        cells += [f"{run['panel'][name]:.2f}x {_ci(run['panel_ci'][name])}" if name in run["panel"] else ""
+        cells += [f"{run['panel'][name]:.2f}x {ci(run['panel_ci'][name])}" if name in run["panel"] else ""
                   for run in runs]
         print(f"| {name} | " + " | ".join(cells) + " |")
     cov = [[run["rows"][i]["cov80"] for run in runs] for i in range(len(names))]

@@ -255,7 +255,9 @@ class PeepholeLSTMNet(nn.Module):
         _, (h_n, _) = self.lstm(x_in)  # h_n: (num_layers * D, N, H)
         D = 2 if self.lstm.bidirectional else 1
         last = torch.cat(list(h_n[-D:]), dim=-1)  # (N, D*H): the top layer, each direction's end
-        known = self._future_flat(future, len(x), "forward")  # (N, horizon * future_size)
+        known = None  # (N, horizon * future_size): checked only where given or needed, off the plain path
+        if self.future_size or future is not None:
+            known = self._future_flat(future, len(x), "forward")
         feat = self.dropout(last)
         if self.future_net is not None:
             feat = torch.cat([feat, known.to(feat)], dim=-1)  # (N, D*H + horizon * future_size)
