@@ -182,6 +182,8 @@ def split_mse(run_dir: str, csv: str, data: dict, split: str = "val") -> dict[st
     model = PeepholeLSTMRegressor.load_from_checkpoint(os.path.join(run_dir, "checkpoints", "best.ckpt"),
                                                        map_location="cpu").eval()
     dm = SeriesDataModule(csv, **data)
+    if model.ar_lags:  # the rows its AR terms read (more than the window, e.g. CO2's 105)
+        dm.set_lags(model.ar_lags)
     out = {}
     with torch.no_grad():
         for batch in DataLoader(dm.dataset(split), batch_size=256):

@@ -73,10 +73,12 @@ def load_builtin(name: str) -> pd.DataFrame:
 
 class WindowDataset(Dataset):
     """Windows ending just before each row in ``ends`` (global rows of the concatenated series;
-    ``sids`` says which series each belongs to): inputs ``x[e - window : e]`` and targets
-    ``y[e : e + horizon]``, scaled with that series' statistics.
+    ``sids`` says which series each belongs to): inputs ``x[e - context : e]`` (``context``
+    is ``window``, or more where the model's AR term reads further back: see
+    :meth:`SeriesDataModule.set_lags`) and targets ``y[e : e + horizon]``, scaled with that
+    series' statistics.
 
-    Each item is a dict: ``x`` (window, C), ``y`` (horizon,) scaled (NaN past the end of the
+    Each item is a dict: ``x`` (context, C), ``y`` (horizon,) scaled (NaN past the end of the
     data: a future window); ``offset`` and ``scale`` (1,) such that original units = scaled *
     scale + offset; ``naive`` (1,), the last observed target (the persistence forecast);
     ``snaive`` (horizon,), the seasonal naive forecast (the value one season before each
@@ -97,9 +99,11 @@ class WindowDataset(Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         dm = self.dm
         e, s = int(self.ends[k]), int(self.sids[k])
-        w, h = dm.hparams.window, dm.hparams.horizon
+        c, h = dm.context, dm.hparams.horizon
         start, stop = int(dm.starts[s]), int(dm.starts[s + 1])
-        x = dm.inputs[e - w : e].copy()  # (window, C), original units
+        x = dm.inputs[max(start, e - c) : e].copy()  # (context, C), original units
+        if len(x) < c:  # rows the model does not read for this series (its own lags are fewer): the first repeated
+            x = np.concatenate([np.repeat(x[:1], c - len(x), axis=0), x])
         y = np.full(h, np.nan)
         have = max(0, min(h, stop - e))
         y[:have] = dm.series[e : e + have]  # (horizon,), NaN past the data
@@ -298,6 +302,7 @@ class SeriesDataModule(L.LightningDataModule):
         # per series: a panel may mix frequencies
         self.series_season = [int(season) if season is not None else infer_season(t) for t in times]
         self.season = self.series_season[0]
+        self.lags: Optional[list[int]] = None  # per series: the AR term's lags, when the model sets them
         self._split()
         self._fit_scalers()
         self.restored: list[str] = []  # series whose scalers a checkpoint gave (load_state_dict)
@@ -643,9 +648,27 @@ class SeriesDataModule(L.LightningDataModule):
             return g[self.time_name].astype(str).tolist()
         return [str(i) for i in range(len(g))]
 
+    @property
+    def context(self) -> int:
+        """Rows of input in every item: ``window``, or the most lags of an AR term that reads
+        further back (:meth:`set_lags`)."""
+        return max(self.hparams.window, *(self.lags or [0]))
+
+    def set_lags(self, lags: list[int]) -> None:
+        """The number of target values each series' autoregressive term reads before a target
+        (the model calls this in ``setup``): where they are more than ``window``, every item
+        carries that many rows (``context``; the LSTM reads the last ``window``), and a series'
+        windows start where it has its own lags. Resplits; a series too short for them is an
+        error, as for the window."""
+        if len(lags) != len(self.series_names) or any(isinstance(p, bool) or int(p) != p or p < 1 for p in lags):
+            raise SeriesDataError(f"set_lags needs one positive integer per series ({len(self.series_names)}), "
+                                  f"got {list(lags)}")
+        self.lags = [int(p) for p in lags]
+        self._split()
+
     def _split(self) -> None:
         hp = self.hparams
-        w, h = hp.window, hp.horizon
+        h = hp.horizon
         ends: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
         sids: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
         self.split_rows = []  # per series: (n_train, n_val, n_test)
@@ -654,13 +677,16 @@ class SeriesDataModule(L.LightningDataModule):
             n_test = int(round(n * hp.test_fraction))
             n_val = int(round(n * hp.val_fraction))
             n_train = n - n_val - n_test
+            p = self.lags[s] if self.lags else 0
+            w = max(hp.window, p)  # rows before this series' first target: the window, or its AR lags
             need = {"train": (n_train, w + h), "val": (n_val, h if hp.val_fraction > 0 else 0), "test": (n_test, h)}
             for split, (have, want) in need.items():
                 if have < want:
                     what = f"series {name!r} too short" if self._panel else "series too short"
                     raise SeriesDataError(
                         f"{what}: {n} rows give the {split} split {have} rows, but it needs at least {want} "
-                        f"(window={w}, horizon={h}, val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction})"
+                        f"(window={hp.window}, {f'AR lags={p}, ' if p > hp.window else ''}horizon={h}, "
+                        f"val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction})"
                     )
             self.split_rows.append((n_train, n_val, n_test))
             # Window ends e (first target row): every target e .. e+h-1 inside the split.

@@ -28,6 +28,15 @@ __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
 RIDGES = tuple(10.0**k for k in range(-3, 4))  # the penalties ridge_ar chooses from
 
 
+def auto_lags(season: int, window: int, n_train: int) -> int:
+    """``ar_window="auto"`` for one series: ``2 season + 1`` lags (a seasonal ARIMA's reach: the
+    last season and the one before it, so a seasonal difference and its change; 3 without a
+    season), but no more than half the series' training rows unless the window holds them
+    anyway (so a short series keeps most of its training windows)."""
+    want = 2 * season + 1 if season > 1 else 3
+    return min(want, max(min(window, want), n_train // 2))
+
+
 def ridge_ar(lags: Tensor, target: Tensor, ridges: tuple[float, ...] = RIDGES) -> tuple[Tensor, Tensor, float]:
     """Ridge regression of ``target`` ``(N, horizon)`` on ``lags`` ``(N, p)``, in closed form
     (float64, one SVD), the penalty chosen from ``ridges`` by leave-one-out squared error, which
@@ -77,6 +86,8 @@ class PeepholeLSTMNet(nn.Module):
     recurrence.
 
     Input ``(N, L, input_size)`` (batch first, ``L >= ar_window``), output ``(N, horizon)``.
+    The LSTM reads the last ``lstm_window`` steps of it (0, the default: all of them), so the
+    AR term's lags may reach further back than the LSTM's window.
     """
 
     def __init__(
@@ -108,6 +119,9 @@ class PeepholeLSTMNet(nn.Module):
         self.input_size = input_size
         self.future_size = future_size
         self.horizon = horizon
+        # the LSTM reads the last lstm_window steps of the input (0: all); the AR term may read
+        # further back (its lags beyond the window: PeepholeLSTMRegressor sets this)
+        self.lstm_window = 0
         self.emb: Optional[nn.Embedding] = None  # see set_series_embedding
         self.dropout = nn.Dropout(dropout)  # after the last layer
         last = hidden_size * (2 if bidirectional else 1)
@@ -243,15 +257,16 @@ class PeepholeLSTMNet(nn.Module):
         a network with per-series parts (an embedding, one AR term per series); ``future``
         ``(N, horizon, future_size)``: the known-ahead inputs, needed with ``future_size > 0``."""
         if self.ar is not None and x.size(1) < self.ar_window:
-            raise ValueError(f"ar_window ({self.ar_window}) is longer than the input window ({x.size(1)} steps)")
+            raise ValueError(f"ar_window ({self.ar_window}) is longer than the input window ({x.size(1)} steps): "
+                             f"the AR term reads the last {self.ar_window} steps")
         if series is None and self.per_series:
             n = self.emb.num_embeddings if self.emb is not None else self.ar_series
             raise ValueError(f"this network has per-series parts for {n} series: forward needs each window's "
                              "series (N,)")
-        x_in = x
+        x_in = x[:, -self.lstm_window :] if self.lstm_window else x  # (N, L', input_size): the LSTM's steps
         if self.emb is not None:
             e = self.emb(series.to(device=x.device, dtype=torch.long))  # (N, dim)
-            x_in = torch.cat([x, e[:, None].expand(-1, x.size(1), -1).to(x.dtype)], dim=-1)  # (N, L, input + dim)
+            x_in = torch.cat([x_in, e[:, None].expand(-1, x_in.size(1), -1).to(x.dtype)], dim=-1)  # (N, L', in + dim)
         _, (h_n, _) = self.lstm(x_in)  # h_n: (num_layers * D, N, H)
         D = 2 if self.lstm.bidirectional else 1
         last = torch.cat(list(h_n[-D:]), dim=-1)  # (N, D*H): the top layer, each direction's end
@@ -335,14 +350,17 @@ class PeepholeLSTMRegressor(L.LightningModule):
         bidirectional: run each layer both ways over the input window.
         cell_clip: clip the cell state to ``[-cell_clip, cell_clip]`` (``None``: no clip).
         ar_window: add a linear autoregressive term on the last ``ar_window`` (scaled) target
-            values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone), at most the
-            data's ``window``. Before training it is fitted to the training windows in closed
+            values to the LSTM's forecast (LSTNet's highway; 0: the LSTM alone). More lags than
+            the data's ``window`` are read from further back (a :class:`SeriesDataModule`'s
+            items then carry them, and the LSTM still reads the last ``window`` steps). Before
+            training it is fitted to the training windows in closed
             form (ridge regression, the penalty chosen by leave-one-out error; a panel gets one
             term per series, each fitted on its own windows) and then kept fixed: the LSTM
             learns what the linear model leaves (Zhang 2003's hybrid), which measured better
             than training both from a zero start (``benchmarks/quality.py``). ``"auto"``:
             ``2 season + 1`` lags (a seasonal ARIMA's reach; 3 without a season; on a panel
-            each series its own), at most ``window``, resolved from the data module when
+            each series its own), but no more than half a series' training rows unless the
+            window holds them (:func:`auto_lags`), resolved from the data module when
             training or evaluation starts (``setup``) and saved as that number (the most
             lags of any series) in checkpoints.
         series_embedding: on a panel (several series), a learned vector of this many numbers
@@ -425,7 +443,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._rolling: Optional[RollingCalibration] = None  # during test / predict
         self._prepared = False  # the data-dependent parts are built (and the AR term fitted)
         self._data_state = None  # a loaded checkpoint's data-module state (its scalers)
-        self._ar_lags: Optional[list[int]] = None  # per series, when "auto" resolves them
+        self._ar_lags: Optional[list[int]] = None  # per series: its AR term's lags (resolved in setup)
         self._series_names: list[str] = []  # the series of the per-series parts, in order
         self.ar_penalty: Optional[list[float]] = None  # the ridge penalty of each AR term
         self._test_sums: dict[str, Tensor] = {}
@@ -436,6 +454,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The networks: ``net`` and, with ``ensemble > 1``, the other members."""
         return [self.net, *(self.ensemble_nets or [])]
 
+    @property
+    def ar_lags(self) -> Optional[list[int]]:
+        """Each series' AR lags, as resolved from the data (``None`` before, or without an AR
+        term): the rows of input a window needs. ``trainer.test``/``predict`` give a data module
+        them; to call the model on a data module's windows yourself, pass them first
+        (``dm.set_lags(model.ar_lags)``)."""
+        return list(self._ar_lags) if self._ar_lags else None
+
     def forward(self, x: Tensor, series: Optional[Tensor] = None, future: Optional[Tensor] = None) -> Tensor:
         if self.ensemble_nets is None:
             return self.net(x, series, future)
@@ -443,7 +469,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """The parts that depend on the data, once, from the data module: the series embedding
-        (a panel), ``ar_window="auto"`` resolved (``min(window, 2 season + 1)`` per series),
+        (a panel), ``ar_window="auto"`` resolved (:func:`auto_lags` per series; the data module's
+        items then carry that many rows when it is more than the window),
         one AR term per series of a panel, and before training the AR fit on its training
         windows. A trained or loaded model keeps them and must meet the same series; a model
         loaded from a checkpoint gives the data module the scalers it was trained with
@@ -462,6 +489,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
             if self.net.per_series and names and names != self._series_names:
                 raise ValueError(f"this model has per-series parts for the series {self._series_names} (in this "
                                  f"order), but the data has the series {names}: forecast the series it was trained on")
+            if self._ar_lags and hasattr(dm, "set_lags"):  # the rows its AR terms read, as at fit
+                lags = self._ar_lags
+                dm.set_lags(lags if len(lags) == len(dm.series_names) else [max(lags)] * len(dm.series_names))
             return
         self._series_names = names
         for net in self.nets:
@@ -474,11 +504,17 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self._ar_lags = None
             if tabular:
                 window = int(dm.hparams.window)
-                rule = [min(window, 2 * int(m) + 1 if m > 1 else 3) for m in dm.series_season]
-                self._ar_lags = rule if auto else None
-                lags = max(rule) if auto else self.net.ar_window
+                if auto:  # a data module that cannot carry rows beyond the window: at most the window
+                    rows = [r[0] for r in dm.split_rows] if hasattr(dm, "set_lags") else [0] * len(dm.series_season)
+                    self._ar_lags = [auto_lags(int(m), window, n) for m, n in zip(dm.series_season, rows)]
+                else:
+                    self._ar_lags = [int(self.net.ar_window)] * len(dm.series_names)
+                lags = max(self._ar_lags)
+                if hasattr(dm, "set_lags"):  # items carry the rows the AR terms read (beyond the window)
+                    dm.set_lags(self._ar_lags)
                 for net in self.nets:
                     net.set_ar_window(lags, series=max(1, len(names)))
+                    net.lstm_window = window if lags > window else 0
                 self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
             if stage == "fit" and dm is not None:
                 self._fit_ar(dm.train_dataloader())
@@ -521,6 +557,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
             checkpoint["calibration_series"] = self._calibration_series
         if self.net.per_series:
             checkpoint["series_names"] = self._series_names
+        if self._ar_lags:
+            checkpoint["ar_lags"] = self._ar_lags  # each series' lags: the rows its windows carry
+            checkpoint["lstm_window"] = self.net.lstm_window
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._prepared = True  # a trained model keeps its data-dependent parts
@@ -540,6 +579,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 lags = (w.size(1) - self.hparams.horizon * nf) // (1 + nf)
                 if (lags, series) != (net.ar_window, net.ar_series):
                     net.set_ar_window(lags, series=series)
+        self._ar_lags = checkpoint.get("ar_lags")  # absent before the AR term could read past the window
+        for net in self.nets:
+            net.lstm_window = int(checkpoint.get("lstm_window", 0))
         # "ar_series_names": checkpoints from before the series embedding (per-series AR terms only)
         self._series_names = checkpoint.get("series_names", checkpoint.get("ar_series_names", []))
         # checkpoints written before the intervals existed: no intervals, not an error

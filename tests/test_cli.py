@@ -286,7 +286,9 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     # predict from the checkpoint without the backtest: the same future rows and intervals (the
     # backtest's residuals still calibrate them)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
-    assert ckpt["series_names"] == ["north", "south"] and ckpt["state_dict"]["net.ar.weight"].shape == (6, 14)
+    # daily: 2 * 7 + 1 = 15 lags each, one more than the window (the items carry 15 rows)
+    assert ckpt["series_names"] == ["north", "south"] and ckpt["state_dict"]["net.ar.weight"].shape == (6, 15)
+    assert ckpt["ar_lags"] == [15, 15] and ckpt["lstm_window"] == 14
     pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
                  "--data.predict", "future", "--forecast.output_dir", str(tmp_path / "only")], tmp_path)
     assert pred.returncode == 0, pred.stderr[-3000:]
@@ -298,20 +300,33 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
 
 
 def test_ar_window_auto_is_resolved_from_the_data_and_saved_as_a_number(tmp_path):
-    """--model.ar_window auto: min(window, 2 season + 1) lags (3 without a season), stored in
-    the checkpoint as that number; predict from the checkpoint rebuilds the same term."""
+    """--model.ar_window auto: 2 season + 1 lags (3 without a season), beyond the window if
+    need be, but at most half the training rows unless the window holds them; stored in the
+    checkpoint as that number; predict from the checkpoint rebuilds the same term."""
     import lightning as L
+    import numpy as np
+    import pandas as pd
 
     from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule
 
-    for season, window, lags in ((None, 12, None), (12, 12, 12), (4, 12, 9)):
-        dm = SeriesDataModule(dataset="synthetic", window=window, season=season, batch_size=16)
-        if lags is None:  # the dataset's own season
-            lags = min(window, 2 * dm.season + 1) if dm.season > 1 else 3
+    # (season, window, rows, lags): the synthetic series' own season (integer steps: none) -> 3;
+    # season 12 -> 25, past the window of 12; 4 -> 9; on 60 rows (42 training rows) season 30 ->
+    # 61 is capped at 21, and season 12 -> 25 at max(window, 21) = 24 with the window 24
+    for season, window, rows, lags in ((None, 12, None, 3), (12, 12, None, 25), (4, 12, None, 9), (30, 12, 60, 21),
+                                       (12, 24, 60, 24)):
+        kw = {}
+        if rows is not None:
+            csv = tmp_path / f"short{rows}.csv"
+            pd.DataFrame({"value": np.sin(np.arange(rows) / 3.0)}).to_csv(csv, index=False)
+            kw = dict(csv_path=str(csv), val_fraction=0.15, test_fraction=0.15)
+        dm = SeriesDataModule(dataset="synthetic", window=window, season=season, batch_size=16, **kw)
         model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, ar_window="auto")
         assert model.net.ar is None  # unknown until the data is
         L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False).fit(model, dm)
         assert model.hparams.ar_window == lags and model.net.ar.in_features == lags
+        assert dm.context == max(window, lags) and dm.dataset("train")[0]["x"].shape == (max(window, lags), 1)
+        assert model.net.lstm_window == (window if lags > window else 0)
+        assert model.ar_lags == [lags]
     # through the CLI (the last case): the checkpoint holds the number; predict rebuilds the term
     cfg = _small(tmp_path)
     cfg["trainer"]["max_epochs"] = 1

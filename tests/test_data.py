@@ -119,3 +119,35 @@ def test_bad_input_is_one_clear_error(tmp_path, kwargs, frame, message):
     with pytest.raises(SeriesDataError, match=message) as err:
         SeriesDataModule(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_items_carry_the_ar_lags_beyond_the_window_and_pad_what_a_series_does_not_read(tmp_path):
+    """set_lags: items carry the most lags of any series (``context``); each series' windows
+    start where it has its own lags, and the older rows of a series with fewer lags repeat its
+    first row (the model gives them weight 0); too few rows for the lags is the too-short
+    error, naming them."""
+    rng = np.random.default_rng(0)
+    frame = pd.concat([pd.DataFrame({"id": name, "t": np.arange(n), "v": rng.normal(size=n)})
+                       for name, n in (("a", 100), ("b", 60))])
+    csv = tmp_path / "panel.csv"
+    frame.to_csv(csv, index=False)
+    dm = SeriesDataModule(str(csv), id_column="id", window=5, scaling="none")
+    first = {s: int(dm.ends["train"][dm.sids["train"] == s].min() - dm.starts[s]) for s in (0, 1)}
+    assert dm.context == 5 and first == {0: 5, 1: 5}
+    dm.set_lags([30, 3])
+    first = {s: int(dm.ends["train"][dm.sids["train"] == s].min() - dm.starts[s]) for s in (0, 1)}
+    assert dm.context == 30 and first == {0: 30, 1: 5}
+    ds = dm.dataset("train")
+    k = int(np.flatnonzero(ds.sids == 1)[0])  # series b's first window: 5 real rows
+    x = ds[k]["x"][:, 0].numpy()
+    b = frame[frame["id"] == "b"]["v"].to_numpy()
+    assert x.shape == (30,)
+    np.testing.assert_allclose(x[-5:], b[:5], rtol=1e-6)
+    np.testing.assert_allclose(x[:-5], b[0], rtol=1e-6)
+    k = int(np.flatnonzero(ds.sids == 0)[0])
+    np.testing.assert_allclose(ds[k]["x"][:, 0].numpy(), frame["v"].to_numpy()[:30], rtol=1e-6)
+    with pytest.raises(SeriesDataError, match=r"series 'b' too short: 60 rows give the train split 42 rows, but it "
+                                              r"needs at least 46 \(window=5, AR lags=45, horizon=1"):
+        dm.set_lags([3, 45])
+    with pytest.raises(SeriesDataError, match="set_lags needs one positive integer per series"):
+        dm.set_lags([3])

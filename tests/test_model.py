@@ -156,3 +156,76 @@ def test_ar_term_is_the_ridge_fit_on_the_training_windows_and_stays_fixed(with_d
     L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
               enable_checkpointing=False, num_sanity_val_steps=0).fit(model, datamodule=dm)
     torch.testing.assert_close(model.net.ar.bias, b.float() + 1.0)
+
+
+def test_ar_lags_beyond_the_window_reach_the_ar_term_and_not_the_lstm(tmp_path):
+    """The AR term may read further back than the LSTM: with ``lstm_window`` the network's
+    forecast is the head on the LSTM over the last ``lstm_window`` steps plus the AR map of the
+    last ``ar_window`` (checked against the parts called directly); ``ar_window="auto"`` on a
+    season of 10 with a window of 5 takes 21 lags, and they are what forecasts a season that 5
+    lags cannot."""
+    import numpy as np
+    import pandas as pd
+
+    torch.manual_seed(0)
+    net = PeepholeLSTMNet(input_size=2, hidden_size=5, num_layers=1, dropout=0.0, horizon=2, ar_window=8)
+    net.lstm_window = 3
+    with torch.no_grad():
+        net.ar.weight.normal_()
+    x = torch.randn(4, 8, 2)
+    expect = net.head(net.lstm(x[:, -3:])[1][0][-1]) + net.ar(x[:, :, 0])
+    torch.testing.assert_close(net(x), expect)
+    assert not torch.allclose(net(x), net.head(net.lstm(x)[1][0][-1]) + net.ar(x[:, :, 0]))
+
+    pattern = np.random.default_rng(0).normal(size=10)  # a season of 10 that no short AR reproduces
+    csv = tmp_path / "season.csv"
+    pd.DataFrame({"value": np.tile(pattern, 30)}).to_csv(csv, index=False)
+    errors = {}
+    for ar_window in ("auto", 5):
+        dm = SeriesDataModule(str(csv), window=5, season=10, batch_size=64)
+        model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, ar_window=ar_window)
+        L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  enable_checkpointing=False, num_sanity_val_steps=0).fit(model, dm)
+        batch = next(iter(dm.test_dataloader()))
+        p = model.net.ar_window
+        ar = model.net.ar(batch["x"][:, -p:, 0])  # the AR term alone, (N, 1)
+        errors[ar_window] = (ar - batch["y"]).pow(2).mean().item()
+        if ar_window == "auto":
+            assert p == 21 and model.net.lstm_window == 5 and batch["x"].shape[1] == 21
+    assert errors["auto"] < 1e-3 < 0.1 < errors[5], errors
+
+
+def test_a_panel_series_with_fewer_lags_does_not_read_the_padded_rows(tmp_path):
+    """On a panel whose series want different lags (daily: 15, monthly: 25, window 10) the
+    items carry 25 rows; the daily series' forecast does not change when its 10 oldest rows
+    (padding or not, beyond its lags and the LSTM's window) do."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.concat([
+        pd.DataFrame({"id": "daily", "date": pd.date_range("2020-01-01", periods=200, freq="D"),
+                      "v": rng.normal(size=200)}),
+        pd.DataFrame({"id": "monthly", "date": pd.date_range("2000-01-01", periods=200, freq="MS"),
+                      "v": rng.normal(size=200)}),
+    ])
+    csv = tmp_path / "mixed.csv"
+    frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d")).to_csv(csv, index=False)
+    dm = SeriesDataModule(str(csv), id_column="id", window=10, batch_size=64)
+    model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, ar_window="auto", series_embedding=2)
+    L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, num_sanity_val_steps=0).fit(model, dm)
+    assert model._ar_lags == [15, 25] and dm.context == 25 and model.net.lstm_window == 10
+    model.eval()
+    batch = next(iter(dm.test_dataloader()))
+    daily = batch["series"] == 0
+    x = batch["x"].clone()
+    x[daily, :10] = 1e3  # beyond the daily series' 15 lags
+    with torch.no_grad():
+        before = model(batch["x"], batch["series"])
+        after = model(x, batch["series"])
+    assert daily.any() and (~daily).any()
+    torch.testing.assert_close(after[daily], before[daily])
+    x[~daily, :10] = 1e3  # the monthly series reads them
+    with torch.no_grad():
+        assert not torch.allclose(model(x, batch["series"])[~daily], before[~daily])
