@@ -187,8 +187,8 @@ class PeepholeLSTMNet(nn.Module):
         their values at the forecast steps joins the regression. With one term per series,
         ``series`` ``(N,)`` says whose each row is and each series is fitted on its own rows,
         on its last ``lags_per_series[s]`` lags of each channel (default all; the older ones get
-        weight 0); a series with fewer than 3 rows gets the fit of all rows together. Returns
-        the penalty chosen for each term."""
+        weight 0); a series with fewer than 3 rows gets the fit of all rows together on its
+        number of lags. Returns the penalty chosen for each term."""
         S = self.ar_series if self.ar is not None else 0
         nf, A = self.future_size, self.ar_window
         if lags.dim() == 2 and nf == 0:
@@ -213,7 +213,7 @@ class PeepholeLSTMNet(nn.Module):
         weight = torch.zeros(S * h, self.ar.in_features, dtype=torch.float64)
         bias = torch.zeros(S * h, dtype=torch.float64)
         penalties = []
-        pooled = None
+        pooled: dict[int, tuple[Tensor, Tensor, float]] = {}  # p -> the fit of every row on p lags
         for s in range(S):
             rows = slice(None) if S == 1 else series == s
             p = A if lags_per_series is None else int(lags_per_series[s])
@@ -222,9 +222,10 @@ class PeepholeLSTMNet(nn.Module):
             X, Y = design(rows, p), target[rows]
             if len(X) >= 3:
                 W, b, lam = ridge_ar(X, Y)  # (h, p * (1 + nf) + h * nf), (h,)
-            else:  # too few windows of its own: the fit of every row
-                pooled = pooled or ridge_ar(design(slice(None), A), target)
-                (W, b, lam), p = pooled, A
+            else:  # too few windows of its own: the fit of every row, on its own lags (the ones its windows hold)
+                if p not in pooled:
+                    pooled[p] = ridge_ar(design(slice(None), p), target)
+                W, b, lam = pooled[p]
             weight[s * h : (s + 1) * h, columns(p)] = W
             bias[s * h : (s + 1) * h] = b
             penalties.append(lam)

@@ -347,6 +347,10 @@ def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
     Wp, bp, _ = ridge_ar(X, Y)
     torch.testing.assert_close(net.ar.weight[2], Wp[0].float())
     torch.testing.assert_close(net.ar.bias[2], bp[0].float())
+    net.fit_ar(X, Y, ids, lags_per_series=[2, 4, 3])  # the pooled fit on that series' own 3 lags
+    W3, b3, _ = ridge_ar(X[:, -3:], Y)
+    torch.testing.assert_close(net.ar.weight[2], torch.cat([torch.zeros(1), W3[0].float()]))
+    torch.testing.assert_close(net.ar.bias[2], b3[0].float())
     with pytest.raises(ValueError, match="fit_ar needs series"):
         net.fit_ar(X, Y)
 
