@@ -505,13 +505,14 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self._ar_lags = None
             if tabular:
                 window = int(dm.hparams.window)
-                if auto:  # a data module that cannot carry rows beyond the window: at most the window
-                    rows = [r[0] for r in dm.split_rows] if hasattr(dm, "set_lags") else [0] * len(dm.series_season)
+                extend = hasattr(dm, "set_lags")  # its items can carry rows before the window
+                if auto:  # (a data module that cannot: at most the window)
+                    rows = [r[0] for r in dm.split_rows] if extend else [0] * len(dm.series_season)
                     self._ar_lags = [auto_lags(int(m), window, n) for m, n in zip(dm.series_season, rows)]
                 else:
                     self._ar_lags = [int(self.net.ar_window)] * len(dm.series_names)
                 lags = max(self._ar_lags)
-                if hasattr(dm, "set_lags"):  # items carry the rows the AR terms read (beyond the window)
+                if extend:  # items carry the rows the AR terms read
                     dm.set_lags(self._ar_lags)
                 for net in self.nets:
                     net.set_ar_window(lags, series=max(1, len(names)))
