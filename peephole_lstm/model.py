@@ -28,13 +28,22 @@ __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
 RIDGES = tuple(10.0**k for k in range(-3, 4))  # the penalties ridge_ar chooses from
 
 
-def auto_lags(season: int, window: int, n_train: int) -> int:
+def auto_lags(season: int, window: int, n_train: int, horizon: int = 1) -> int:
     """``ar_window="auto"`` for one series: ``2 season + 1`` lags (a seasonal ARIMA's reach: the
     last season and the one before it, so a seasonal difference and its change; 3 without a
     season), but no more than half the series' training rows unless the window holds them
-    anyway (so a short series keeps most of its training windows)."""
-    want = 2 * season + 1 if season > 1 else 3
-    return min(want, max(min(window, want), n_train // 2))
+    anyway (so a short series keeps most of its training windows). A ``horizon`` longer than
+    the season needs the same two seasons before the last observed value of the farthest
+    step's phase: ``(ceil(horizon / season) + 1) season + 1`` lags, taken where the training
+    rows give at least two windows per lag (else the one-season rule's)."""
+    if season <= 1:
+        return min(3, max(min(window, 3), n_train // 2))
+    want = 2 * season + 1
+    lags = min(want, max(min(window, want), n_train // 2))
+    far = (math.ceil(horizon / season) + 1) * season + 1
+    if far > lags and n_train - max(window, far) - horizon + 1 >= 2 * far:
+        lags = far
+    return lags
 
 
 def ridge_ar(lags: Tensor, target: Tensor, ridges: tuple[float, ...] = RIDGES) -> tuple[Tensor, Tensor, float]:
@@ -361,7 +370,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             than training both from a zero start (``benchmarks/quality.py``). ``"auto"``:
             ``2 season + 1`` lags (a seasonal ARIMA's reach; 3 without a season; on a panel
             each series its own), but no more than half a series' training rows unless the
-            window holds them (:func:`auto_lags`), resolved from the data module when
+            window holds them, and more for a ``horizon`` longer than the season
+            (:func:`auto_lags`), resolved from the data module when
             training or evaluation starts (``setup``) and saved as that number (the most
             lags of any series) in checkpoints.
         series_embedding: on a panel (several series), a learned vector of this many numbers
@@ -508,7 +518,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 extend = hasattr(dm, "set_lags")  # its items can carry rows before the window
                 if auto:  # (a data module that cannot: at most the window)
                     rows = [r[0] for r in dm.split_rows] if extend else [0] * len(dm.series_season)
-                    self._ar_lags = [auto_lags(int(m), window, n) for m, n in zip(dm.series_season, rows)]
+                    h = int(self.hparams.horizon)
+                    self._ar_lags = [auto_lags(int(m), window, n, h) for m, n in zip(dm.series_season, rows)]
                 else:
                     self._ar_lags = [int(self.net.ar_window)] * len(dm.series_names)
                 lags = max(self._ar_lags)

@@ -229,3 +229,25 @@ def test_a_panel_series_with_fewer_lags_does_not_read_the_padded_rows(tmp_path):
     x[~daily, :10] = 1e3  # the monthly series reads them
     with torch.no_grad():
         assert not torch.allclose(model(x, batch["series"])[~daily], before[~daily])
+
+
+@pytest.mark.parametrize(
+    ("season", "window", "n_train", "horizon", "lags"),
+    [
+        (52, 52, 1599, 1, 105),  # CO2: two seasons + 1, past the window
+        (52, 52, 140, 1, 70),  # a short weekly series: half its training rows
+        (52, 120, 140, 1, 105),  # ... unless the window holds them
+        (12, 52, 512, 1, 25),
+        (12, 52, 512, 18, 37),  # El Nino at 18 months: two seasons before the farthest step's phase
+        (4, 52, 142, 8, 13),  # unemployment at 8 quarters
+        (12, 52, 100, 18, 25),  # air at 18 months: 31 training windows cannot carry 37 lags
+        (52, 52, 1599, 13, 105),  # a horizon within the season changes nothing
+        (1, 52, 216, 6, 3),  # no season: 3
+        (1, 2, 4, 1, 2),  # ... at most half the training rows unless the window holds them
+    ],
+)
+def test_auto_lags(season, window, n_train, horizon, lags):
+    """ar_window="auto", per series: the rule of its docstring, case by case."""
+    from peephole_lstm.model import auto_lags
+
+    assert auto_lags(season, window, n_train, horizon) == lags
