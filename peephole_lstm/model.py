@@ -40,9 +40,10 @@ def auto_lags(season: int, window: int, n_train: int, horizon: int = 1) -> int:
         return min(3, max(min(window, 3), n_train // 2))
     want = 2 * season + 1
     lags = min(want, max(min(window, want), n_train // 2))
-    far = (math.ceil(horizon / season) + 1) * season + 1
-    if far > lags and n_train - max(window, far) - horizon + 1 >= 2 * far:
-        lags = far
+    if horizon > season:
+        far = (math.ceil(horizon / season) + 1) * season + 1
+        if n_train - max(window, far) - horizon + 1 >= 2 * far:  # two training windows per lag
+            lags = max(lags, far)
     return lags
 
 
