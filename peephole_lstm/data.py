@@ -303,6 +303,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.series_season = [int(season) if season is not None else infer_season(t) for t in times]
         self.season = self.series_season[0]
         self.lags: Optional[list[int]] = None  # per series: the AR term's lags, when the model sets them
+        self._context = int(self.hparams.window)  # rows per item (see context)
         self._split()
         self._fit_scalers()
         self.restored: list[str] = []  # series whose scalers a checkpoint gave (load_state_dict)
@@ -652,7 +653,7 @@ class SeriesDataModule(L.LightningDataModule):
     def context(self) -> int:
         """Rows of input in every item: ``window``, or the most lags of an AR term that reads
         further back (:meth:`set_lags`)."""
-        return max(self.hparams.window, *(self.lags or [0]))
+        return self._context
 
     def set_lags(self, lags: list[int]) -> None:
         """The number of target values each series' autoregressive term reads before a target
@@ -664,6 +665,7 @@ class SeriesDataModule(L.LightningDataModule):
             raise SeriesDataError(f"set_lags needs one positive integer per series ({len(self.series_names)}), "
                                   f"got {list(lags)}")
         self.lags = [int(p) for p in lags]
+        self._context = max(int(self.hparams.window), *self.lags)  # once, not per item
         self._split()
 
     def _split(self) -> None:

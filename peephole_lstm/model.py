@@ -36,11 +36,9 @@ def auto_lags(season: int, window: int, n_train: int, horizon: int = 1) -> int:
     the season needs the same two seasons before the last observed value of the farthest
     step's phase: ``(ceil(horizon / season) + 1) season + 1`` lags, taken where the training
     rows give at least two windows per lag (else the one-season rule's)."""
-    if season <= 1:
-        return min(3, max(min(window, 3), n_train // 2))
-    want = 2 * season + 1
+    want = 2 * season + 1 if season > 1 else 3
     lags = min(want, max(min(window, want), n_train // 2))
-    if horizon > season:
+    if 1 < season < horizon:
         far = (math.ceil(horizon / season) + 1) * season + 1
         if n_train - max(window, far) - horizon + 1 >= 2 * far:  # two training windows per lag
             lags = max(lags, far)
