@@ -121,6 +121,42 @@ def test_cpp_kernel_reports_its_measured_gemm_choices():
     assert "5x6x24=" in info  # the forward's recurrent GEMM, with the path measured for it
 
 
+_REGION_CHOICE_CHECK = """
+import re, torch, peephole_lstm
+peephole_lstm.set_backend("cpp")
+torch.manual_seed(0)
+m = peephole_lstm.PeepholeLSTM(3, 16, peephole="full", candidate_peephole=True)
+m64 = peephole_lstm.PeepholeLSTM(3, 16, peephole="full", candidate_peephole=True).double()
+m64.load_state_dict(m.state_dict())
+x = torch.randn(6, 12, 3)
+out, _ = m(x)
+out.square().sum().backward()
+info = torch.ops.peephole_lstm_cpp.blas_info()
+peephole_lstm.set_backend("reference")  # float64, equation by equation
+out64, _ = m64(x.double())
+out64.square().sum().backward()
+torch.testing.assert_close(out.double(), out64, rtol=1e-5, atol=1e-6)
+for p, q in zip(m.parameters(), m64.parameters()):
+    torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-5)
+fwd = re.search(r" 12x64x16/rows=(region|loop);", info).group(1)  # h W_hh^T (B x 4H x H)
+bwd = re.search(r" 12x16x64/rows=(region|loop);", info).group(1)  # dG W_hh (B x H x 4H)
+calls = re.search(r"one parallel region on vec \\(forward, backward\\): (\\d+), (\\d+);", info).groups()
+print(fwd, bwd, *calls)
+"""
+
+
+def test_small_steps_measure_one_region_against_the_per_step_loop():
+    """Small steps may run the whole loop in one parallel region on the own GEMM; whether that
+    beats the per-step loop on the GEMM path measured per call is itself measured, per shape,
+    forward and backward. The decision is reported, the layer calls follow it, and either way
+    the article cell's outputs and gradients match the float64 reference loop."""
+    res = _run(_REGION_CHOICE_CHECK, PEEPHOLE_LSTM_THREADS="parallel", OMP_NUM_THREADS="2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    fwd, bwd, n_fwd, n_bwd = res.stdout.split()
+    assert n_fwd == ("1" if fwd == "region" else "0")
+    assert n_bwd == ("1" if bwd == "region" else "0")
+
+
 _GEMM_CHECK = """
 import torch, peephole_lstm
 from torch.nn.utils.rnn import pack_sequence

@@ -856,6 +856,18 @@ const char* path_name(Path p) {
 
 // Forward layer calls that ran h W_hh^T and the full peepholes on c_{t-1} as one GEMM (blas_info).
 std::atomic<int64_t> g_merged_calls{0};
+// Layer calls (forward, backward) whose step loop ran in one parallel region (blas_info).
+std::atomic<int64_t> g_region_calls[2] = {0, 0};
+
+// The one-region rule. Small steps (under the serial bound) with more than one thread can run
+// the whole loop in one parallel region on our own GEMM: no fork/join per GEMM and element-wise
+// kernel. Whether that beats the per-step loop on the GEMM path measured per call is measured
+// too (region_wins, below): a per-call timing cannot see the fork/joins. On an Intel Xeon (2
+// threads) it chose MKL's packed sgemm for S1's 32 x 200 x 50, and the per-step loop on it took
+// 1.3-1.8x the one-region loop's time (article cell, S1 training 23-25 vs 14-17 ms, inference
+// 8.1-8.7 vs 3.8-4.4 ms); but at B = 8, H = 256 (4 rows a thread, 1 MiB of W_hh each thread
+// streams every step) the per-step loop on MKL was 1.2-1.4x faster (benchmarks/README.md). On
+// the AMD EPYC the per-call timing chose our GEMM for every such shape anyway.
 
 // The measured choice per (dtype, shape), once per process.
 std::mutex g_choice_mutex;
@@ -885,11 +897,13 @@ class StepGemm {
   // B2 (n2 x k2, transposed), when given, is merged into the same pass if the path measured
   // for Bm's shape is our own GEMM (merged() says so): the caller then passes A2 with every
   // call and C gets A op(Bm) + [A2 B2^T, 0] (VecGemm::pack2).
+  // region: the caller's loop runs in one parallel region if every step GEMM takes our own GEMM
+  // (region_wins said so): take it without measuring, unless a path is forced.
   StepGemm(const T* Bm, bool b_transposed, int64_t n, int64_t k, int64_t m_max, int64_t lda = -1,
-           const T* B2 = nullptr, int64_t n2 = 0, int64_t k2 = 0)
+           const T* B2 = nullptr, int64_t n2 = 0, int64_t k2 = 0, bool region = false)
       : Bm_(Bm), bt_(b_transposed), n_(n), k_(k), lda_(lda < 0 ? k : lda) {
     if (m_max <= 0 || n <= 0 || k <= 0) return;
-    path_ = choose(m_max);
+    path_ = region && !forced_path() ? Path::kVec : choose(m_max);
     if (B2 != nullptr && n2 > 0 && k2 > 0 && path_ == Path::kVec) {
       vec_.pack2(Bm_, bt_, n_, k_, B2, n2, k2);
       return;
@@ -1026,6 +1040,72 @@ class StepGemm {
   Tensor packed_, w_dnn_;
   VecGemm<T> vec_;
 };
+
+// The one-region rule's measurement (see g_region_calls), once per shape and process: kSteps
+// steps of C (B x n) = A op(Bm) as the one-region loop runs them (one parallel region; each
+// thread its own rows, in whole units of row_unit rows, or by columns its own panels and a
+// barrier) against the per-step loop (the path measured for the shape on all B rows, then a
+// parallel_for over the rows at the element-wise kernel's grain), interleaved, best of 6 rounds.
+// Element-wise work is left out of both: it is the same in both.
+std::mutex g_region_mutex;
+std::map<std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, bool, int>, bool> g_region_choice;
+
+template <typename T>
+bool region_wins(const T* Bm, bool bt, int64_t n, int64_t k, int64_t B, int64_t H, bool by_rows,
+                 int64_t row_unit) {
+  if (auto f = forced_path()) return *f == Path::kVec;
+  const int nt = omp_get_max_threads();
+  const auto key = std::make_tuple(int(sizeof(T)), bt, n, k, B, H, by_rows, nt);
+  {
+    std::lock_guard<std::mutex> lock(g_region_mutex);
+    auto it = g_region_choice.find(key);
+    if (it != g_region_choice.end()) return it->second;
+  }
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const Tensor a_t = at::full({B, k}, T(0.5), opts);
+  Tensor c_t = at::empty({B, n}, opts);
+  const T* a = a_t.data_ptr<T>();
+  T* c = c_t.data_ptr<T>();
+  const StepGemm<T> own(Bm, bt, n, k, B, -1, nullptr, 0, 0, /*region=*/true);
+  const StepGemm<T> measured(Bm, bt, n, k, B);
+  constexpr int kSteps = 32;
+  const int64_t grain = grain_rows(H), units = (B + row_unit - 1) / row_unit;
+  const int64_t panels = (n + Vec<T>::size() - 1) / Vec<T>::size();
+  double t_region = 1e30, t_loop = 1e30;
+  for (int round = 0; round < 7; ++round) {
+    auto t0 = std::chrono::steady_clock::now();
+    _Pragma("omp parallel") {
+      const int64_t nth = omp_get_num_threads(), th = omp_get_thread_num();
+      const int64_t r0 = std::min(B, units * th / nth * row_unit), r1 = std::min(B, units * (th + 1) / nth * row_unit);
+      const int64_t p0 = panels * th / nth, p1 = panels * (th + 1) / nth;
+      for (int s = 0; s < kSteps; ++s) {
+        if (by_rows) {
+          if (r1 > r0) own(a + r0 * k, r1 - r0, false, c + r0 * n);
+        } else {
+          if (p1 > p0) own.vec().run_panels(a, B, k, p0, p1, c);
+          _Pragma("omp barrier")
+        }
+      }
+    }
+    const double dt_region = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    t0 = std::chrono::steady_clock::now();
+    for (int s = 0; s < kSteps; ++s) {
+      measured(a, B, false, c);
+      at::parallel_for(0, B, grain, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) c[i * n] += T(1);
+      });
+    }
+    const double dt_loop = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (round > 0) {  // the first round warms up
+      t_region = std::min(t_region, dt_region);
+      t_loop = std::min(t_loop, dt_loop);
+    }
+  }
+  const bool wins = t_region <= t_loop;
+  std::lock_guard<std::mutex> lock(g_region_mutex);
+  g_region_choice.emplace(key, wins);
+  return wins;
+}
 
 // The weight gradients over all steps, C (m x n) = A^T B with A (k x m) and B (k x n) row-major
 // (A's row stride lda: a column slice of the gate gradients), e.g. dW_hh = dG^T h_prev with
@@ -1455,30 +1535,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_forward(
     T_* po = po_buf.defined() ? po_buf.data_ptr<T_>() : nullptr;
     const T_* h = st.packed ? h_state.data_ptr<T_>() : h0.data_ptr<T_>();
     const T_* c = st.packed ? c_state.data_ptr<T_>() : c0.data_ptr<T_>();
+    // Small steps (S1, S3, the article cell at S3: 4.2 MFLOP), no projection: one parallel
+    // region for the whole loop (see below) on our own GEMM, where that measures faster.
+    constexpr int64_t V = Vec<T_>::size();
+    const bool by_rows = split_by_rows(B, int64_t(sizeof(T_)) * w.step_weights());
+    const bool region = threads.small() && !threads.serial() && (!st.packed || by_rows) && !proj && T > 0 &&
+                        omp_get_max_threads() > 1 && fused_loop_enabled() && (by_rows || H % V == 0) &&
+                        region_wins<T_>(p.hh, true, G, P, B, H, by_rows, 1);
     // h W_hh^T, on our own GEMM with c_{t-1} [W_ci; W_cf; W_cc]^T in the same pass (merged)
-    const StepGemm<T_> hh(p.hh, /*b_transposed=*/true, G, P, B, -1, pc ? p.wc : nullptr, w.kc * H, H);
+    const StepGemm<T_> hh(p.hh, /*b_transposed=*/true, G, P, B, -1, pc ? p.wc : nullptr, w.kc * H, H, region);
     const bool merged = hh.merged();
     if (merged) g_merged_calls.fetch_add(1, std::memory_order_relaxed);
-    const StepGemm<T_> hr(p.hr, true, P, H, proj ? B : 0);                   // r W_hr^T
-    const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc && !merged ? B : 0);  // c_{t-1} [W_ci; W_cf; W_cc]^T
+    const StepGemm<T_> hr(p.hr, true, P, H, proj ? B : 0);  // r W_hr^T
+    const StepGemm<T_> pcg(p.wc, true, w.kc * H, H, pc && !merged ? B : 0, -1, nullptr, 0, 0,
+                           region);  // c_{t-1} [W_ci; W_cf; W_cc]^T
     if (merged) pc = nullptr;  // the peephole terms are in the gate pre-activations already
-    const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0);        // c_t W_co^T
+    const StepGemm<T_> pog(p.wco, true, H, H, po ? B : 0, -1, nullptr, 0, 0, region);  // c_t W_co^T
     const StepGemm<T_> xg(x_per_step ? w_ih.data_ptr<T_>() : nullptr, true, G, I, x_per_step ? B : 0);  // x_t W_ih^T
     Tensor hold;
-    // Small steps (S1, S3, the article cell at S3: 4.2 MFLOP) on the kernel's own GEMM, no
-    // projection: one parallel region for the whole loop instead of a fork/join for every GEMM
-    // and element-wise kernel. Split by rows (split_by_rows): each thread runs the recurrence of
+    // The one region (see g_region_calls): one parallel region for the whole loop instead of a
+    // fork/join for every GEMM and element-wise kernel. Split by rows (split_by_rows): each thread runs the recurrence of
     // its own rows (packed: those step t still has), no barrier. Split by columns (unpacked, H
     // a multiple of the vector width): each thread owns a block of hidden units, computes their four gate columns of
     // h_{t-1} W_hh^T (and of c_{t-1} [W_ci; W_cf; W_cc]^T) and their cell update, then waits at
     // one barrier per step (a full W_co adds one: it needs all of c_t).
-    // PEEPHOLE_LSTM_FUSED_LOOP=0 turns the region off.
-    constexpr int64_t V = Vec<T_>::size();
-    const bool by_rows = split_by_rows(B, int64_t(sizeof(T_)) * w.step_weights());
-    const bool one_region = threads.small() && !threads.serial() && (!st.packed || by_rows) && !proj &&
-                            hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
-                            (po == nullptr || pog.path() == Path::kVec) && T > 0 &&
-                            omp_get_max_threads() > 1 && fused_loop_enabled() && (by_rows || H % V == 0);
+    // PEEPHOLE_LSTM_FUSED_LOOP=0 turns the region off; a forced GEMM path other than vec too.
+    const bool one_region = region && hh.path() == Path::kVec && (pc == nullptr || pcg.path() == Path::kVec) &&
+                            (po == nullptr || pog.path() == Path::kVec);
+    if (one_region) g_region_calls[0].fetch_add(1, std::memory_order_relaxed);
     // this step's gate, cell and output rows (c alternates between two rows of B in inference)
     auto step_rows = [&](int64_t s) {
       const int64_t t = reverse ? T - 1 - s : s;
@@ -1637,18 +1721,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const WeightPtrs<T_> p(w);
     T_* dr_b = proj ? dr_buf.data_ptr<T_>() : nullptr;
     T_* a = acc.data_ptr<T_>();
-    const StepGemm<T_> dhh(p.hh, /*b_transposed=*/false, P, G, B);   // dG W_hh
-    const StepGemm<T_> dhr(p.hr, false, H, P, proj ? B : 0);          // dh W_hr
-    const StepGemm<T_> dpc(p.wc, false, H, w.kc * H, p.wc ? B : 0, G);  // dG_{i,f,g} [W_ci; W_cf; W_cc]
-    const StepGemm<T_> dpo(p.wco, false, H, H, p.wco ? B : 0, G);      // d_o W_co
-    // Small steps on our own GEMM, no projection: as the forward's one region split by rows
-    // (split_by_rows), each thread runs the backward recurrence of its own rows (whole chunks
-    // of the accumulators, so the sums are the same as on one thread) with no barrier.
-    const bool one_region =
-        threads.small() && !threads.serial() && !proj && dhh.path() == Path::kVec &&
-        (!p.wc || dpc.path() == Path::kVec) && (!p.wco || dpo.path() == Path::kVec) && T > 0 &&
-        omp_get_max_threads() > 1 && fused_loop_enabled() && chunks >= omp_get_max_threads() &&
-        split_by_rows(B, int64_t(sizeof(T_)) * w.step_weights());
+    // Small steps, no projection: as the forward's one region split by rows (split_by_rows,
+    // g_region_calls), each thread runs the backward recurrence of its own rows (whole chunks of
+    // the accumulators, so the sums are the same as on one thread) with no barrier.
+    const bool region = threads.small() && !threads.serial() && !proj && T > 0 && omp_get_max_threads() > 1 &&
+                        fused_loop_enabled() && chunks >= omp_get_max_threads() &&
+                        split_by_rows(B, int64_t(sizeof(T_)) * w.step_weights()) &&
+                        region_wins<T_>(p.hh, false, P, G, B, H, true, chunk_rows);
+    const StepGemm<T_> dhh(p.hh, /*b_transposed=*/false, P, G, B, -1, nullptr, 0, 0, region);  // dG W_hh
+    const StepGemm<T_> dhr(p.hr, false, H, P, proj ? B : 0);                                   // dh W_hr
+    const StepGemm<T_> dpc(p.wc, false, H, w.kc * H, p.wc ? B : 0, G, nullptr, 0, 0,
+                           region);                                                          // dG_{i,f,g} [W_ci; W_cf; W_cc]
+    const StepGemm<T_> dpo(p.wco, false, H, H, p.wco ? B : 0, G, nullptr, 0, 0, region);  // d_o W_co
+    const bool one_region = region && dhh.path() == Path::kVec && (!p.wc || dpc.path() == Path::kVec) &&
+                            (!p.wco || dpo.path() == Path::kVec);
+    if (one_region) g_region_calls[1].fetch_add(1, std::memory_order_relaxed);
     // Step s on rows [r0, r1) of step t's n_t (all of them, or a thread's own: whole accumulator
     // chunks); dc rows and dH rows are the rows' own.
     auto step = [&](int64_t s, int64_t r0, int64_t r1) {
@@ -1751,6 +1838,17 @@ std::string blas_info() {
       << (std::get<0>(key) == 8 ? "(f64)" : "") << "=" << path_name(path) << ";";
   }
   s << " layer calls with h W_hh^T and c W_c^T in one GEMM: " << g_merged_calls.load() << ";";
+  s << " layer calls in one parallel region on vec (forward, backward): " << g_region_calls[0].load() << ", "
+    << g_region_calls[1].load() << ";";
+  {
+    std::lock_guard<std::mutex> lock_r(g_region_mutex);
+    s << " one region vs per-step loop (B x n x k, rows/cols):";
+    for (const auto& [key, wins] : g_region_choice) {
+      s << " " << std::get<4>(key) << "x" << std::get<2>(key) << "x" << std::get<3>(key)
+        << (std::get<0>(key) == 8 ? "(f64)" : "") << (std::get<6>(key) ? "/rows" : "/cols") << "="
+        << (wins ? "region" : "loop") << ";";
+    }
+  }
   std::lock_guard<std::mutex> lock_tn(g_tn_mutex);
   s << " weight grads A^T B (m x n, k ~ 2^bits):";
   for (const auto& [key, t] : g_tn_time) {
