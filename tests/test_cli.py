@@ -123,6 +123,28 @@ def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path):
     assert "\r" not in res.stdout + res.stderr
 
 
+def _main_here(args, cwd, monkeypatch, capsys):
+    """The CLI's ``main`` in this process, in ``cwd``: (exit code, stderr). Saves an interpreter
+    and Lightning start-up per call; an exception other than SystemExit fails the test, as a
+    traceback would on the command line (one case of which runs as a new process below)."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(stderr, message):
+    assert message in stderr
+    assert "Traceback" not in stderr and "usage:" not in stderr
+    assert [line for line in stderr.splitlines() if "error" in line.lower()] == [
+        next(line for line in stderr.splitlines() if line.startswith("peephole-lstm: error: "))
+    ]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -135,17 +157,21 @@ def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path):
         (["--config", "missing.yaml"], "File does not exist"),
     ],
 )
-def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args, message, monkeypatch, capsys):
     cwd = tmp_path / "work"
     cwd.mkdir()
-    res = _run(["fit", "--config", CONFIGS[0], *args], cwd)
-    assert res.returncode != 0
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr and "usage:" not in res.stderr
-    assert [line for line in res.stderr.splitlines() if "error" in line.lower()] == [
-        next(line for line in res.stderr.splitlines() if line.startswith("peephole-lstm: error: "))
-    ]
+    code, err = _main_here(["fit", "--config", CONFIGS[0], *args], cwd, monkeypatch, capsys)
+    assert code == 2
+    _one_error_line(err, message)
     assert _files(cwd) == []
+
+
+def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
+    """The same through the installed entry point, in a new process: exit status 2, one line."""
+    res = _run(["fit", "--config", CONFIGS[0], "--data.target", "nope"], tmp_path)
+    assert res.returncode == 2
+    _one_error_line(res.stderr, "unknown column 'nope'")
+    assert _files(tmp_path) == []
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
@@ -223,20 +249,21 @@ def test_predict_leaves_the_runs_training_record_alone(tmp_path):
     assert (run / "forecast.csv").exists()  # predict writes the forecast of the checkpoint's run
 
 
-def test_predict_or_test_without_a_checkpoint_is_an_error_that_names_one(tmp_path):
+def test_predict_or_test_without_a_checkpoint_is_an_error_that_names_one(tmp_path, monkeypatch, capsys):
     """An untrained network's forecast is noise: predict/test/validate need --ckpt_path, and
     the error names the latest fit's best checkpoint when there is one."""
     for sub in ("predict", "test", "validate"):
-        res = _run([sub, "--config", CONFIGS[0]], tmp_path)
-        assert res.returncode == 2 and "Traceback" not in res.stderr
-        assert (f"peephole-lstm: error: {sub} needs a trained model: pass --ckpt_path; there is no fit of this data "
-                "under runs/co2 yet") in res.stderr
+        code, err = _main_here([sub, "--config", CONFIGS[0]], tmp_path, monkeypatch, capsys)
+        assert code == 2
+        _one_error_line(err, f"peephole-lstm: error: {sub} needs a trained model: pass --ckpt_path; there is no fit "
+                             "of this data under runs/co2 yet")
     assert _files(tmp_path) == []
     best = tmp_path / "runs" / "co2" / "version_2" / "checkpoints" / "best.ckpt"
     best.parent.mkdir(parents=True)
     best.write_bytes(b"")
-    res = _run(["predict", "--config", CONFIGS[0]], tmp_path)
+    res = _run(["predict", "--config", CONFIGS[0]], tmp_path)  # and from the command line
     assert res.returncode == 2 and "e.g. --ckpt_path runs/co2/version_2/checkpoints/best.ckpt" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 @pytest.mark.slow
