@@ -27,8 +27,9 @@
 // plain BLAS sgemm, oneDNN's matmul (through ATen's mkldnn op) and its own register-blocked
 // at::vec GEMM (VecGemm), and keeps the fastest: MKL's sgemm takes about twice oneDNN's time
 // on AMD at the larger sizes, and oneDNN's per-call overhead loses at the small ones.
-// PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests). Small steps on
-// VecGemm (no projection) run the whole forward loop in one OpenMP region: with at least 4
+// PEEPHOLE_LSTM_GEMM=packed|blas|onednn|vec forces one (benchmarks, tests). Small steps (no
+// projection) run the whole forward loop in one OpenMP region on VecGemm where that measures
+// faster than the per-step loop on the measured path (region_wins, per shape): with at least 4
 // rows a thread and weights that fit one core's L2, each thread runs the recurrence of its
 // own rows with no barrier (S1, S3; packed batches too: the rows a step still has);
 // otherwise (unpacked, H a multiple of the vector width) each thread owns a block of hidden units, computes their gate columns (and
