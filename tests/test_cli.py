@@ -29,6 +29,31 @@ def _files(path):
     return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
 
 
+def _main_here(args, cwd, monkeypatch, capsys):
+    """The CLI's ``main`` in this process, in ``cwd``: (exit code, stdout, stderr). Saves an
+    interpreter and Lightning start-up (7-10 s on 2 cores) per call; an exception other than
+    SystemExit fails the test, as a traceback would on the command line. Every kind of call
+    also runs once as a new process through the entry point (``_run``): a fit and predict, a
+    bad input, a missing checkpoint, the kill before a resume, DDP."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["peephole-lstm"])  # not pytest's own arguments
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _ok_here(args, cwd, monkeypatch, capsys):
+    """``_main_here`` of a command that must succeed: its stdout."""
+    code, out, err = _main_here(args, cwd, monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=os.path.basename)
 def test_every_config_runs_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -66,7 +91,7 @@ def _write(cfg, path):
     return str(path)
 
 
-def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
+def test_fit_tests_and_predict_writes_csv_and_png(tmp_path, monkeypatch, capsys):
     cfg = _small(tmp_path)
     cfg["test_after_fit"] = True
     cfg["trainer"]["max_epochs"] = 1
@@ -83,8 +108,8 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
     # fit ends with the forecast written (no second command), and says where
     assert (tmp_path / "pred" / "forecast.csv").exists() and "wrote " in fit.stdout
     (tmp_path / "pred" / "forecast.csv").unlink()
-    pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path)
-    assert pred.returncode == 0, pred.stderr[-3000:]
+    _ok_here(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path, monkeypatch,
+             capsys)
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "pred" / "forecast.csv")
@@ -100,7 +125,7 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path):
     assert (tmp_path / "pred" / "forecast.png").stat().st_size > 10_000
 
 
-def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path):
+def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path, monkeypatch, capsys):
     """Issue 11: a second fit no longer overwrites the first's checkpoints."""
     cfg = _small(tmp_path)
     cfg["trainer"]["max_epochs"] = 1
@@ -110,31 +135,16 @@ def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path):
                                     "init_args": {"save_last": True, "enable_version_counter": False}}]
     path = _write(cfg, tmp_path / "c.yaml")
     for k in (1, 2):
-        res = _run(["fit", "--config", path], tmp_path)
-        assert res.returncode == 0, res.stderr[-3000:]
+        out = _ok_here(["fit", "--config", path], tmp_path, monkeypatch, capsys)
         run = tmp_path / "synthetic" / f"version_{k}"
-        assert f"run directory: {run}" in res.stdout
+        assert f"run directory: {run}" in out
         assert (run / "checkpoints" / "last.ckpt").exists() and (run / "metrics.csv").exists()
+    # the resume from the command line: not a terminal, so no progress bar output (carriage returns)
     res = _run(["fit", "--config", path, "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run directory: {tmp_path / 'synthetic' / 'version_2'}" in res.stdout
     assert not (tmp_path / "synthetic" / "version_3").exists()
-    # not a terminal: no progress bar output (carriage returns)
     assert "\r" not in res.stdout + res.stderr
-
-
-def _main_here(args, cwd, monkeypatch, capsys):
-    """The CLI's ``main`` in this process, in ``cwd``: (exit code, stderr). Saves an interpreter
-    and Lightning start-up per call; an exception other than SystemExit fails the test, as a
-    traceback would on the command line (one case of which runs as a new process below)."""
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def _one_error_line(stderr, message):
@@ -160,7 +170,7 @@ def _one_error_line(stderr, message):
 def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args, message, monkeypatch, capsys):
     cwd = tmp_path / "work"
     cwd.mkdir()
-    code, err = _main_here(["fit", "--config", CONFIGS[0], *args], cwd, monkeypatch, capsys)
+    code, _, err = _main_here(["fit", "--config", CONFIGS[0], *args], cwd, monkeypatch, capsys)
     assert code == 2
     _one_error_line(err, message)
     assert _files(cwd) == []
@@ -174,18 +184,19 @@ def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
     assert _files(tmp_path) == []
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """The killed run is a process of its own (SIGKILL); the straight run and the resume run in
+    this one."""
     straight = tmp_path / "straight"
     crashed = tmp_path / "crashed"
-    a = _run(["fit", "--config", _write(_small(straight), tmp_path / "a.yaml")], tmp_path)
-    assert a.returncode == 0, a.stderr[-3000:]
+    _ok_here(["fit", "--config", _write(_small(straight), tmp_path / "a.yaml")], tmp_path, monkeypatch, capsys)
     kill_cfg = _small(crashed)
     kill_cfg["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAt", "init_args": {"epoch": 2, "batch": 3}})
     b = _run(["fit", "--config", _write(kill_cfg, tmp_path / "b.yaml")], tmp_path)
     assert b.returncode != 0  # killed
     assert torch.load(crashed / "ckpt" / "last.ckpt", weights_only=False)["epoch"] == 1
-    c = _run(["fit", "--config", _write(_small(crashed), tmp_path / "c.yaml"), "--ckpt_path", "last"], tmp_path)
-    assert c.returncode == 0, c.stderr[-3000:]
+    _ok_here(["fit", "--config", _write(_small(crashed), tmp_path / "c.yaml"), "--ckpt_path", "last"], tmp_path,
+             monkeypatch, capsys)
     sa = torch.load(straight / "ckpt" / "last.ckpt", weights_only=False)
     sc = torch.load(crashed / "ckpt" / "last.ckpt", weights_only=False)
     assert sa["epoch"] == sc["epoch"] == 3
@@ -208,13 +219,13 @@ def _logged(tmp_path, root):
     return cfg
 
 
-def test_resume_keeps_the_metrics_logged_before_the_kill(tmp_path):
+def test_resume_keeps_the_metrics_logged_before_the_kill(tmp_path, monkeypatch, capsys):
     """A resumed run's metrics.csv holds every step, as the uninterrupted run's does (the
     logger deletes the metrics.csv it finds; the CLI sets it aside and merges it back)."""
     import pandas as pd
 
-    a = _run(["fit", "--config", _write(_logged(tmp_path, tmp_path / "straight"), tmp_path / "a.yaml")], tmp_path)
-    assert a.returncode == 0, a.stderr[-3000:]
+    _ok_here(["fit", "--config", _write(_logged(tmp_path, tmp_path / "straight"), tmp_path / "a.yaml")], tmp_path,
+             monkeypatch, capsys)
     kill = _logged(tmp_path, tmp_path / "crashed")
     kill["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAt", "init_args": {"epoch": 2, "batch": 3}})
     b = _run(["fit", "--config", _write(kill, tmp_path / "b.yaml")], tmp_path)
@@ -222,9 +233,8 @@ def test_resume_keeps_the_metrics_logged_before_the_kill(tmp_path):
     run = tmp_path / "crashed" / "synthetic" / "version_1"
     before = pd.read_csv(run / "metrics.csv")
     assert before["step"].max() >= 14  # rows of epoch 2 (steps 12-17), after the last checkpoint
-    c = _run(["fit", "--config", _write(_logged(tmp_path, tmp_path / "crashed"), tmp_path / "c.yaml"),
-              "--ckpt_path", "last"], tmp_path)
-    assert c.returncode == 0, c.stderr[-3000:]
+    _ok_here(["fit", "--config", _write(_logged(tmp_path, tmp_path / "crashed"), tmp_path / "c.yaml"),
+              "--ckpt_path", "last"], tmp_path, monkeypatch, capsys)
     straight = pd.read_csv(tmp_path / "straight" / "synthetic" / "version_1" / "metrics.csv")
     resumed = pd.read_csv(run / "metrics.csv")
     assert not (run / "metrics_before_resume.csv").exists()
@@ -233,17 +243,16 @@ def test_resume_keeps_the_metrics_logged_before_the_kill(tmp_path):
     pd.testing.assert_frame_equal(resumed, straight, rtol=1e-4, atol=1e-6)
 
 
-def test_predict_leaves_the_runs_training_record_alone(tmp_path):
+def test_predict_leaves_the_runs_training_record_alone(tmp_path, monkeypatch, capsys):
     cfg = _logged(tmp_path, tmp_path)
     cfg["trainer"]["max_epochs"] = 1
     path = _write(cfg, tmp_path / "c.yaml")
-    fit = _run(["fit", "--config", path], tmp_path)
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    _ok_here(["fit", "--config", path], tmp_path, monkeypatch, capsys)
     run = tmp_path / "synthetic" / "version_1"
     kept = {name: (run / name).read_bytes() for name in ("metrics.csv", "hparams.yaml", "config.yaml")}
     for sub in ("predict", "test"):
-        res = _run([sub, "--config", path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path)
-        assert res.returncode == 0, res.stderr[-3000:]
+        _ok_here([sub, "--config", path, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path, monkeypatch,
+                 capsys)
         assert (run / sub / "config.yaml").exists()
     assert {name: (run / name).read_bytes() for name in kept} == kept
     assert (run / "forecast.csv").exists()  # predict writes the forecast of the checkpoint's run
@@ -253,7 +262,7 @@ def test_predict_or_test_without_a_checkpoint_is_an_error_that_names_one(tmp_pat
     """An untrained network's forecast is noise: predict/test/validate need --ckpt_path, and
     the error names the latest fit's best checkpoint when there is one."""
     for sub in ("predict", "test", "validate"):
-        code, err = _main_here([sub, "--config", CONFIGS[0]], tmp_path, monkeypatch, capsys)
+        code, _, err = _main_here([sub, "--config", CONFIGS[0]], tmp_path, monkeypatch, capsys)
         assert code == 2
         _one_error_line(err, f"peephole-lstm: error: {sub} needs a trained model: pass --ckpt_path; there is no fit "
                              "of this data under runs/co2 yet")
@@ -280,7 +289,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
 
 
-def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
+def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path, monkeypatch, capsys):
     """Issue 11: --data.id_column trains one global model; the forecast and the per-series metrics
     cover every series."""
     import numpy as np
@@ -300,8 +309,7 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     cfg["trainer"]["max_epochs"] = 2
     cfg["test_after_fit"] = True
     path = _write(cfg, tmp_path / "p.yaml")
-    res = _run(["fit", "--config", path], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    out = _ok_here(["fit", "--config", path], tmp_path, monkeypatch, capsys)
     run = tmp_path / "panel" / "version_1"
     per = pd.read_csv(run / "metrics_per_series.csv")
     assert sorted(per["series"]) == ["north", "south"] and (per["targets"] > 0).all()
@@ -309,16 +317,15 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     fut = frame[frame["kind"] == "future"]
     assert sorted(set(fut["series"])) == ["north", "south"] and len(fut) == 6  # 3 steps each
     assert fut[fut["series"] == "south"]["time"].tolist() == ["2021-04-21", "2021-04-22", "2021-04-23"]
-    assert "2 series" in res.stdout
+    assert "2 series" in out
     # predict from the checkpoint without the backtest: the same future rows and intervals (the
     # backtest's residuals still calibrate them)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     # daily: 2 * 7 + 1 = 15 lags each, one more than the window (the items carry 15 rows)
     assert ckpt["series_names"] == ["north", "south"] and ckpt["state_dict"]["net.ar.weight"].shape == (6, 15)
     assert ckpt["ar_lags"] == [15, 15] and ckpt["lstm_window"] == 14
-    pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"),
-                 "--data.predict", "future", "--forecast.output_dir", str(tmp_path / "only")], tmp_path)
-    assert pred.returncode == 0, pred.stderr[-3000:]
+    _ok_here(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), "--data.predict", "future",
+              "--forecast.output_dir", str(tmp_path / "only")], tmp_path, monkeypatch, capsys)
     only = pd.read_csv(tmp_path / "only" / "forecast.csv")
     assert set(only["kind"]) == {"future"} and len(only) == 6
     cols = ["forecast", "lo_80", "hi_80", "lo_95", "hi_95"]
@@ -326,7 +333,7 @@ def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path):
     assert (only["hi_95"] > only["hi_80"]).all() and (only["hi_80"] > only["forecast"]).all()
 
 
-def test_ar_window_auto_is_resolved_from_the_data_and_saved_as_a_number(tmp_path):
+def test_ar_window_auto_is_resolved_from_the_data_and_saved_as_a_number(tmp_path, monkeypatch, capsys):
     """--model.ar_window auto: 2 season + 1 lags (3 without a season), beyond the window if
     need be, but at most half the training rows unless the window holds them; stored in the
     checkpoint as that number; predict from the checkpoint rebuilds the same term."""
@@ -361,12 +368,11 @@ def test_ar_window_auto_is_resolved_from_the_data_and_saved_as_a_number(tmp_path
     cfg["data"].update(window=12, season=4)
     cfg["forecast"] = {"output_dir": str(tmp_path / "pred")}
     path = _write(cfg, tmp_path / "c.yaml")
-    fit = _run(["fit", "--config", path], tmp_path)
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    _ok_here(["fit", "--config", path], tmp_path, monkeypatch, capsys)
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert ckpt["hyper_parameters"]["ar_window"] == 9 and ckpt["state_dict"]["net.ar.weight"].shape == (1, 9)
     assert PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt").net.ar.in_features == 9
-    pred = _run(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path)
-    assert pred.returncode == 0, pred.stderr[-3000:]
+    _ok_here(["predict", "--config", path, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")], tmp_path, monkeypatch,
+             capsys)
     with pytest.raises(ValueError, match="ar_window must be a non-negative integer or 'auto'"):
         PeepholeLSTMRegressor(ar_window="seasonal")
