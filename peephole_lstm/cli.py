@@ -232,7 +232,13 @@ class PeepholeLSTMCLI(LightningCLI):
                     setattr(args, key, value.replace("{run_dir}", where))
             if getattr(obj, "class_path", "").endswith("ModelCheckpoint") and args.get("dirpath") is None:
                 args.dirpath = os.path.join(run_dir, "checkpoints")
-        self._set_aside_metrics(run_dir if self.subcommand == "fit" and ckpt == "last" else None)
+        resuming = self.subcommand == "fit" and ckpt == "last" and os.path.isdir(run_dir)
+        self._set_aside_metrics(run_dir if resuming else None)
+        if resuming:
+            # Lightning warns that the run's logs "will be deleted" and that its checkpoint
+            # directory is not empty: neither holds for a resume, whose rows are merged back
+            # (main() restores the filters when the command ends)
+            warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
         if cfg.forecast.output_dir is None:
             cfg.forecast.output_dir = run_dir
         elif "{run_dir}" in cfg.forecast.output_dir:
@@ -350,32 +356,32 @@ class PeepholeLSTMCLI(LightningCLI):
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    show = warnings.showwarning
+    # catch_warnings: the command's warning display and the filters it adds end with it
+    with warnings.catch_warnings():
+        show = warnings.showwarning
 
-    def show_data_warnings_as_one_line(message, category, *rest, **kwargs):
-        if issubclass(category, SeriesDataWarning):
-            print(f"peephole-lstm: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, *rest, **kwargs)
+        def show_data_warnings_as_one_line(message, category, *rest, **kwargs):
+            if issubclass(category, SeriesDataWarning):
+                print(f"peephole-lstm: warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, *rest, **kwargs)
 
-    warnings.showwarning = show_data_warnings_as_one_line
-    try:
-        PeepholeLSTMCLI(
-            PeepholeLSTMRegressor,
-            SeriesDataModule,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            # No prefix matching: a misspelt key (--trainer.max_epoch) must be an error; and
-            # errors are raised, so that main() reports them in one line, not under a usage wall.
-            parser_kwargs={"allow_abbrev": False, "exit_on_error": False},
-            args=args,
-        )
-    except (SeriesDataError, CLIError, argparse.ArgumentError) as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the parser wrapped
-        print(f"peephole-lstm: error: {message} (see peephole-lstm --help)", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        warnings.showwarning = show
+        warnings.showwarning = show_data_warnings_as_one_line
+        try:
+            PeepholeLSTMCLI(
+                PeepholeLSTMRegressor,
+                SeriesDataModule,
+                seed_everything_default=42,
+                save_config_kwargs={"overwrite": True},
+                # No prefix matching: a misspelt key (--trainer.max_epoch) must be an error; and
+                # errors are raised, so that main() reports them in one line, not under a usage wall.
+                parser_kwargs={"allow_abbrev": False, "exit_on_error": False},
+                args=args,
+            )
+        except (SeriesDataError, CLIError, argparse.ArgumentError) as exc:
+            message = " ".join(str(exc).split())  # one line, whatever the parser wrapped
+            print(f"peephole-lstm: error: {message} (see peephole-lstm --help)", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -145,6 +145,9 @@ def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path, 
     assert f"run directory: {tmp_path / 'synthetic' / 'version_2'}" in res.stdout
     assert not (tmp_path / "synthetic" / "version_3").exists()
     assert "\r" not in res.stdout + res.stderr
+    # nor Lightning's warnings that the run's logs "will be deleted" (a resume merges them back)
+    # and that its checkpoint directory is not empty
+    assert "exists and is not empty" not in res.stderr, res.stderr[-3000:]
 
 
 def _one_error_line(stderr, message):
