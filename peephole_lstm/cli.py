@@ -14,6 +14,7 @@ checkpoint log into ``<run>/<subcommand>/``, leaving fit's record alone.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -355,9 +356,23 @@ class PeepholeLSTMCLI(LightningCLI):
         )
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    """Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines: advertisements of
+    cloud services, not about this run."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+# A warning that neither the user nor this package can act on: Lightning's use of a torch
+# pytree class that newer torch deprecates (printed on every fit and predict).
+_DEPENDENCY_WARNINGS = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
 def main(args: Optional[list[str]] = None) -> None:
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero_log.addFilter(_no_tips)
     # catch_warnings: the command's warning display and the filters it adds end with it
     with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPENDENCY_WARNINGS, category=FutureWarning)
         show = warnings.showwarning
 
         def show_data_warnings_as_one_line(message, category, *rest, **kwargs):
@@ -382,6 +397,8 @@ def main(args: Optional[list[str]] = None) -> None:
             message = " ".join(str(exc).split())  # one line, whatever the parser wrapped
             print(f"peephole-lstm: error: {message} (see peephole-lstm --help)", file=sys.stderr)
             raise SystemExit(2) from None
+        finally:
+            rank_zero_log.removeFilter(_no_tips)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,6 +105,8 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path, monkeypatch, capsys)
     # the test table says what it scored: 300 one-step targets, rows 1700 .. 1999
     assert "test: scored 300 targets (1-step forecasts: 300 windows), 1700 .. 1999" in fit.stdout
     assert "run directory: " in fit.stdout
+    # no lines the user cannot act on: Lightning's cloud-service tips, its torch deprecation
+    assert "Tip:" not in fit.stderr and "LeafSpec" not in fit.stderr, fit.stderr[-3000:]
     # fit ends with the forecast written (no second command), and says where
     assert (tmp_path / "pred" / "forecast.csv").exists() and "wrote " in fit.stdout
     (tmp_path / "pred" / "forecast.csv").unlink()
