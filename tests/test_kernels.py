@@ -157,6 +157,31 @@ def test_small_steps_measure_one_region_against_the_per_step_loop():
     assert n_bwd == ("1" if bwd == "region" else "0")
 
 
+_FIRST_CALL_CHECK = """
+import re, torch, peephole_lstm
+peephole_lstm.set_backend("cpp")
+torch.manual_seed(0)
+m = peephole_lstm.PeepholeLSTM(3, 16)
+x = torch.randn(4, 12, 3)
+for _ in range(2):  # the first call of the shape measures its paths (milliseconds), the second does not
+    out, _ = m(x)
+    out.square().sum().backward()
+info = torch.ops.peephole_lstm_cpp.blas_info()
+print(re.search(r"small-step calls found stalled \\(the next ones on one thread\\): (\\d+);", info).group(1))
+"""
+
+
+def test_measuring_a_new_shape_is_not_a_stalled_loop():
+    """A small-step call that averages over 0.2 ms a step is taken for a stalled loop (a busy
+    machine), and the next 256 calls run on one thread. The first call of a shape also
+    measures its GEMM paths and loop structure, milliseconds for 4 steps here: that time is not
+    the loop's, so neither call may count as stalled (the switch stays on: no
+    PEEPHOLE_LSTM_THREADS)."""
+    res = _run(_FIRST_CALL_CHECK, OMP_NUM_THREADS="2", PEEPHOLE_LSTM_THREADS="")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["0"]
+
+
 _GEMM_CHECK = """
 import torch, peephole_lstm
 from torch.nn.utils.rnn import pack_sequence

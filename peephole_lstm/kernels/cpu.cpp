@@ -89,7 +89,9 @@ inline int64_t grain_rows(int64_t H) {
 // milliseconds, per region and step (measured: 55x slower training beside another PyTorch
 // job). So the kernel watches itself: when a small-step loop averages over 0.2 ms per step
 // (more than its arithmetic needs on one thread), the next calls run on one thread (the window doubles,
-// up to 16384 calls, while the stall persists; one parallel call then probes again).
+// up to 16384 calls, while the stall persists; one parallel call then probes again). The time
+// a call spends measuring a new shape's GEMM paths and loop structure is not the loop's and
+// is left out (MeasuringTime).
 // omp_set_num_threads(1) for the calling thread covers at::parallel_for, MKL and oneDNN,
 // which all take their thread count from it. PEEPHOLE_LSTM_SERIAL_FLOPS sets the size
 // threshold (per-step FLOPs; 0: never serial); PEEPHOLE_LSTM_THREADS=serial forces one thread,
@@ -237,7 +239,30 @@ inline Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opt) 
 
 std::atomic<int64_t> g_serial_left{0};   // calls left to run on one thread
 std::atomic<int64_t> g_serial_window{0};  // the last window granted (doubles while stalls persist)
+std::atomic<int64_t> g_stalls{0};         // parallel calls found stalled (blas_info reports them)
 constexpr double kStalledStep = 2e-4;     // seconds per small step that mean waiting, not work
+
+// Seconds this thread has spent measuring (StepGemm::choose, region_wins: once per shape and
+// process, milliseconds). LoopThreads leaves them out of a call's time per step: counted in,
+// the first call of every new shape read as a stalled loop (S1's first forward: 11 ms for 4
+// steps) and sent the next 256 calls, then 512, ..., to one thread.
+thread_local double t_measuring = 0.0;
+thread_local int measuring_depth = 0;
+
+class MeasuringTime {  // adds its scope's time to t_measuring (the outermost scope only)
+ public:
+  MeasuringTime() : start_(std::chrono::steady_clock::now()) { ++measuring_depth; }
+  ~MeasuringTime() {
+    if (--measuring_depth == 0) {
+      t_measuring += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
+  }
+  MeasuringTime(const MeasuringTime&) = delete;
+  MeasuringTime& operator=(const MeasuringTime&) = delete;
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
 
 class LoopThreads {
  public:
@@ -253,13 +278,16 @@ class LoopThreads {
       omp_set_num_threads(1);
     }
     start_ = std::chrono::steady_clock::now();
+    measured_ = t_measuring;
   }
-  // After the loop of a parallel call: was it stalled?
+  // After the loop of a parallel call: was it stalled? (Time spent measuring is not the loop's.)
   void done(int64_t steps) {
     if (!small_ || serial_ || steps <= 0 || forced_parallel()) return;
-    const double per_step =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() / double(steps);
+    const double loop = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() -
+                        (t_measuring - measured_);
+    const double per_step = loop / double(steps);
     if (per_step > kStalledStep) {
+      g_stalls.fetch_add(1, std::memory_order_relaxed);
       const int64_t w = std::min<int64_t>(16384, std::max<int64_t>(256, 2 * g_serial_window.load()));
       g_serial_window.store(w);
       g_serial_left.store(w);
@@ -280,6 +308,7 @@ class LoopThreads {
   bool serial_ = false;
   int saved_ = 1;
   std::chrono::steady_clock::time_point start_;
+  double measured_ = 0.0;  // t_measuring at the start
 };
 
 // at::vec::Vectorized is AVX2 (SLEEF exp/tanh, the kernels ATen itself uses) when the
@@ -1004,6 +1033,7 @@ class StepGemm {
     // Measure: the fastest of several calls of each candidate on scratch data of this shape,
     // the candidates interleaved round by round, so that a burst of load from elsewhere (a
     // shared VM) does not fall on one candidate alone; the first round warms up.
+    const MeasuringTime measuring;
     const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     const Tensor a = at::full({m_max, lda_}, T(0.5), opts);
     Tensor c = at::empty({m_max, n_}, opts);
@@ -1062,6 +1092,7 @@ bool region_wins(const T* Bm, bool bt, int64_t n, int64_t k, int64_t B, int64_t 
     auto it = g_region_choice.find(key);
     if (it != g_region_choice.end()) return it->second;
   }
+  const MeasuringTime measuring;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const Tensor a_t = at::full({B, k}, T(0.5), opts);
   Tensor c_t = at::empty({B, n}, opts);
@@ -1841,6 +1872,7 @@ std::string blas_info() {
   s << " layer calls with h W_hh^T and c W_c^T in one GEMM: " << g_merged_calls.load() << ";";
   s << " layer calls in one parallel region on vec (forward, backward): " << g_region_calls[0].load() << ", "
     << g_region_calls[1].load() << ";";
+  s << " small-step calls found stalled (the next ones on one thread): " << g_stalls.load() << ";";
   {
     std::lock_guard<std::mutex> lock_r(g_region_mutex);
     s << " one region vs per-step loop (B x n x k, rows/cols):";
