@@ -157,7 +157,7 @@ def test_small_steps_measure_one_region_against_the_per_step_loop():
     assert n_bwd == ("1" if bwd == "region" else "0")
 
 
-_FIRST_CALL_CHECK = """
+_FIRST_CALLS = """
 import re, torch, peephole_lstm
 peephole_lstm.set_backend("cpp")
 torch.manual_seed(0)
@@ -167,7 +167,6 @@ for _ in range(2):  # the first call of the shape measures its paths (millisecon
     out, _ = m(x)
     out.square().sum().backward()
 info = torch.ops.peephole_lstm_cpp.blas_info()
-print(re.search(r"small-step calls found stalled \\(the next ones on one thread\\): (\\d+);", info).group(1))
 """
 
 
@@ -177,9 +176,23 @@ def test_measuring_a_new_shape_is_not_a_stalled_loop():
     measures its GEMM paths and loop structure, milliseconds for 4 steps here: that time is not
     the loop's, so neither call may count as stalled (the switch stays on: no
     PEEPHOLE_LSTM_THREADS)."""
-    res = _run(_FIRST_CALL_CHECK, OMP_NUM_THREADS="2", PEEPHOLE_LSTM_THREADS="")
+    stalls = r"small-step calls found stalled \(the next ones on one thread\): (\d+);"
+    res = _run(_FIRST_CALLS + f"print(re.search(r'{stalls}', info).group(1))", OMP_NUM_THREADS="2",
+               PEEPHOLE_LSTM_THREADS="")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["0"]
+
+
+def test_a_one_thread_window_measures_its_gemm_paths_apart():
+    """Calls in a one-thread window (here forced) measure their GEMM paths for one thread and
+    keep that choice apart from the parallel calls': a choice measured on one thread must not
+    stand for the parallel calls of the same shape after the window, nor the reverse."""
+    code = _FIRST_CALLS + "print(info)"
+    serial = _run(code, OMP_NUM_THREADS="2", PEEPHOLE_LSTM_THREADS="serial")
+    parallel = _run(code, OMP_NUM_THREADS="2", PEEPHOLE_LSTM_THREADS="parallel")
+    assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr[-3000:] + parallel.stderr[-3000:]
+    assert " 12x64x16(1 thread)=" in serial.stdout, serial.stdout  # h W_hh^T, B x 4H x H
+    assert "(1 thread)" not in parallel.stdout and " 12x64x16=" in parallel.stdout, parallel.stdout
 
 
 _GEMM_CHECK = """

@@ -901,7 +901,9 @@ std::atomic<int64_t> g_region_calls[2] = {0, 0};
 
 // The measured choice per (dtype, shape), once per process.
 std::mutex g_choice_mutex;
-std::map<std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t>, Path> g_choice;
+// (element size, B transposed, m, n, k, lda, threads): a call in a one-thread window (a busy
+// machine, LoopThreads) measures for one thread, apart from the parallel calls' choice.
+std::map<std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int>, Path> g_choice;
 
 std::optional<Path> forced_path() {
   static const std::optional<Path> forced = []() -> std::optional<Path> {
@@ -1024,7 +1026,7 @@ class StepGemm {
       return Path::kBlas;
     }
     if (cands.size() == 1) return cands[0];
-    const auto key = std::make_tuple(int(sizeof(T)), bt_, m_max, n_, k_, lda_);
+    const auto key = std::make_tuple(int(sizeof(T)), bt_, m_max, n_, k_, lda_, omp_get_max_threads());
     {
       std::lock_guard<std::mutex> lock(g_choice_mutex);
       auto it = g_choice.find(key);
@@ -1867,7 +1869,8 @@ std::string blas_info() {
   std::lock_guard<std::mutex> lock(g_choice_mutex);
   for (const auto& [key, path] : g_choice) {
     s << " " << std::get<2>(key) << "x" << std::get<4>(key) << "x" << std::get<3>(key)
-      << (std::get<0>(key) == 8 ? "(f64)" : "") << "=" << path_name(path) << ";";
+      << (std::get<0>(key) == 8 ? "(f64)" : "") << (std::get<6>(key) == 1 && omp_get_max_threads() > 1 ? "(1 thread)" : "")
+      << "=" << path_name(path) << ";";
   }
   s << " layer calls with h W_hh^T and c W_c^T in one GEMM: " << g_merged_calls.load() << ";";
   s << " layer calls in one parallel region on vec (forward, backward): " << g_region_calls[0].load() << ", "
