@@ -2,6 +2,7 @@
 inference (save=False) path, input checks of the public C++ op, the env variable."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -118,7 +119,9 @@ def test_cpp_kernel_reports_its_measured_gemm_choices():
         assert "mkl-packed" in info
     if torch.backends.mkldnn.is_available():
         assert "onednn" in info
-    assert "5x6x24=" in info  # the forward's recurrent GEMM, with the path measured for it
+    # the forward's recurrent GEMM, with the path measured for it (for one thread if the call
+    # fell in a one-thread window, after two stalled calls of earlier tests)
+    assert re.search(r" 5x6x24(\(1 thread\))?=", info), info
 
 
 _REGION_CHOICE_CHECK = """

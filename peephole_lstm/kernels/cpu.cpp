@@ -87,9 +87,10 @@ inline int64_t grain_rows(int64_t H) {
 // long; on an idle machine splitting it over the threads still pays (S1: 1.5x faster), but on
 // a busy one every parallel region waits for a descheduled thread: a scheduler quantum,
 // milliseconds, per region and step (measured: 55x slower training beside another PyTorch
-// job). So the kernel watches itself: when a small-step loop averages over 0.2 ms per step
-// (more than its arithmetic needs on one thread), the next calls run on one thread (the window doubles,
-// up to 16384 calls, while the stall persists; one parallel call then probes again). The time
+// job). So the kernel watches itself: when two small-step loops in a row average over 0.2 ms
+// per step (more than their arithmetic needs on one thread; one alone is a hiccup), the next
+// calls run on one thread (the window doubles, up to 16384 calls, while the stall persists;
+// one parallel call then probes again). The time
 // a call spends measuring a new shape's GEMM paths and loop structure is not the loop's and
 // is left out (MeasuringTime).
 // omp_set_num_threads(1) for the calling thread covers at::parallel_for, MKL and oneDNN,
@@ -240,6 +241,7 @@ inline Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opt) 
 std::atomic<int64_t> g_serial_left{0};   // calls left to run on one thread
 std::atomic<int64_t> g_serial_window{0};  // the last window granted (doubles while stalls persist)
 std::atomic<int64_t> g_stalls{0};         // parallel calls found stalled (blas_info reports them)
+std::atomic<int64_t> g_stalled_in_a_row{0};  // since the last parallel call that was not
 constexpr double kStalledStep = 2e-4;     // seconds per small step that mean waiting, not work
 
 // Seconds this thread has spent measuring (StepGemm::choose, region_wins: once per shape and
@@ -288,10 +290,15 @@ class LoopThreads {
     const double per_step = loop / double(steps);
     if (per_step > kStalledStep) {
       g_stalls.fetch_add(1, std::memory_order_relaxed);
-      const int64_t w = std::min<int64_t>(16384, std::max<int64_t>(256, 2 * g_serial_window.load()));
-      g_serial_window.store(w);
-      g_serial_left.store(w);
+      // Two stalled parallel calls in a row: one alone is a hiccup (a page fault, the thread
+      // pool waking, one descheduling) that a busy machine repeats and an idle one does not.
+      if (g_stalled_in_a_row.fetch_add(1, std::memory_order_relaxed) + 1 >= 2) {
+        const int64_t w = std::min<int64_t>(16384, std::max<int64_t>(256, 2 * g_serial_window.load()));
+        g_serial_window.store(w);
+        g_serial_left.store(w);
+      }
     } else {
+      g_stalled_in_a_row.store(0, std::memory_order_relaxed);
       g_serial_window.store(0);
     }
   }
