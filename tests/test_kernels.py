@@ -174,12 +174,12 @@ info = torch.ops.peephole_lstm_cpp.blas_info()
 
 
 def test_measuring_a_new_shape_is_not_a_stalled_loop():
-    """A small-step call that averages over 0.2 ms a step is taken for a stalled loop (a busy
-    machine), and the next 256 calls run on one thread. The first call of a shape also
+    """A small-step call that averages over 0.2 ms a step counts as stalled (a busy machine;
+    two in a row send the next 256 calls to one thread). The first call of a shape also
     measures its GEMM paths and loop structure, milliseconds for 4 steps here: that time is not
     the loop's, so neither call may count as stalled (the switch stays on: no
     PEEPHOLE_LSTM_THREADS)."""
-    stalls = r"small-step calls found stalled \(the next ones on one thread\): (\d+);"
+    stalls = r"small-step calls found stalled \(two in a row: the next ones on one thread\): (\d+);"
     res = _run(_FIRST_CALLS + f"print(re.search(r'{stalls}', info).group(1))", OMP_NUM_THREADS="2",
                PEEPHOLE_LSTM_THREADS="")
     assert res.returncode == 0, res.stderr[-3000:]

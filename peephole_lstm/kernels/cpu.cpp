@@ -90,9 +90,8 @@ inline int64_t grain_rows(int64_t H) {
 // job). So the kernel watches itself: when two small-step loops in a row average over 0.2 ms
 // per step (more than their arithmetic needs on one thread; one alone is a hiccup), the next
 // calls run on one thread (the window doubles, up to 16384 calls, while the stall persists;
-// one parallel call then probes again). The time
-// a call spends measuring a new shape's GEMM paths and loop structure is not the loop's and
-// is left out (MeasuringTime).
+// one parallel call then probes again). The time a call spends measuring a new shape's GEMM
+// paths and loop structure is not the loop's and is left out (MeasuringTime).
 // omp_set_num_threads(1) for the calling thread covers at::parallel_for, MKL and oneDNN,
 // which all take their thread count from it. PEEPHOLE_LSTM_SERIAL_FLOPS sets the size
 // threshold (per-step FLOPs; 0: never serial); PEEPHOLE_LSTM_THREADS=serial forces one thread,
@@ -241,13 +240,13 @@ inline Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opt) 
 std::atomic<int64_t> g_serial_left{0};   // calls left to run on one thread
 std::atomic<int64_t> g_serial_window{0};  // the last window granted (doubles while stalls persist)
 std::atomic<int64_t> g_stalls{0};         // parallel calls found stalled (blas_info reports them)
-std::atomic<int64_t> g_stalled_in_a_row{0};  // since the last parallel call that was not
+std::atomic<int64_t> g_stalled_in_a_row{0};  // stalled parallel calls since one that was not
 constexpr double kStalledStep = 2e-4;     // seconds per small step that mean waiting, not work
 
 // Seconds this thread has spent measuring (StepGemm::choose, region_wins: once per shape and
 // process, milliseconds). LoopThreads leaves them out of a call's time per step: counted in,
-// the first call of every new shape read as a stalled loop (S1's first forward: 11 ms for 4
-// steps) and sent the next 256 calls, then 512, ..., to one thread.
+// the first call of a new shape could read as a stalled loop (a 4-step forward: 11 ms, of
+// which the loop's own is under 0.1) and send the next 256 calls, then 512, ..., to one thread.
 thread_local double t_measuring = 0.0;
 thread_local int measuring_depth = 0;
 
@@ -1882,7 +1881,7 @@ std::string blas_info() {
   s << " layer calls with h W_hh^T and c W_c^T in one GEMM: " << g_merged_calls.load() << ";";
   s << " layer calls in one parallel region on vec (forward, backward): " << g_region_calls[0].load() << ", "
     << g_region_calls[1].load() << ";";
-  s << " small-step calls found stalled (the next ones on one thread): " << g_stalls.load() << ";";
+  s << " small-step calls found stalled (two in a row: the next ones on one thread): " << g_stalls.load() << ";";
   {
     std::lock_guard<std::mutex> lock_r(g_region_mutex);
     s << " one region vs per-step loop (B x n x k, rows/cols):";
