@@ -369,7 +369,6 @@ _DEPENDENCY_WARNINGS = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 def main(args: Optional[list[str]] = None) -> None:
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    rank_zero_log.addFilter(_no_tips)
     # catch_warnings: the command's warning display and the filters it adds end with it
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPENDENCY_WARNINGS, category=FutureWarning)
@@ -382,6 +381,7 @@ def main(args: Optional[list[str]] = None) -> None:
                 show(message, category, *rest, **kwargs)
 
         warnings.showwarning = show_data_warnings_as_one_line
+        rank_zero_log.addFilter(_no_tips)  # removed in the finally below, whatever happens
         try:
             PeepholeLSTMCLI(
                 PeepholeLSTMRegressor,
