@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.speed import build, step  # noqa: E402
-from peephole_lstm.kernels import triton as tr  # noqa: E402
+from peephole_lstm.ops.kernels import triton as tr  # noqa: E402
 
 VARIANTS = {  # name: (BK_BWD, PEEPHOLE_LSTM_TRITON_DOT)
     "BK_BWD=128, ieee": (128, "ieee"),

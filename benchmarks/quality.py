@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from peephole_lstm import SeriesDataModule  # noqa: E402
-from peephole_lstm.data import load_builtin  # noqa: E402
+from peephole_lstm.forecast.datamodule import load_builtin  # noqa: E402
 
 
 def _statsmodels(name: str) -> pd.DataFrame:

@@ -1,4 +1,16 @@
-"""peephole-lstm: an exact, fast LSTM with peephole connections, a drop-in for ``torch.nn.LSTM``.
+"""peephole-lstm: an exact, fast LSTM with peephole connections, a drop-in for ``torch.nn.LSTM``,
+and a Lightning forecaster built on it.
+
+The package holds two products, in layers whose imports point one way (each only downward):
+
+* :mod:`peephole_lstm.ops` -- the computing: the reference recurrence, the fused op with its
+  backward, backend choice and the kernels (C++, Triton, PyTorch). torch only.
+* :mod:`peephole_lstm.modules` -- the layer: ``PeepholeLSTM`` and ``PeepholeLSTMCell``, which
+  hold ``nn.LSTM``'s contract and call one level down. torch only.
+* :mod:`peephole_lstm.interop` -- ONNX export and ONNX / TensorFlow import, on top of the layer
+  (needs ``onnx`` for ONNX).
+* :mod:`peephole_lstm.forecast` -- the forecasting application: data, network, Lightning
+  module, intervals and the CLI (needs the ``train`` extra).
 
 ``import peephole_lstm`` needs only torch. The Lightning parts (``PeepholeLSTMRegressor``,
 ``SeriesDataModule``) and the ONNX export (``export_onnx``) load on first access.
@@ -6,15 +18,14 @@
 
 import torch as _torch
 
-from ._backend import build_extension, get_backend, release_buffers, set_backend
-from .cell import PeepholeLSTMCell
-from .lstm import PeepholeLSTM
+from .modules import PeepholeLSTM, PeepholeLSTMCell
+from .ops import build_extension, get_backend, release_buffers, set_backend
 
 # ``torch.load`` of a ``torch.save(model)`` (weights_only=True, torch's default) may rebuild
 # these two: their state is parameters, ints, floats, strings and lists only.
 _torch.serialization.add_safe_globals([PeepholeLSTM, PeepholeLSTMCell])
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PeepholeLSTM",
@@ -29,9 +40,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "PeepholeLSTMRegressor": ("peephole_lstm.model", "train"),
-    "SeriesDataModule": ("peephole_lstm.data", "train"),
-    "export_onnx": ("peephole_lstm.interop", "onnx"),
+    "PeepholeLSTMRegressor": ("peephole_lstm.forecast.regressor", "train"),
+    "SeriesDataModule": ("peephole_lstm.forecast.datamodule", "train"),
+    "export_onnx": ("peephole_lstm.interop.export", "onnx"),
 }
 
 

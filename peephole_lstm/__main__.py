@@ -1,5 +1,5 @@
 """``python -m peephole_lstm`` is the ``peephole-lstm`` command."""
 
-from .cli import main
+from .forecast.cli import main
 
 main()

@@ -13,7 +13,8 @@ from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_sequence
 
 import peephole_lstm
-from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell, _fused
+from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell
+from peephole_lstm.ops import recurrence as _fused
 
 from . import reference as ref
 

@@ -11,7 +11,7 @@ import yaml
 
 pytest.importorskip("lightning")
 
-from peephole_lstm.cli import main  # noqa: E402
+from peephole_lstm.forecast.cli import main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))

@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("lightning")
 
-from peephole_lstm._csv import sniff  # noqa: E402
-from peephole_lstm._time import axis, continue_times, find_time_column, sortable  # noqa: E402
-from peephole_lstm.cli import main  # noqa: E402
-from peephole_lstm.data import SeriesDataError, SeriesDataModule, SeriesDataWarning  # noqa: E402
+from peephole_lstm.forecast.cli import main  # noqa: E402
+from peephole_lstm.forecast.csv_dialect import sniff  # noqa: E402
+from peephole_lstm.forecast.datamodule import SeriesDataError, SeriesDataModule, SeriesDataWarning  # noqa: E402
+from peephole_lstm.forecast.time_axis import axis, continue_times, find_time_column, sortable  # noqa: E402
 
 N = 120
 
@@ -377,7 +377,7 @@ def test_a_wide_file_through_the_cli(tmp_path, monkeypatch, capsys):
     ],
 )
 def test_calendar_phases_by_hand(stamps, row, season, longer):
-    from peephole_lstm._time import calendar_phases
+    from peephole_lstm.forecast.time_axis import calendar_phases
 
     got = calendar_phases(pd.Series(stamps.strftime("%Y-%m-%d %H:%M")))
     for col, phase in ((0, season), (2, longer)):
@@ -388,7 +388,7 @@ def test_calendar_phases_by_hand(stamps, row, season, longer):
 
 
 def test_calendar_inputs_through_the_data_module_and_the_cli(tmp_path, monkeypatch):
-    from peephole_lstm._time import CALENDAR, calendar_phases
+    from peephole_lstm.forecast.time_axis import CALENDAR, calendar_phases
 
     frame = _frame(n=200)
     frame.to_csv(tmp_path / "s.csv", index=False)

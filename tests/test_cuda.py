@@ -47,7 +47,7 @@ def test_cuda_auto_runs_the_triton_kernel_and_matches_the_reference(kw, step, mo
     pytest.importorskip("triton")
     monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_STEP", step)
     import peephole_lstm
-    from peephole_lstm import _backend
+    from peephole_lstm.ops import backend as _backend
 
     m = PeepholeLSTM(4, 8, 2, device="cuda", dtype=torch.float64, **kw)
     x = torch.randn(9, 5, 4, device="cuda", dtype=torch.float64, requires_grad=True)
@@ -77,12 +77,11 @@ def test_cuda_graph_replays_new_inputs_and_updated_weights(kw):
     from torch.nn.utils.rnn import pack_sequence
 
     import peephole_lstm
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     kw = dict(kw)
     packed = kw.pop("packed", False)
-    tr._GRAPHS.clear()
-    tr._SEEN.clear()
+    tr.release_graphs()
     m = PeepholeLSTM(4, 8, 2, device="cuda", dtype=torch.float64, **kw)
 
     def inputs():
@@ -125,7 +124,7 @@ def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch, count_l
     pytest.importorskip("triton")
     monkeypatch.setenv("PEEPHOLE_LSTM_CUDA_GRAPHS", "0")  # count the launches themselves
     import peephole_lstm
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     launches = count_launches(tr, "_persist_fwd")
     m = PeepholeLSTM(7, 50, 2, device="cuda", **kw)
@@ -161,10 +160,9 @@ def test_cuda_graphs_under_inference_mode_and_no_grad():
     own graph (inference-mode buffers can be written only there), both match the reference."""
     pytest.importorskip("triton")
     import peephole_lstm
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
-    tr._GRAPHS.clear()
-    tr._SEEN.clear()
+    tr.release_graphs()
     m = PeepholeLSTM(4, 8, device="cuda", dtype=torch.float64)
     got, want = [], []
     try:

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("lightning")
 
-from peephole_lstm.data import SeriesDataError, SeriesDataModule  # noqa: E402
+from peephole_lstm.forecast.datamodule import SeriesDataError, SeriesDataModule  # noqa: E402
 
 
 def _csv(tmp_path, frame, name="s.csv"):

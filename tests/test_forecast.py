@@ -11,9 +11,9 @@ pytest.importorskip("lightning")
 import lightning as L  # noqa: E402
 
 from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
-from peephole_lstm._time import continue_times, infer_season  # noqa: E402
-from peephole_lstm.conformal import conformal_quantiles  # noqa: E402
-from peephole_lstm.data import SeriesDataError  # noqa: E402
+from peephole_lstm.forecast.conformal import conformal_quantiles  # noqa: E402
+from peephole_lstm.forecast.datamodule import SeriesDataError  # noqa: E402
+from peephole_lstm.forecast.time_axis import continue_times, infer_season  # noqa: E402
 
 
 def _panel(tmp_path, shuffle=True):
@@ -151,7 +151,7 @@ def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_serie
     their series known: the series' own where they are enough for every level, 19 for 95%,
     else all) and, of the same series, the residuals of targets before the window's first
     target; the 95% interval is never narrower than the 80% one."""
-    from peephole_lstm.conformal import RollingCalibration
+    from peephole_lstm.forecast.conformal import RollingCalibration
 
     rng = np.random.default_rng(0)
     h, levels = 3, (0.8, 0.95)
@@ -295,7 +295,7 @@ def test_panel_validation_loss_counts_each_series_once(tmp_path):
 def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
     """A panel's AR terms: each series' the ridge fit on its own training windows; forward picks
     each window's; a checkpoint restores them and refuses data with other series."""
-    from peephole_lstm.model import PeepholeLSTMNet, ridge_ar
+    from peephole_lstm.forecast.regressor import PeepholeLSTMNet, ridge_ar
 
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
@@ -403,7 +403,7 @@ def test_series_embedding_feeds_each_window_its_series_vector(tmp_path):
     """series_embedding: on a panel the LSTM reads each step's inputs followed by its series'
     learned vector (checked by hand against the network's parts); it trains, survives a
     checkpoint, and is absent for one series."""
-    from peephole_lstm.model import PeepholeLSTMNet
+    from peephole_lstm.forecast.regressor import PeepholeLSTMNet
 
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
@@ -580,7 +580,7 @@ def test_panel_checkpoints_from_before_the_series_embedding_keep_their_series(tm
 
 
 def test_interval_levels_check():
-    from peephole_lstm.conformal import check_levels, level_name
+    from peephole_lstm.forecast.conformal import check_levels, level_name
 
     assert check_levels([0.95, 0.5]) == (0.5, 0.95) and [level_name(v) for v in (0.8, 0.975, 0.5)] == ["80", "97.5", "50"]
     for bad in ([], [0.0], [1.0], [0.8, 0.8], [1.5], ["x"], None):
@@ -595,7 +595,7 @@ def test_other_interval_levels_through_fit_and_predict(tmp_path, monkeypatch):
     with that checkpoint at more levels recomputes them from the residuals it keeps: the fit's
     levels come out the same (no level above 90%, so each series draws on the same pool), and
     the intervals nest (50% inside 80% inside 90%)."""
-    from peephole_lstm.cli import main
+    from peephole_lstm.forecast.cli import main
 
     monkeypatch.chdir(tmp_path)
     path, _ = _panel(tmp_path)

@@ -9,7 +9,8 @@ from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_sequence
 
 import peephole_lstm
-from peephole_lstm import PeepholeLSTM, _fused
+from peephole_lstm import PeepholeLSTM
+from peephole_lstm.ops import recurrence as _fused
 
 from . import reference as ref
 

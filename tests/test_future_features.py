@@ -12,9 +12,9 @@ pytest.importorskip("lightning")
 import lightning as L  # noqa: E402
 
 from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
-from peephole_lstm.cli import main  # noqa: E402
-from peephole_lstm.data import SeriesDataError  # noqa: E402
-from peephole_lstm.model import PeepholeLSTMNet  # noqa: E402
+from peephole_lstm.forecast.cli import main  # noqa: E402
+from peephole_lstm.forecast.datamodule import SeriesDataError  # noqa: E402
+from peephole_lstm.forecast.regressor import PeepholeLSTMNet  # noqa: E402
 
 H = 3
 

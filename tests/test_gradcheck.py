@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell, _fused
+from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell
+from peephole_lstm.ops import recurrence as _fused
 
 MODES = [("diagonal", False), ("full", False), ("full", True), ("none", False)]
 

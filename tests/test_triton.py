@@ -136,7 +136,7 @@ def test_one_launch_kernel_float32_against_float64(triton_backend, kw, count_lau
     """Small H in float32 runs the whole time loop in one launch (_persist_fwd): outputs,
     states and every gradient (its saved gates feed the per-step backward) against the
     float64 reference loop; counted, so a silent fallback to the per-step kernel fails."""
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     launches = count_launches(tr, "_persist_fwd")
     m = PeepholeLSTM(3, 20, 2, **kw)
@@ -166,7 +166,7 @@ def test_one_launch_kernel_float32_against_float64(triton_backend, kw, count_lau
 
 
 def test_one_launch_kernel_can_be_turned_off(triton_backend, monkeypatch):
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_PERSISTENT", "0")
     monkeypatch.setattr(tr, "_persist_fwd", None)  # would raise if launched
@@ -179,7 +179,7 @@ def test_one_launch_kernel_can_be_turned_off(triton_backend, monkeypatch):
 
 
 def test_release_buffers_drops_the_cuda_graphs():
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     tr._GRAPHS["key"] = ("graph", (), ())
     tr._SEEN["key"] = 1
@@ -196,7 +196,7 @@ def test_graph_cache_logic_with_a_recomputing_stand_in_for_cuda_graphs(triton_ba
     and outputs must not alias the graph's buffers (a later call would overwrite them)."""
     from torch.nn.utils.rnn import pack_sequence
 
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     def capture(fn, static_args, args, device):
         outs = fn(*static_args, *args)
@@ -247,7 +247,7 @@ def test_graph_cache_logic_with_a_recomputing_stand_in_for_cuda_graphs(triton_ba
 def test_one_launch_kernel_on_equal_length_packed_input(triton_backend, count_launches):
     """Packed sequences of one length are equal-length steps: the one-launch kernel runs them
     (flat (N, H) rows), outputs and states as the reference's."""
-    from peephole_lstm.kernels import triton as tr
+    from peephole_lstm.ops.kernels import triton as tr
 
     launches = count_launches(tr, "_persist_fwd")
     m = PeepholeLSTM(3, 6, 2, bidirectional=True)

@@ -8,9 +8,9 @@ rows (with a ``PackedSequence``'s ``batch_sizes``). It is registered with ``torc
 with a fake (meta) kernel and an autograd formula (``peephole_lstm::recurrence_backward``),
 so ``torch.compile`` and ``torch.export`` see one opaque node instead of an unrolled loop.
 
-The kernels live in :mod:`peephole_lstm.kernels` (``cpu.cpp``: C++, CPU float32/float64;
+The kernels live in :mod:`peephole_lstm.ops.kernels` (``cpu/``: C++, CPU float32/float64;
 ``triton.py``: Triton element-wise kernels around cuBLAS GEMMs, CUDA; ``python.py``:
-vectorised PyTorch, every device); :mod:`peephole_lstm._backend` picks one.
+vectorised PyTorch, every device); :mod:`peephole_lstm.ops.backend` picks one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend
+from . import backend
 from .kernels import python as _py
 
 __all__ = ["recurrence", "recurrence_backward", "recurrence_from_input"]
@@ -95,7 +95,7 @@ def recurrence_from_input(
     """Inference only (no autograd, eager, the C++ kernel): :func:`recurrence` given the layer
     input ``x`` (T, B, I) or packed (N, I) and ``W_ih`` instead of ``xw``; the kernel forms each
     step's ``x_t W_ih^T`` in its loop (``torch.ops.peephole_lstm_cpp.forward_x``; see
-    ``_backend.projects_in_kernel``). Returns ``(output, h_n, c_n)``."""
+    ``projection.projects_in_kernel``). Returns ``(output, h_n, c_n)``."""
     return torch.ops.peephole_lstm_cpp.forward_x(
         x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, _clip(cell_clip)
     )
@@ -125,11 +125,11 @@ def _recurrence_impl(
     ``(output, h_n, c_n, gates, cs)``; the last two are the activations saved for the
     backward, empty when ``save`` is false (inference)."""
     clip = _clip(cell_clip)
-    if _backend.use_cpp(xw):
+    if backend.use_cpp(xw):
         return torch.ops.peephole_lstm_cpp.forward(
             xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, save, clip
         )
-    if _backend.use_triton(xw):
+    if backend.use_triton(xw):
         from .kernels import triton as _tr  # imports triton: only here
 
         return _tr.forward(xw, h0.contiguous(), c0.contiguous(), w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc,
@@ -182,10 +182,10 @@ def _recurrence_backward_impl(
     d_w_cf, d_w_co, d_w_cc)``; an absent weight's gradient is an empty tensor."""
     args = (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
     clip = _clip(cell_clip)
-    if _backend.use_cpp(gates):
+    if backend.use_cpp(gates):
         return torch.ops.peephole_lstm_cpp.backward(*args, batch_sizes, reverse, clip)
     args = tuple(a.contiguous() if a is not None else None for a in args)
-    if _backend.use_triton(gates):
+    if backend.use_triton(gates):
         from .kernels import triton as _tr
 
         return _tr.backward(*args, batch_sizes, reverse, clip)

@@ -19,8 +19,8 @@ from torchmetrics import (
     SymmetricMeanAbsolutePercentageError,
 )
 
+from ..modules import PeepholeLSTM
 from .conformal import LEVELS, RollingCalibration, check_levels, conformal_quantiles, level_name
-from .lstm import PeepholeLSTM
 
 __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
 

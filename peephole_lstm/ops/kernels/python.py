@@ -14,7 +14,7 @@ first ``n[t]`` sequences only. Saved for the backward: activated gates ``[i, f, 
 ``(N, 4H)`` and cell states ``(N, H)``; inference saves nothing and keeps no gate buffer.
 
 Both functions are plain typed Python so that TorchScript can compile them (its interpreter
-runs the small per-step ops faster than Python; see ``_fused._scripted``).
+runs the small per-step ops faster than Python; see ``recurrence._scripted``).
 """
 
 from typing import List, Optional

@@ -28,8 +28,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from .conformal import LEVELS, level_name
-from .data import SeriesDataError, SeriesDataModule, SeriesDataWarning
-from .model import PeepholeLSTMRegressor
+from .datamodule import SeriesDataError, SeriesDataModule, SeriesDataWarning
+from .regressor import PeepholeLSTMRegressor
 
 __all__ = ["ForecastWriter", "PeepholeLSTMCLI", "main"]
 

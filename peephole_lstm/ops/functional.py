@@ -3,7 +3,7 @@
 This is the readable, equation-by-equation path. It is plain typed Python so that
 ``torch.jit.script`` compiles it, it runs on every device, autograd differentiates it
 (to any order), and it covers every configuration: ``"full"`` peepholes, the candidate
-peephole and variable-length (packed) batches. The fused path in :mod:`peephole_lstm._fused`
+peephole and variable-length (packed) batches. The fused path in :mod:`peephole_lstm.ops.recurrence`
 must agree with it; the tests hold both to an independent float64 reference.
 
 A peephole weight is ``None`` (absent), a vector of shape ``(H,)`` (diagonal, applied

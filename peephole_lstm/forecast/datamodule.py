@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ._csv import head_lines, sniff
-from ._time import (
+from .csv_dialect import head_lines, sniff
+from .time_axis import (
     CALENDAR,
     axis,
     calendar_phases,
@@ -33,7 +33,7 @@ MISSING = ("error", "interpolate")
 PREDICT = ("both", "future", "test")
 _SCALERS = ("series_mean", "series_std", "series_diff_scale", "series_mase_scale")
 _HEAD = 8  # first values of a series kept in checkpoints to recognize it
-_DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+_DATA_DIR = os.path.join(os.path.dirname(__file__), "datasets")
 BUILTIN = {
     # name: its default target column
     "co2": "co2",

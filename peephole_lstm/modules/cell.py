@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from ._params import check_cell_clip, check_peephole_args, peephole_shape
-from .functional import peephole_lstm_cell
+from ..ops.functional import peephole_lstm_cell
+from ._checks import check_cell_clip, check_peephole_args, peephole_shape
 
 __all__ = ["PeepholeLSTMCell"]
 

@@ -28,8 +28,8 @@ from .functional import peephole_lstm_cell, peephole_lstm_layer
 
 __all__ = ["exporting", "run"]
 
-_TO_ONNX = [0, 3, 1, 2]  # ONNX gate block k is our block _TO_ONNX[k]
-_FROM_ONNX = [0, 2, 3, 1]  # our gate block k is ONNX's block _FROM_ONNX[k]
+TO_ONNX = [0, 3, 1, 2]  # ONNX gate block k is our block TO_ONNX[k]
+FROM_ONNX = [0, 2, 3, 1]  # our gate block k is ONNX's block FROM_ONNX[k]
 
 
 def exporting() -> bool:
@@ -50,7 +50,7 @@ def reorder_gates(w: Tensor, order: list[int]) -> Tensor:
 
 
 def _gates(w: Tensor) -> Tensor:
-    return reorder_gates(w, _TO_ONNX)
+    return reorder_gates(w, TO_ONNX)
 
 
 def _node_tensors(ws: list[list[Optional[Tensor]]], hidden: int):
@@ -70,7 +70,7 @@ def _node_tensors(ws: list[list[Optional[Tensor]]], hidden: int):
 
 
 def _ungates(w: Tensor) -> Tensor:
-    return reorder_gates(w, _FROM_ONNX)
+    return reorder_gates(w, FROM_ONNX)
 
 
 def _onnx_lstm(x: Tensor, W: Tensor, R: Tensor, B: Tensor, h0: Tensor, c0: Tensor, P: Optional[Tensor]):

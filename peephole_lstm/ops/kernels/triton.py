@@ -41,7 +41,6 @@ measured on an H100 (benchmarks/README.md).
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from typing import Callable, Optional
 
@@ -50,6 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ... import tuning
 from .python import carried, previous_states, steps, weight_grads
 
 __all__ = ["backward", "forward"]
@@ -387,7 +387,7 @@ def _persistent_ok(xw: Tensor, w_hr: Optional[Tensor], full: bool, uniform: bool
     """Whether the one-launch kernel runs this layer: ``PEEPHOLE_LSTM_TRITON_PERSISTENT`` ``0``
     never, otherwise (``auto``) for H <= ``PERSISTENT_MAX_H`` without a projection, on
     unpacked (or equal-length) float32/16-bit input."""
-    if os.environ.get("PEEPHOLE_LSTM_TRITON_PERSISTENT", "auto") == "0":
+    if tuning.get("triton_persistent") == "0":
         return False
     return w_hr is None and uniform and xw.dtype != torch.float64 and H <= PERSISTENT_MAX_H
 
@@ -396,7 +396,7 @@ def _fused_step(x: Tensor, rows: int, H: int) -> bool:
     """Whether a step's GEMM runs inside its cell kernel (tl.dot) instead of cuBLAS:
     ``PEEPHOLE_LSTM_TRITON_STEP`` ``fused`` or ``gemm`` forces it; ``auto``: up to
     FUSED_STEP_MAX_ROWS rows per step."""
-    mode = os.environ.get("PEEPHOLE_LSTM_TRITON_STEP", "auto")
+    mode = tuning.get("triton_step")
     if mode in ("fused", "gemm"):
         return mode == "fused"
     return rows <= FUSED_STEP_MAX_ROWS
@@ -415,7 +415,7 @@ def _dot_precision(t: Tensor) -> str:
     overrides it."""
     if not t.is_cuda:
         return "ieee"
-    return os.environ.get("PEEPHOLE_LSTM_TRITON_DOT") or ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
+    return tuning.get("triton_dot") or ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
 
 
 def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
@@ -526,7 +526,7 @@ def _forward_eager(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optio
 def forward(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor],
             w_ci: Optional[Tensor], w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor],
             batch_sizes: Optional[Tensor], reverse: bool, save: bool, cell_clip: float = 0.0):
-    """Same contract as :func:`peephole_lstm.kernels.python.forward`; on CUDA replayed from
+    """Same contract as :func:`peephole_lstm.ops.kernels.python.forward`; on CUDA replayed from
     a CUDA graph (see :func:`_graphed`)."""
     return _graphed(_forward_eager, (xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc),
                     (batch_sizes, reverse, save, cell_clip))
@@ -615,7 +615,7 @@ def backward(grad_out: Tensor, grad_hn: Tensor, grad_cn: Tensor, out: Tensor, ga
              c0: Tensor, w_hh: Tensor, bias: Optional[Tensor], w_hr: Optional[Tensor], w_ci: Optional[Tensor],
              w_cf: Optional[Tensor], w_co: Optional[Tensor], w_cc: Optional[Tensor], batch_sizes: Optional[Tensor],
              reverse: bool, cell_clip: float = 0.0):
-    """Same contract as :func:`peephole_lstm.kernels.python.backward`; on CUDA replayed from
+    """Same contract as :func:`peephole_lstm.ops.kernels.python.backward`; on CUDA replayed from
     a CUDA graph (see :func:`_graphed`)."""
     return _graphed(_backward_eager, (grad_out, grad_hn, grad_cn, out, gates, cs, h0, c0, w_hh, bias, w_hr, w_ci,
                                       w_cf, w_co, w_cc), (batch_sizes, reverse, cell_clip))
@@ -635,12 +635,18 @@ _GRAPHS: OrderedDict[tuple, tuple] = OrderedDict()
 _SEEN: dict[tuple, int] = {}
 
 
+def release_graphs() -> None:
+    """Drop every cached CUDA graph with its buffers (``peephole_lstm.release_buffers``)."""
+    _GRAPHS.clear()
+    _SEEN.clear()
+
+
 def _sig(t: Optional[Tensor]):
     return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
 def _use_graphs(x: Tensor) -> bool:
-    return x.is_cuda and os.environ.get("PEEPHOLE_LSTM_CUDA_GRAPHS", "1") != "0" \
+    return x.is_cuda and tuning.get("cuda_graphs") != "0" \
         and not torch.cuda.is_current_stream_capturing()
 
 
@@ -668,8 +674,7 @@ def _graphed(fn: Callable, tensors: tuple, args: tuple):
     # Under torch.inference_mode the buffers are inference tensors, written only there.
     key = (fn.__name__, tuple(_sig(t) for t in tensors), tuple(bs.tolist()) if bs is not None else None, args[1:],
            torch.is_inference_mode_enabled(), torch.backends.cuda.matmul.allow_tf32,
-           *(os.environ.get(k) for k in ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_TRITON_STEP",
-                                          "PEEPHOLE_LSTM_TRITON_DOT")))
+           *(tuning.get(k) for k in ("triton_persistent", "triton_step", "triton_dot")))
     present = [t for t in tensors if t is not None]
     entry = _GRAPHS.get(key)
     if entry is None:

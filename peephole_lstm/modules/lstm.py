@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _backend, _fused, _onnx
-from ._params import check_cell_clip, check_peephole_args, peephole_shape
-from .functional import peephole_lstm_layer
+from ..ops import backend, onnx_export, projection, recurrence
+from ..ops.functional import peephole_lstm_layer
+from ._checks import check_cell_clip, check_peephole_args, peephole_shape
 
 __all__ = ["PeepholeLSTM"]
 
@@ -396,22 +396,33 @@ class PeepholeLSTM(nn.Module):
         return model
 
     @classmethod
-    def from_onnx(cls, model_or_path, **kwargs) -> "PeepholeLSTM":
+    def _from_state(cls, kwargs: dict, state: dict[str, Tensor], dtype: torch.dtype) -> "PeepholeLSTM":
+        model = cls(**kwargs, dtype=dtype)
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+        return model.eval()
+
+    @classmethod
+    def from_onnx(
+        cls, model_or_path, *, dtype: torch.dtype = torch.float32, batch_first: Optional[bool] = None
+    ) -> "PeepholeLSTM":
         """Import the ``LSTM`` node(s) of an ONNX model (path, bytes, file or ``ModelProto``),
         peepholes ``P`` included. See :func:`peephole_lstm.interop.from_onnx` (needs ``onnx``)."""
-        from .interop import from_onnx
+        from ..interop.readers import read_onnx
 
-        return from_onnx(model_or_path, **kwargs)
+        return cls._from_state(*read_onnx(model_or_path, batch_first=batch_first), dtype)
 
     @classmethod
     def from_tensorflow(
-        cls, kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias: float = 1.0, cell_clip=None, **kwargs
+        cls, kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias: float = 1.0, cell_clip=None, *,
+        batch_first: bool = False, dtype: torch.dtype = torch.float32,
     ) -> "PeepholeLSTM":
         """Import TensorFlow v1 ``LSTMCell(use_peepholes=True)`` weights given as arrays.
         See :func:`peephole_lstm.interop.from_tensorflow`."""
-        from .interop import from_tensorflow
+        from ..interop.readers import read_tensorflow
 
-        return from_tensorflow(kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias, cell_clip, **kwargs)
+        kwargs, state = read_tensorflow(kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias, cell_clip,
+                                        batch_first=batch_first)
+        return cls._from_state(kwargs, state, dtype)
 
     # ------------------------------------------------------------------ forward
     def _check_hidden(self, hx: tuple[Tensor, Tensor], mini_batch: int) -> None:
@@ -462,7 +473,7 @@ class PeepholeLSTM(nn.Module):
         return h, c
 
     def _use_fused(self) -> bool:
-        return _backend.get_backend() != "reference"
+        return backend.get_backend() != "reference"
 
     @torch.jit.unused
     def _fused_layer(
@@ -481,14 +492,14 @@ class PeepholeLSTM(nn.Module):
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc)
         )
-        if not save and _backend.projects_in_kernel(x, w_ih, h0):
+        if not save and projection.projects_in_kernel(x, w_ih, h0):
             # large inference steps: the C++ kernel projects each step's rows itself
-            return _fused.recurrence_from_input(
+            return recurrence.recurrence_from_input(
                 x, w_ih, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, w_cc, batch_sizes, reverse, self.cell_clip
             )
         # (T, B, 4H), or packed (N, 4H): one GEMM for every step; consumed by the op right away
-        xw = _backend.input_projection(x, w_ih, scratch=True)
-        out, h_n, c_n, _, _ = _fused.recurrence(
+        xw = projection.input_projection(x, w_ih, scratch=True)
+        out, h_n, c_n, _, _ = recurrence.recurrence(
             xw, h0, c0, w_hh, bias, w_hr, w_ci, w_cf, w_co, reverse, save, w_cc, batch_sizes, self.cell_clip
         )
         return out, h_n, c_n
@@ -538,8 +549,8 @@ class PeepholeLSTM(nn.Module):
         use_fused = False
         if not torch.jit.is_scripting():
             use_fused = self._use_fused()
-            if batch_sizes is None and lengths is None and _onnx.exporting():
-                return _onnx.run(self, x, h0, c0, weights)  # LSTM nodes with P, or a loop over time
+            if batch_sizes is None and lengths is None and onnx_export.exporting():
+                return onnx_export.run(self, x, h0, c0, weights)  # LSTM nodes with P, or a loop over time
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
         for layer in range(self.num_layers):
@@ -567,7 +578,7 @@ class PeepholeLSTM(nn.Module):
             or c_n.numel() == 0
             or torch.compiler.is_compiling()
             or torch.jit.is_tracing()
-            or _onnx.exporting()
+            or onnx_export.exporting()
         ):
             return
         peak = float(c_n.detach().abs().max())
