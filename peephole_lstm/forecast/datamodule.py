@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import lightning as L
@@ -48,6 +49,77 @@ class SeriesDataError(ValueError):
 class SeriesDataWarning(UserWarning):
     """Something in the data the user should know about (e.g. gaps in the time stamps) that does
     not stop the run; one line (the CLI prints it as ``peephole-lstm: warning: ...``)."""
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What the model needs from the data: the declared contract between a data module and
+    :class:`~peephole_lstm.PeepholeLSTMRegressor`, read once in the model's ``setup``.
+
+    A data module offers it as ``series_info()``; one that can also carry rows before the
+    window for the AR term (``can_carry_lags``) has ``set_lags(lags)``, and one whose scalers a
+    checkpoint restores has ``load_state_dict(state)``. Every per-series field has one entry
+    per series, in ``series_names`` order.
+
+    Attributes:
+        series_names: the series, in the order of the model's per-series parts.
+        seasons: each series' season length in rows (1: none).
+        train_rows: each series' training rows (what ``ar_window="auto"`` sizes its lags by).
+        window: the input rows the LSTM reads.
+        horizon: the steps each item forecasts.
+        future_names: the inputs known ahead at every forecast step (``future_features``).
+        labels: the time label of every row, all series concatenated (the test report's spans).
+        predict: what ``predict`` writes: ``"both"``, ``"test"`` or ``"future"``.
+        can_carry_lags: whether items can carry rows before the window (``set_lags``).
+    """
+
+    series_names: tuple[str, ...]
+    seasons: tuple[int, ...]
+    train_rows: tuple[int, ...]
+    window: int
+    horizon: int
+    future_names: tuple[str, ...] = ()
+    labels: Sequence[str] = ()
+    predict: str = "both"
+    can_carry_lags: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.series_names)
+        if n == 0:
+            raise SeriesDataError("SeriesInfo: the data holds no series (series_names is empty)")
+        for name in ("seasons", "train_rows"):
+            if len(getattr(self, name)) != n:
+                raise SeriesDataError(f"SeriesInfo: {name} has {len(getattr(self, name))} entries for {n} series")
+        if self.window < 1 or self.horizon < 1:
+            raise SeriesDataError(f"SeriesInfo: window and horizon must be positive, got {self.window}, {self.horizon}")
+        if self.predict not in PREDICT:
+            raise SeriesDataError(f"SeriesInfo: predict must be one of {', '.join(PREDICT)}, got {self.predict!r}")
+
+    @property
+    def future_size(self) -> int:
+        """Number of inputs known at each forecast step."""
+        return len(self.future_names)
+
+    @property
+    def panel(self) -> bool:
+        """Whether the data holds more than one series."""
+        return len(self.series_names) > 1
+
+
+def series_info(datamodule) -> Optional[SeriesInfo]:
+    """The :class:`SeriesInfo` a data module declares, or None for none (plain dataloaders, or a
+    data module without ``series_info``). A declared contract that is broken is an error that
+    names the missing piece."""
+    if datamodule is None or not hasattr(datamodule, "series_info"):
+        return None
+    info = datamodule.series_info()
+    if not isinstance(info, SeriesInfo):
+        raise TypeError(f"{type(datamodule).__name__}.series_info() must return a SeriesInfo, got {type(info).__name__}")
+    missing = [m for m, needed in (("set_lags", info.can_carry_lags), ("train_dataloader", True)) if needed
+               and not callable(getattr(datamodule, m, None))]
+    if missing:
+        raise TypeError(f"{type(datamodule).__name__} declares series_info but has no {', '.join(missing)}()")
+    return info
 
 
 def _synthetic(n: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -648,6 +720,21 @@ class SeriesDataModule(L.LightningDataModule):
         if self.time_name is not None:
             return g[self.time_name].astype(str).tolist()
         return [str(i) for i in range(len(g))]
+
+    def series_info(self) -> SeriesInfo:
+        """What the model needs from this data (see :class:`SeriesInfo`)."""
+        hp = self.hparams
+        return SeriesInfo(
+            series_names=tuple(self.series_names),
+            seasons=tuple(int(m) for m in self.series_season),
+            train_rows=tuple(int(r[0]) for r in self.split_rows),
+            window=int(hp.window),
+            horizon=int(hp.horizon),
+            future_names=tuple(self.future_names),
+            labels=self.index,
+            predict=str(hp.predict),
+            can_carry_lags=True,
+        )
 
     @property
     def context(self) -> int:

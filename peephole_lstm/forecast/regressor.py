@@ -21,6 +21,7 @@ from torchmetrics import (
 
 from ..modules import PeepholeLSTM
 from .conformal import LEVELS, RollingCalibration, check_levels, conformal_quantiles, level_name
+from .datamodule import series_info
 
 __all__ = ["PeepholeLSTMNet", "PeepholeLSTMRegressor"]
 
@@ -485,44 +486,44 @@ class PeepholeLSTMRegressor(L.LightningModule):
         windows. A trained or loaded model keeps them and must meet the same series; a model
         loaded from a checkpoint gives the data module the scalers it was trained with
         (:meth:`SeriesDataModule.load_state_dict`)."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = list(getattr(dm, "series_names", None) or [])
-        if self._data_state is not None and hasattr(dm, "series_names") and hasattr(dm, "load_state_dict"):
+        dm = self._datamodule()
+        info = series_info(dm)
+        names = list(info.series_names) if info is not None else []
+        if self._data_state is not None and info is not None and hasattr(dm, "load_state_dict"):
             dm.load_state_dict(self._data_state)  # load_from_checkpoint, then a data module: its scalers
-        ahead = getattr(dm, "future_size", None)
-        if ahead is not None and ahead != self.hparams.future_size:
+        if info is not None and info.future_size != self.hparams.future_size:
             raise ValueError(
-                f"the data gives {ahead} known-ahead input(s) (future_features {list(dm.future_names)}) but the model "
-                f"takes {self.hparams.future_size}: build it with future_size={ahead} (the CLI links them)"
+                f"the data gives {info.future_size} known-ahead input(s) (future_features {list(info.future_names)}) but "
+                f"the model takes {self.hparams.future_size}: build it with future_size={info.future_size} (the CLI "
+                "links them)"
             )
         if self._prepared:
             if self.net.per_series and names and names != self._series_names:
                 raise ValueError(f"this model has per-series parts for the series {self._series_names} (in this "
                                  f"order), but the data has the series {names}: forecast the series it was trained on")
-            if self._ar_lags and hasattr(dm, "set_lags"):  # the rows its AR terms read, as at fit
+            if self._ar_lags and info is not None and info.can_carry_lags:  # the rows its AR terms read, as at fit
                 lags = self._ar_lags
-                dm.set_lags(lags if len(lags) == len(dm.series_names) else [max(lags)] * len(dm.series_names))
+                dm.set_lags(lags if len(lags) == len(names) else [max(lags)] * len(names))
             return
         self._series_names = names
         for net in self.nets:
             net.set_series_embedding(max(1, len(names)), self.hparams.series_embedding)
         if self.hparams.ar_window != 0:
             auto = self.hparams.ar_window == "auto"
-            tabular = dm is not None and hasattr(dm, "series_season") and hasattr(dm, "hparams")
-            if auto and not tabular:
-                raise ValueError("ar_window='auto' needs a SeriesDataModule (its season and window); give a number")
+            if auto and info is None:
+                raise ValueError("ar_window='auto' needs a data module that declares series_info() (a "
+                                 "SeriesDataModule: its seasons and window); give a number")
             self._ar_lags = None
-            if tabular:
-                window = int(dm.hparams.window)
-                extend = hasattr(dm, "set_lags")  # its items can carry rows before the window
-                if auto:  # (a data module that cannot: at most the window)
-                    rows = [r[0] for r in dm.split_rows] if extend else [0] * len(dm.series_season)
+            if info is not None:
+                window = info.window
+                if auto:  # (a data module that cannot carry rows before the window: at most the window)
+                    rows = info.train_rows if info.can_carry_lags else [0] * len(names)
                     h = int(self.hparams.horizon)
-                    self._ar_lags = [auto_lags(int(m), window, n, h) for m, n in zip(dm.series_season, rows)]
+                    self._ar_lags = [auto_lags(m, window, n, h) for m, n in zip(info.seasons, rows)]
                 else:
-                    self._ar_lags = [int(self.net.ar_window)] * len(dm.series_names)
+                    self._ar_lags = [int(self.net.ar_window)] * len(names)
                 lags = max(self._ar_lags)
-                if extend:  # items carry the rows the AR terms read
+                if info.can_carry_lags:  # items carry the rows the AR terms read
                     dm.set_lags(self._ar_lags)
                 for net in self.nets:
                     net.set_ar_window(lags, series=max(1, len(names)))
@@ -533,6 +534,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
             # no data module: fitted in on_train_start from the trainer's training batches
         if stage == "fit" and dm is not None:
             self._prepared = True
+
+    def _datamodule(self):
+        """The trainer's data module, or None (no trainer, or plain dataloaders)."""
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
 
     def _fit_ar(self, batches) -> None:
         """The closed-form ridge fit of the AR terms on every training window (scaled units;
@@ -668,9 +673,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def _panel(self) -> bool:
         """Whether the trainer's data holds more than one series."""
-        trainer = self._trainer
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        return len(getattr(dm, "series_names", None) or ()) > 1
+        info = series_info(self._datamodule())
+        return info is not None and info.panel
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         pred = self._evaluate(batch, "val")
@@ -709,8 +713,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._start_rolling()
-        dm = getattr(self.trainer, "datamodule", None)
-        S = len(dm.series_names) if dm is not None and hasattr(dm, "series_names") else 1
+        info = series_info(self._datamodule())
+        S = len(info.series_names) if info is not None else 1
         keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape",
                 *(f"{what}_{pct}" for pct in self.level_names for what in ("in", "is")), "first", "last")
         self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
@@ -749,15 +753,15 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """One line saying what was scored; the per-series metrics in ``test_per_series``."""
         sums, self._test_sums = self._test_sums, {}
-        dm = getattr(self.trainer, "datamodule", None)
-        if not sums or dm is None or not hasattr(dm, "series_names") or not self.trainer.is_global_zero:
+        info = series_info(self._datamodule())
+        if not sums or info is None or not self.trainer.is_global_zero:
             return
         import pandas as pd
 
         n = sums["n"].clamp(min=1)
-        labels = dm.index
+        labels = info.labels
         rows = []
-        for s, name in enumerate(dm.series_names):
+        for s, name in enumerate(info.series_names):
             if sums["n"][s] == 0:
                 continue
             row = {
@@ -808,8 +812,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The rolling pool; when the forecast skips the backtest, its residuals still join
         the pool first, so future intervals are calibrated up to the end of the data."""
         self._start_rolling()
-        dm = getattr(self.trainer, "datamodule", None)
-        if self._rolling is None or dm is None or getattr(getattr(dm, "hparams", None), "predict", None) != "future":
+        dm = self._datamodule()
+        info = series_info(dm)
+        if self._rolling is None or info is None or info.predict != "future":
             return
         for batch in dm.test_dataloader():
             batch = {k: v.to(self.device) for k, v in batch.items()}
