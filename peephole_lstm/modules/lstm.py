@@ -134,8 +134,8 @@ class PeepholeLSTM(nn.Module):
             forget and output gates of the :math:`\text{k}^{th}` layer, of shape
             `(hidden_size)` (``"diagonal"``) or `(hidden_size, hidden_size)` (``"full"``).
         weight_cc_l[k]: the candidate peephole, with ``candidate_peephole=True``.
-
-        Directions of a bidirectional layer carry the ``_reverse`` suffix, as in ``nn.LSTM``.
+        *_reverse: the same parameters of the reverse direction of a bidirectional layer,
+            as in ``nn.LSTM``.
 
     .. note::
         All the weights and biases are initialized from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`

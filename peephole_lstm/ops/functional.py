@@ -46,7 +46,9 @@ def peephole_lstm_cell(
         c: previous cell state ``(B, H)``.
         w_hh: ``(4H, H_out)``.
         w_hr: projection ``(H_out, H)`` or ``None``.
-        w_ci, w_cf, w_co: peepholes of the input, forget and output gates.
+        w_ci: peephole of the input gate: ``(H,)`` diagonal, ``(H, H)`` full, or ``None``.
+        w_cf: peephole of the forget gate, as ``w_ci``.
+        w_co: peephole of the output gate (on ``c_t``), as ``w_ci``.
         w_cc: the candidate peephole (``g_t = tanh(z_g + w_cc c_{t-1})``) or ``None``.
         cell_clip: clip ``c_t`` to ``[-cell_clip, cell_clip]`` before the output gate and the
             output see it (TensorFlow's ``LSTMCell(cell_clip=...)``); ``None``: no clip.
@@ -111,7 +113,8 @@ def peephole_lstm_layer(
 
     Args:
         x: ``(T, B, H_in)``.
-        h0, c0: ``(B, H_out)`` and ``(B, H)``.
+        h0: the initial hidden state ``(B, H_out)``.
+        c0: the initial cell state ``(B, H)``.
         reverse: run from the last valid step to the first.
         lengths: ``(B,)`` valid lengths for a padded batch (packed input); the state of
             a sequence stops changing after its last step and its outputs past it are 0.
