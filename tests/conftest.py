@@ -1,7 +1,10 @@
+import contextlib
+
 import pytest
 import torch
 
 import peephole_lstm
+from peephole_lstm import tuning
 
 BACKENDS = ["reference", "python", "cpp"]
 
@@ -18,6 +21,13 @@ def backend(request):
         peephole_lstm.build_extension()
     yield request.param
     peephole_lstm.set_backend(old)
+
+
+@pytest.fixture
+def knobs():
+    """``knobs(name=value, ...)``: set tuning knobs in this process until the test ends."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **values: stack.enter_context(tuning.override(**values))
 
 
 @pytest.fixture(autouse=True)

@@ -41,11 +41,11 @@ def test_cuda_gradcheck_with_peepholes(backend):
 @pytest.mark.parametrize("step", ["fused", "gemm"])
 @pytest.mark.parametrize("kw", [dict(), dict(peephole="full", candidate_peephole=True, cell_clip=2.0),
                                 dict(bidirectional=True, proj_size=3)])
-def test_cuda_auto_runs_the_triton_kernel_and_matches_the_reference(kw, step, monkeypatch):
+def test_cuda_auto_runs_the_triton_kernel_and_matches_the_reference(kw, step, knobs):
     """backend "auto" on CUDA tensors: the Triton kernel (kernels/triton.py), float64 exact,
     each step's GEMM in the cell kernel (tl.dot, float64) or through cuBLAS."""
     pytest.importorskip("triton")
-    monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_STEP", step)
+    knobs(triton_step=step)
     import peephole_lstm
     from peephole_lstm.ops import backend as _backend
 
@@ -118,11 +118,11 @@ def test_cuda_graph_replays_new_inputs_and_updated_weights(kw):
 
 @pytest.mark.parametrize("kw", [dict(), dict(candidate_peephole=True, cell_clip=1.0, bidirectional=True),
                                 dict(peephole="full", candidate_peephole=True)])
-def test_cuda_one_launch_kernel_float32_against_float64(kw, monkeypatch, count_launches):
+def test_cuda_one_launch_kernel_float32_against_float64(kw, knobs, count_launches):
     """H = 50 in float32 (TF32 off) runs the one-launch kernel: outputs within 1e-4 and
     gradients within 1e-3 (relative, in norm) of the float64 reference."""
     pytest.importorskip("triton")
-    monkeypatch.setenv("PEEPHOLE_LSTM_CUDA_GRAPHS", "0")  # count the launches themselves
+    knobs(cuda_graphs="0")  # count the launches themselves
     import peephole_lstm
     from peephole_lstm.ops.kernels import triton as tr
 

@@ -399,11 +399,12 @@ print("ok")
 _FORWARD_X_CHECK = """
 import torch, peephole_lstm
 import peephole_lstm.ops.backend as B
+import peephole_lstm.ops.projection as P
 from torch.nn.utils.rnn import pack_sequence
 peephole_lstm.set_backend("cpp")
 torch.manual_seed(0)
 calls = []
-B.projects_in_kernel = lambda x, w, h0: calls.append(x.dtype) or B.use_cpp(x)  # every inference call, any size
+P.projects_in_kernel = lambda x, w, h0: calls.append(x.dtype) or B.use_cpp(x)  # every inference call, any size
 CONFIGS = (dict(), dict(peephole="full", candidate_peephole=True), dict(peephole="full", bidirectional=True),
            dict(proj_size=5, num_layers=2), dict(peephole="none", bias=False, cell_clip=0.3),
            dict(candidate_peephole=True, bidirectional=True, num_layers=2))
@@ -598,8 +599,8 @@ def test_inference_scratch_buffer_is_reused_and_never_leaks(monkeypatch):
     shapes, and work in and out of inference mode."""
     if not (torch.backends.mkldnn.is_available() and _backend.use_cpp(torch.zeros(1))):
         pytest.skip("the scratch path needs the C++ kernel and oneDNN")
-    monkeypatch.setattr(_backend, "_SCRATCH_MIN_BYTES", 0)
-    monkeypatch.setattr(_backend, "_BLOCK_BYTES", 4096)  # many oneDNN row blocks
+    monkeypatch.setattr(_projection, "_SCRATCH_MIN_BYTES", 0)
+    monkeypatch.setattr(_projection, "_BLOCK_BYTES", 4096)  # many oneDNN row blocks
     torch.manual_seed(0)
     m = peephole_lstm.PeepholeLSTM(70, 64, num_layers=2, bidirectional=True)
     xs = [torch.randn(40, 32, 70), torch.randn(25, 64, 70), torch.randn(40, 32, 70)]
@@ -625,11 +626,11 @@ def test_training_input_projection_through_onednn_is_exact(monkeypatch, x_grad, 
     if not (torch.backends.mkldnn.is_available() and _backend.use_cpp(torch.zeros(1))):
         pytest.skip("needs the C++ kernel and oneDNN")
     calls = []
-    monkeypatch.setattr(_backend, "_onednn_wins", lambda x2, w: calls.append(x2.shape) or True)
+    monkeypatch.setattr(_projection, "_onednn_wins", lambda x2, w: calls.append(x2.shape) or True)
     _projection.release_scratch()
     if scratch:  # every projection into the one per-thread buffer, layer after layer, both directions,
-        monkeypatch.setattr(_backend, "_SCRATCH_MIN_BYTES", 0)
-        monkeypatch.setattr(_backend, "_BLOCK_BYTES", 4096)  # in many row blocks
+        monkeypatch.setattr(_projection, "_SCRATCH_MIN_BYTES", 0)
+        monkeypatch.setattr(_projection, "_BLOCK_BYTES", 4096)  # in many row blocks
     torch.manual_seed(0)
     m = peephole_lstm.PeepholeLSTM(70, 24, num_layers=2, bidirectional=True, proj_size=13)
     m64 = peephole_lstm.PeepholeLSTM(70, 24, num_layers=2, bidirectional=True, proj_size=13).double()

@@ -47,9 +47,9 @@ def _model(kw):
 
 
 @pytest.fixture(params=["fused", "gemm"])
-def step(request, monkeypatch):
+def step(request, knobs):
     """Each step's GEMM inside the cell kernel (tl.dot) or through torch.addmm."""
-    monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_STEP", request.param)
+    knobs(triton_step=request.param)
     return request.param
 
 
@@ -165,10 +165,10 @@ def test_one_launch_kernel_float32_against_float64(triton_backend, kw, count_lau
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4, msg=name)
 
 
-def test_one_launch_kernel_can_be_turned_off(triton_backend, monkeypatch):
+def test_one_launch_kernel_can_be_turned_off(triton_backend, monkeypatch, knobs):
     from peephole_lstm.ops.kernels import triton as tr
 
-    monkeypatch.setenv("PEEPHOLE_LSTM_TRITON_PERSISTENT", "0")
+    knobs(triton_persistent="0")
     monkeypatch.setattr(tr, "_persist_fwd", None)  # would raise if launched
     m = PeepholeLSTM(3, 5)
     x = torch.randn(4, 2, 3)
