@@ -6,7 +6,7 @@ the output, the final cell state and the worst gradient (input and every weight)
     python benchmarks/cuda_exactness.py --configs default article
 
 The call measured is each model's third (a CUDA-graph replay; the first runs eagerly, the
-second captures). Issue 9's bound: outputs <= 1e-4, gradients <= 1e-3.
+second captures). The bound: outputs <= 1e-4, gradients <= 1e-3.
 """
 
 from __future__ import annotations

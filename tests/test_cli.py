@@ -128,7 +128,7 @@ def test_fit_tests_and_predict_writes_csv_and_png(tmp_path, monkeypatch, capsys)
 
 
 def test_each_run_gets_its_own_directory_and_resume_reuses_the_latest(tmp_path, monkeypatch, capsys):
-    """Issue 11: a second fit no longer overwrites the first's checkpoints."""
+    """A second fit writes to a run directory of its own: the first's checkpoints stay."""
     cfg = _small(tmp_path)
     cfg["trainer"]["max_epochs"] = 1
     cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -295,7 +295,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 
 
 def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path, monkeypatch, capsys):
-    """Issue 11: --data.id_column trains one global model; the forecast and the per-series metrics
+    """--data.id_column trains one global model; the forecast and the per-series metrics
     cover every series."""
     import numpy as np
     import pandas as pd

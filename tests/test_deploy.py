@@ -76,7 +76,7 @@ def test_torchscript_file_loads_in_a_fresh_process_without_the_package(tmp_path)
 
 @pytest.mark.parametrize("what", ["lstm", "cell"])
 def test_torch_save_of_the_module_loads_with_weights_only(tmp_path, what):
-    """Issue 12: torch.load (weights_only=True, torch's default) of torch.save(model) in a new
+    """torch.load (weights_only=True, torch's default) of torch.save(model) in a new
     process that imports peephole_lstm; nn.LSTM's own classes are not on torch's list."""
     from peephole_lstm import PeepholeLSTMCell
 
@@ -158,7 +158,7 @@ def test_onnx_export_runs_in_onnxruntime_and_matches(kw, opset, tmp_path):
 
 
 def test_onnx_export_loads_in_onnxruntime_without_warnings(capfd):
-    """Issue 12: ORT warned 'Initializer h0 appears in graph inputs' once per state per load."""
+    """ORT loads the exported graph without warning 'Initializer h0 appears in graph inputs'."""
     buf = io.BytesIO()
     export_onnx(PeepholeLSTM(3, 6, 2), buf)
     so = ort.SessionOptions()
@@ -320,7 +320,7 @@ def _whole_model_export(m, args, dynamo):
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
 @pytest.mark.parametrize("kw", WHOLE_CONFIGS, ids=[str(k) for k in WHOLE_CONFIGS])
 def test_torch_onnx_export_of_a_whole_model(kw, dynamo):
-    """Issue 12: torch.onnx.export(model) of any model containing PeepholeLSTM, unchanged: standard
+    """torch.onnx.export(model) of any model containing PeepholeLSTM, unchanged: standard
     LSTM nodes (with P for diagonal peepholes) where ONNX's LSTM expresses the configuration, a
     Scan/Loop over time otherwise; dynamic length and batch; ONNX Runtime within 1e-5."""
     torch.manual_seed(0)

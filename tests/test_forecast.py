@@ -1,4 +1,4 @@
-"""Forecasting as forecasters use it (issue 11): many series in long format, the future past the
+"""Forecasting as forecasters use it: many series in long format, the future past the
 last row, conformal prediction intervals, the seasonal naive baseline and MASE."""
 
 import numpy as np

@@ -559,7 +559,7 @@ def _start(env=None):
 
 
 def test_a_built_kernel_loads_directly_in_a_new_process(tmp_path):
-    """Issue 12 (start-up): a library built from the same source, flags and torch is loaded
+    """Start-up: a library built from the same source, flags and torch is loaded
     with torch.ops.load_library, without importing cpp_extension (~0.25 s) or running its build
     check; a stale stamp (another source) sends it back through the build."""
     import shutil
