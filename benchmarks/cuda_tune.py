@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.speed import build, step  # noqa: E402
+from peephole_lstm import tuning  # noqa: E402
 from peephole_lstm.ops.kernels import triton as tr  # noqa: E402
 
 VARIANTS = {  # name: (BK_BWD, PEEPHOLE_LSTM_TRITON_DOT)
@@ -41,9 +42,8 @@ def main() -> None:
                         args = ref
                     else:
                         tr.BK_BWD, dot = VARIANTS[name]
-                        os.environ["PEEPHOLE_LSTM_TRITON_DOT"] = dot
-                        tr._GRAPHS.clear()  # BK_BWD is not in the graph key
-                        tr._SEEN.clear()
+                        tuning.set("triton_dot", dot)
+                        tr.release_graphs()  # BK_BWD is not in the graph key
                         for _ in range(2):  # eager, capture
                             step(*ours, train)
                         args = ours
@@ -58,7 +58,7 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             cells = [f"{med['nn.LSTM']:.2f}"] + [f"{med[v]:.2f} ({med[v] / med['nn.LSTM']:.2f}×)" for v in VARIANTS]
             print(f"| {size} | {'training' if train else 'inference'} | " + " | ".join(cells) + " |", flush=True)
-    os.environ.pop("PEEPHOLE_LSTM_TRITON_DOT", None)
+    tuning.set("triton_dot", "")
     tr.BK_BWD = 128
 
 

@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import peephole_lstm  # noqa: E402
-from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell  # noqa: E402
+from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell, tuning  # noqa: E402
 
 # name: (T, B, I, H, layers)
 SIZES = {
@@ -55,15 +55,14 @@ SIZES = {
 }
 VARIANTS = ["nn.LSTM", "naive loop", "reference", "fused/python", "fused/cpp", "fused/triton", "fused/triton-steps",
             "fused/triton-gemm", "fused/triton-fused", "fused/triton-eager", "scripted"]
-# variant: environment it runs under (the Triton path's switches)
-VARIANT_ENV = {
-    "fused/triton-steps": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0"},
-    "fused/triton-gemm": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0", "PEEPHOLE_LSTM_TRITON_STEP": "gemm"},
-    "fused/triton-fused": {"PEEPHOLE_LSTM_TRITON_PERSISTENT": "0", "PEEPHOLE_LSTM_TRITON_STEP": "fused"},
-    "fused/triton-eager": {"PEEPHOLE_LSTM_CUDA_GRAPHS": "0"},
+# variant: the tuning knobs it runs under (the Triton path's switches); every variant starts
+# from the knobs' values in force (the caller's environment)
+VARIANT_KNOBS = {
+    "fused/triton-steps": {"triton_persistent": "0"},
+    "fused/triton-gemm": {"triton_persistent": "0", "triton_step": "gemm"},
+    "fused/triton-fused": {"triton_persistent": "0", "triton_step": "fused"},
+    "fused/triton-eager": {"cuda_graphs": "0"},
 }
-TRITON_SWITCHES = ("PEEPHOLE_LSTM_TRITON_PERSISTENT", "PEEPHOLE_LSTM_CUDA_GRAPHS", "PEEPHOLE_LSTM_TRITON_STEP")
-_BASE_ENV = {k: os.environ.get(k) for k in TRITON_SWITCHES}  # what the caller set: every variant starts from it
 # name: (PeepholeLSTM keyword arguments, layers override, packed input)
 CONFIGS = {
     "default": ({}, None, False),
@@ -133,20 +132,15 @@ def build(variant: str, size: str, device: str, config: str = "default"):
         x = pack_sequence([torch.randn(int(n), I, device=device) for n in lengths], enforce_sorted=False)
     else:
         x = torch.randn(T, B, I, device=device)
-    return model, x, backend.get(variant, "auto"), VARIANT_ENV.get(variant, {})
+    return model, x, backend.get(variant, "auto"), VARIANT_KNOBS.get(variant, {})
 
 
 AUTOCAST: dict = {}  # --autocast: torch.autocast keyword arguments around every step
 
 
-def step(model, x, backend: str, env: dict, train: bool) -> None:
+def step(model, x, backend: str, knobs: dict, train: bool) -> None:
     peephole_lstm.set_backend(backend)
-    for k, v in _BASE_ENV.items():
-        if env.get(k, v) is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = env.get(k, v)
-    with torch.autocast(**AUTOCAST) if AUTOCAST else contextlib.nullcontext():
+    with tuning.override(**knobs), torch.autocast(**AUTOCAST) if AUTOCAST else contextlib.nullcontext():
         if train:
             out = model(x)[0]
             out = out.data if isinstance(out, PackedSequence) else out

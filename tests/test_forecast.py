@@ -295,7 +295,7 @@ def test_panel_validation_loss_counts_each_series_once(tmp_path):
 def test_panel_gets_one_ar_term_per_series_fitted_on_its_own_windows(tmp_path):
     """A panel's AR terms: each series' the ridge fit on its own training windows; forward picks
     each window's; a checkpoint restores them and refuses data with other series."""
-    from peephole_lstm.forecast.regressor import PeepholeLSTMNet, ridge_ar
+    from peephole_lstm.forecast.network import PeepholeLSTMNet, ridge_ar
 
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)
@@ -403,7 +403,7 @@ def test_series_embedding_feeds_each_window_its_series_vector(tmp_path):
     """series_embedding: on a panel the LSTM reads each step's inputs followed by its series'
     learned vector (checked by hand against the network's parts); it trains, survives a
     checkpoint, and is absent for one series."""
-    from peephole_lstm.forecast.regressor import PeepholeLSTMNet
+    from peephole_lstm.forecast.network import PeepholeLSTMNet
 
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)

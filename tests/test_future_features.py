@@ -14,7 +14,7 @@ import lightning as L  # noqa: E402
 from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
 from peephole_lstm.forecast.cli import main  # noqa: E402
 from peephole_lstm.forecast.datamodule import SeriesDataError  # noqa: E402
-from peephole_lstm.forecast.regressor import PeepholeLSTMNet  # noqa: E402
+from peephole_lstm.forecast.network import PeepholeLSTMNet  # noqa: E402
 
 H = 3
 

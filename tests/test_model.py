@@ -6,7 +6,7 @@ import torch
 L = pytest.importorskip("lightning")
 
 from peephole_lstm import PeepholeLSTM, PeepholeLSTMRegressor, SeriesDataModule  # noqa: E402
-from peephole_lstm.forecast.regressor import PeepholeLSTMNet  # noqa: E402
+from peephole_lstm.forecast.network import PeepholeLSTMNet  # noqa: E402
 
 
 @pytest.mark.parametrize("scaling", ["last", "zscore"])
@@ -85,7 +85,7 @@ def test_ridge_ar_matches_the_normal_equations_and_brute_force_leave_one_out():
     (ridge_ar uses the hat-matrix shortcut, no refits)."""
     import numpy as np
 
-    from peephole_lstm.forecast.regressor import ridge_ar
+    from peephole_lstm.forecast.network import ridge_ar
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3))
@@ -131,7 +131,7 @@ def test_ar_term_is_the_ridge_fit_on_the_training_windows_and_stays_fixed(with_d
     """Training starts from the AR term's closed-form fit on every training window and keeps
     it; the LSTM trains. With plain data loaders (no data module) the same fit happens when
     training starts."""
-    from peephole_lstm.forecast.regressor import ridge_ar
+    from peephole_lstm.forecast.network import ridge_ar
 
     dm = SeriesDataModule(dataset="synthetic", window=12, horizon=2, batch_size=32)
     torch.manual_seed(0)
@@ -248,6 +248,6 @@ def test_a_panel_series_with_fewer_lags_does_not_read_the_padded_rows(tmp_path):
 )
 def test_auto_lags(season, window, n_train, horizon, lags):
     """ar_window="auto", per series: the rule of its docstring, case by case."""
-    from peephole_lstm.forecast.regressor import auto_lags
+    from peephole_lstm.forecast.network import auto_lags
 
     assert auto_lags(season, window, n_train, horizon) == lags

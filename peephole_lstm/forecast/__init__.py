@@ -5,8 +5,9 @@
   seasons and calendars;
 * :mod:`.datamodule` -- ``SeriesDataModule``: series read, cleaned, split, scaled and cut
   into windows; what the model needs from it is one :class:`~.datamodule.SeriesInfo`;
-* :mod:`.regressor` -- ``PeepholeLSTMNet`` (the network, a plain ``nn.Module``), the AR
-  term's fit, and ``PeepholeLSTMRegressor`` (the ``LightningModule`` that trains it);
+* :mod:`.network` -- ``PeepholeLSTMNet`` (the network, a plain ``nn.Module``) and the AR
+  term's fit;
+* :mod:`.regressor` -- ``PeepholeLSTMRegressor``, the ``LightningModule`` that trains it;
 * :mod:`.conformal` -- the prediction intervals;
 * :mod:`.cli` -- ``peephole-lstm fit|test|predict`` (``LightningCLI``).
 """
