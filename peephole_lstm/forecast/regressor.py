@@ -20,7 +20,7 @@ from torchmetrics import (
 )
 
 from .conformal import LEVELS, RollingCalibration, check_levels, conformal_quantiles, level_name
-from .datamodule import series_info
+from .datamodule import SeriesInfo, series_info
 from .network import PeepholeLSTMNet, auto_lags
 
 __all__ = ["PeepholeLSTMRegressor"]
@@ -180,6 +180,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._data_state = None  # a loaded checkpoint's data-module state (its scalers)
         self._ar_lags: Optional[list[int]] = None  # per series: its AR term's lags (resolved in setup)
         self._series_names: list[str] = []  # the series of the per-series parts, in order
+        self._info: Optional[SeriesInfo] = None  # what the trainer's data declares (read in setup)
         self.ar_penalty: Optional[list[float]] = None  # the ridge penalty of each AR term
         self._test_sums: dict[str, Tensor] = {}
         self.test_per_series = None  # pandas.DataFrame after test
@@ -211,7 +212,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
         loaded from a checkpoint gives the data module the scalers it was trained with
         (:meth:`SeriesDataModule.load_state_dict`)."""
         dm = self._datamodule()
-        info = series_info(dm)
+        info = self._info = series_info(dm)  # once per stage: the hooks below read it
         names = list(info.series_names) if info is not None else []
         if self._data_state is not None and info is not None and hasattr(dm, "load_state_dict"):
             dm.load_state_dict(self._data_state)  # load_from_checkpoint, then a data module: its scalers
@@ -397,8 +398,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def _panel(self) -> bool:
         """Whether the trainer's data holds more than one series."""
-        info = series_info(self._datamodule())
-        return info is not None and info.panel
+        return self._info is not None and self._info.panel
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         pred = self._evaluate(batch, "val")
@@ -437,8 +437,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._start_rolling()
-        info = series_info(self._datamodule())
-        S = len(info.series_names) if info is not None else 1
+        S = len(self._info.series_names) if self._info is not None else 1
         keys = ("n", "se", "ae", "naive_se", "snaive_se", "scaled_ae", "sape",
                 *(f"{what}_{pct}" for pct in self.level_names for what in ("in", "is")), "first", "last")
         self._test_sums = {k: torch.zeros(S, dtype=torch.float64) for k in keys}
@@ -477,7 +476,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """One line saying what was scored; the per-series metrics in ``test_per_series``."""
         sums, self._test_sums = self._test_sums, {}
-        info = series_info(self._datamodule())
+        info = self._info
         if not sums or info is None or not self.trainer.is_global_zero:
             return
         import pandas as pd
@@ -536,11 +535,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         """The rolling pool; when the forecast skips the backtest, its residuals still join
         the pool first, so future intervals are calibrated up to the end of the data."""
         self._start_rolling()
-        dm = self._datamodule()
-        info = series_info(dm)
-        if self._rolling is None or info is None or info.predict != "future":
+        if self._rolling is None or self._info is None or self._info.predict != "future":
             return
-        for batch in dm.test_dataloader():
+        for batch in self._datamodule().test_dataloader():
             batch = {k: v.to(self.device) for k, v in batch.items()}
             pred = self(batch["x"], batch["series"], batch.get("future"))
             self._rolling(batch["series"], batch["end"], (pred - batch["y"]).abs())

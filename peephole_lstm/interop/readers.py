@@ -26,13 +26,8 @@ __all__ = ["read_onnx", "read_tensorflow"]
 
 def read_onnx(model_or_path: Any, *, batch_first: Optional[bool] = None) -> tuple[dict, dict[str, Tensor]]:
     """The ``PeepholeLSTM`` arguments and state dict (float64 or the file's dtype) that hold
-    the weights of the ``LSTM`` node(s) of an ONNX model.
-
-    Consecutive ``LSTM`` nodes become the layers (in graph order); ``P`` present gives
-    ``peephole="diagonal"``, absent ``"none"``. ``layout=1`` gives ``batch_first=True``.
-    Refused with a clear error: non-default activations, ``clip``, ``input_forget=1``, and
-    weights that are not initializers. ``batch_first=None`` takes it from a model written by
-    :func:`export_onnx`, else from the first node's ``layout``.
+    the weights of the ``LSTM`` node(s) of an ONNX model: what ``PeepholeLSTM.from_onnx``
+    builds from (the mapping and what is refused are documented there).
     """
     import onnx
     from onnx import numpy_helper
@@ -117,13 +112,9 @@ def read_tensorflow(
     batch_first: bool = False,
 ) -> tuple[dict, dict[str, Tensor]]:
     """The arguments and float64 state dict of a one-layer ``PeepholeLSTM`` equal to TensorFlow v1
-    ``tf.compat.v1.nn.rnn_cell.LSTMCell(num_units, use_peepholes=True)``.
-
-    TF computes ``[i, j, f, o] = concat([x, h]) @ kernel + bias`` (kernel ``(I + H, 4H)``),
-    ``c = σ(f + forget_bias + w_f_diag c_prev) c_prev + σ(i + w_i_diag c_prev) tanh(j)``,
-    ``c = clip(c, -cell_clip, cell_clip)`` when ``cell_clip`` is set,
-    ``h = σ(o + w_o_diag c) tanh(c)``: our cell with ``g = j``, ``forget_bias`` folded into
-    the forget gate's bias and the same ``cell_clip``. ``num_proj`` cells are not supported.
+    ``LSTMCell(use_peepholes=True)``: what ``PeepholeLSTM.from_tensorflow`` builds from (the
+    mapping is documented there): TF's gate blocks i, j, f, o reordered to i, f, g, o and
+    ``forget_bias`` folded into the forget gate's bias.
     """
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
     kernel, bias = as_t(kernel), as_t(bias)

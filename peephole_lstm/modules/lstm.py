@@ -405,8 +405,16 @@ class PeepholeLSTM(nn.Module):
     def from_onnx(
         cls, model_or_path, *, dtype: torch.dtype = torch.float32, batch_first: Optional[bool] = None
     ) -> "PeepholeLSTM":
-        """Import the ``LSTM`` node(s) of an ONNX model (path, bytes, file or ``ModelProto``),
-        peepholes ``P`` included. See :func:`peephole_lstm.interop.from_onnx` (needs ``onnx``)."""
+        """A ``PeepholeLSTM`` holding the weights of the ``LSTM`` node(s) of an ONNX model (path,
+        bytes, file or ``ModelProto``), peepholes ``P`` included (needs ``onnx``); also
+        ``peephole_lstm.interop.from_onnx``.
+
+        Consecutive ``LSTM`` nodes become the layers (in graph order); ``P`` present gives
+        ``peephole="diagonal"``, absent ``"none"``. ``layout=1`` gives ``batch_first=True``.
+        Refused with a clear error: non-default activations, ``clip``, ``input_forget=1``, and
+        weights that are not initializers. ``batch_first=None`` takes it from a model written by
+        ``export_onnx``, else from the first node's ``layout``.
+        """
         from ..interop.readers import read_onnx
 
         return cls._from_state(*read_onnx(model_or_path, batch_first=batch_first), dtype)
@@ -416,8 +424,16 @@ class PeepholeLSTM(nn.Module):
         cls, kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias: float = 1.0, cell_clip=None, *,
         batch_first: bool = False, dtype: torch.dtype = torch.float32,
     ) -> "PeepholeLSTM":
-        """Import TensorFlow v1 ``LSTMCell(use_peepholes=True)`` weights given as arrays.
-        See :func:`peephole_lstm.interop.from_tensorflow`."""
+        """A one-layer ``PeepholeLSTM`` equal to TensorFlow v1
+        ``tf.compat.v1.nn.rnn_cell.LSTMCell(num_units, use_peepholes=True)``, from its weights given
+        as arrays; also ``peephole_lstm.interop.from_tensorflow``.
+
+        TF computes ``[i, j, f, o] = concat([x, h]) @ kernel + bias`` (kernel ``(I + H, 4H)``),
+        ``c = σ(f + forget_bias + w_f_diag c_prev) c_prev + σ(i + w_i_diag c_prev) tanh(j)``,
+        ``c = clip(c, -cell_clip, cell_clip)`` when ``cell_clip`` is set,
+        ``h = σ(o + w_o_diag c) tanh(c)``: our cell with ``g = j``, ``forget_bias`` folded into
+        the forget gate's bias and the same ``cell_clip``. ``num_proj`` cells are not supported.
+        """
         from ..interop.readers import read_tensorflow
 
         kwargs, state = read_tensorflow(kernel, bias, w_i_diag, w_f_diag, w_o_diag, forget_bias, cell_clip,

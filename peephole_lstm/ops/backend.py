@@ -29,7 +29,7 @@ from . import build
 
 __all__ = ["BACKENDS", "build_extension", "get_backend", "set_backend", "use_cpp", "use_triton"]
 
-BACKENDS = ("auto", "cpp", "python", "triton", "reference")
+BACKENDS = tuning.KNOBS["backend"].choices  # ("auto", "cpp", "python", "triton", "reference")
 _ENV = tuning.KNOBS["backend"].env
 
 
