@@ -145,12 +145,14 @@ def test_conformal_quantile_is_the_finite_sample_one():
     assert conformal_quantiles(torch.arange(1.0, 41.0).unsqueeze(1))[:, 0].tolist() == [33.0, 39.0]  # ceil(41 lv)
 
 
+@pytest.mark.parametrize("batch", [1, 7, 60])
 @pytest.mark.parametrize("by_series", [False, True])
-def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_series(by_series):
+def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_series(by_series, batch):
     """Each window's half-widths against a brute-force pool: the validation residuals (with
     their series known: the series' own where they are enough for every level, 19 for 95%,
     else all) and, of the same series, the residuals of targets before the window's first
-    target; the 95% interval is never narrower than the 80% one."""
+    target; the 95% interval is never narrower than the 80% one. The windows come one at a
+    time or in batches that hold several windows of a series (each sees the earlier ones)."""
     from peephole_lstm.forecast.conformal import RollingCalibration
 
     rng = np.random.default_rng(0)
@@ -159,24 +161,27 @@ def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_serie
     val_series = np.repeat(np.arange(4), (19, 18, 4, 3))
     val = rng.exponential(size=(len(val_series), h)) * (1.0 + val_series[:, None])  # different noise
     roll = RollingCalibration(torch.tensor(val), levels, series=torch.tensor(val_series) if by_series else None)
-    seen = []  # (series, target row, step, residual)
     origins = {0: 100, 1: 500, 2: 900, 3: 1300}
-    for i in range(60):
+    windows = []  # (series, first target row, residuals), each series' windows in time order
+    for _ in range(60):
         s = int(rng.integers(4))
-        e = origins[s]
-        origins[s] += int(rng.integers(1, 3))  # windows of a series in time order, overlapping targets
-        res = rng.exponential(size=h)
-        res[rng.random(h) < 0.2] = np.nan  # some targets unknown
-        got = roll(torch.tensor([s]), torch.tensor([e]), torch.tensor(res[None]))[0].numpy()
+        windows.append((s, origins[s], rng.exponential(size=h)))
+        origins[s] += int(rng.integers(1, 3))  # overlapping targets
+        windows[-1][2][rng.random(h) < 0.2] = np.nan  # some targets unknown
+    got = torch.cat([roll(torch.tensor([w[0] for w in part]), torch.tensor([w[1] for w in part]),
+                          torch.tensor(np.stack([w[2] for w in part])))
+                     for part in (windows[a : a + batch] for a in range(0, len(windows), batch))]).numpy()
+    seen = []  # (series, target row, step, residual)
+    for i, (s, e, res) in enumerate(windows):
         for k in range(h):
             earlier = [r for (s2, row, k2, r) in seen if s2 == s and k2 == k and row < e]
             mine = val[val_series == s, k]
             base = mine if by_series and len(mine) >= 19 else val[:, k]
             pool = np.sort(np.r_[base, earlier])
-            assert got[1, k] >= got[0, k]
+            assert got[i, 1, k] >= got[i, 0, k]
             for j, lv in enumerate(levels):
                 want = pool[min(len(pool), int(np.ceil((len(pool) + 1) * lv))) - 1]
-                assert got[j, k] == pytest.approx(want), (i, k, lv)
+                assert got[i, j, k] == pytest.approx(want), (i, k, lv)
         seen += [(s, e + k, k, res[k]) for k in range(h) if not np.isnan(res[k])]
     assert len(seen) > 50
 

@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -38,29 +40,95 @@ class CLIError(ValueError):
     """A command that cannot do what it was asked; its message is one line for the user."""
 
 
-class ForecastWriter(BasePredictionWriter):
-    """Writes ``predict``'s forecasts (original units) to ``forecast.csv`` and a plot to
-    ``forecast.png``: per series, the recent history, the backtest on the test split and the
-    forecast of the steps after the last row, each with its 80% and 95% intervals.
+def decimals(values: np.ndarray, most: int = 6) -> Optional[int]:
+    """The decimal places the numbers ``values`` are written with (0 .. ``most``; the first
+    100,000 looked at), or None when they have more (measurements stored as floats)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)][:100_000]
+    for d in range(most + 1):
+        scaled = v * 10.0**d
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 * np.maximum(1.0, np.abs(scaled))):
+            return d
+    return None
 
-    ``forecast.csv`` has one row per series, forecast origin and step: ``kind`` is
-    ``backtest`` (``actual`` known) or ``future`` (``actual`` empty); ``lo_80``/``hi_80`` and
+
+def _sig7(v: np.ndarray) -> np.ndarray:
+    """``v`` rounded to 7 significant digits (NaN and inf as they are)."""
+    finite = np.isfinite(v) & (v != 0)
+    digits = np.zeros(v.shape, dtype=np.int64)
+    digits[finite] = 6 - np.floor(np.log10(np.abs(v[finite]))).astype(np.int64)
+    out = v.copy()
+    for d in np.unique(digits[finite]):  # one rounding per decimal exponent, not per number
+        sel = finite & (digits == d)
+        out[sel] = np.round(v[sel], int(d))
+    return out
+
+
+class ForecastWriter(BasePredictionWriter):
+    """Writes ``predict``'s forecasts (original units) to ``forecast.csv`` (or
+    ``forecast.parquet``) and a plot to ``forecast.png``: for a handful of series, the recent
+    history, the backtest on the test split and the forecast of the steps after the last row,
+    each with its 80% and 95% intervals.
+
+    The file has one row per series, forecast origin and step: ``kind`` is ``backtest``
+    (``actual`` known) or ``future`` (``actual`` empty); ``lo_80``/``hi_80`` and
     ``lo_95``/``hi_95`` bound the intervals (one pair per level of the model's
     ``interval_levels``); ``naive`` and ``snaive`` are the last value and the seasonal naive
-    forecast.
+    forecast. Numbers carry one decimal more than the data's target (integer counts: one
+    decimal, so a forecast of 0.4 units stays 0.4), or 7 significant digits where the data
+    has more than 6 decimals.
 
     Args:
         output_dir: where to write; ``None``: the run directory (``fit``) or the directory of
             the checkpoint's run (``predict``).
         history: rows of history to plot before the test split and the future (per series).
-        max_plots: series plotted in ``forecast.png`` (the CSV has every series).
+        max_plots: series plotted in ``forecast.png`` (the file has every series): all of them
+            up to this many, else the one with the most rows, the worst by test MASE (when the
+            run tested) and a seeded random draw of the others; each panel's title says which.
+        format: ``"csv"``, ``"parquet"`` or ``None``: Parquet when the data was read from a
+            Parquet file or the forecast has more than a million rows (and pyarrow is
+            installed), else CSV.
     """
 
-    def __init__(self, output_dir: Optional[str] = None, history: int = 200, max_plots: int = 6) -> None:
+    def __init__(self, output_dir: Optional[str] = None, history: int = 200, max_plots: int = 6,
+                 format: Optional[str] = None) -> None:
         super().__init__(write_interval="epoch")
+        if format not in (None, "csv", "parquet"):
+            raise ValueError(f"forecast.format must be csv, parquet or null, got {format!r}")
         self.output_dir = output_dir
         self.history = history
         self.max_plots = max_plots
+        self.format = format
+
+    @staticmethod
+    def forecast_frame(dm, cat: dict[str, torch.Tensor], level_names) -> pd.DataFrame:
+        """The forecast rows of the windows in ``cat`` (``predict_step``'s outputs,
+        concatenated), window after window, step after step."""
+        end, sid = cat["end"].numpy(), cat["series"].numpy()  # (W,)
+        W, h = cat["forecast"].shape
+        starts = np.asarray(dm.starts)
+        stop = starts[sid + 1]
+        future = end >= stop  # (W,)
+        rows = end[:, None] + np.arange(h)  # (W, h)
+        keep = (future[:, None] | (rows < stop[:, None])).ravel()  # a backtest target past the data: none
+        labels = np.asarray(dm.labels, dtype=object)
+        time = labels[np.minimum(rows, len(labels) - 1)]  # (W, h)
+        if future.any():
+            time[future] = np.array([dm.future_labels(int(s)) for s in sid[future]], dtype=object).reshape(-1, h)
+        names = np.asarray([str(n) for n in dm.series_names], dtype=object)
+        out = {
+            "series": np.repeat(names[sid], h),
+            "kind": np.repeat(np.where(future, "future", "backtest"), h),
+            "time": time.ravel(),
+            "origin": np.repeat(labels[end - 1], h),
+            "step": np.tile(np.arange(1, h + 1), W),
+        }
+        places = decimals(dm.series)
+        for key in ["forecast", *(f"{side}_{pct}" for pct in level_names for side in ("lo", "hi")), "actual", "naive",
+                    "snaive"]:
+            v = cat[key].double().numpy().ravel()
+            out[key] = np.round(v, places + 1) if places is not None else _sig7(v)
+        return pd.DataFrame(out)[keep].reset_index(drop=True)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         if not trainer.is_global_zero or not predictions:
@@ -69,53 +137,68 @@ class ForecastWriter(BasePredictionWriter):
         os.makedirs(out_dir, exist_ok=True)
         cat = {k: torch.cat([p[k] for p in predictions]).cpu() for k in predictions[0]}
         dm = trainer.datamodule
-        rows = []
-        for i, (end, s) in enumerate(zip(cat["end"].tolist(), cat["series"].tolist())):
-            stop = int(dm.starts[s + 1])
-            future = end >= stop
-            labels = dm.future_labels(s) if future else None
-            for step in range(cat["forecast"].shape[1]):
-                row = end + step
-                if not future and row >= stop:
-                    continue  # a backtest target past the data
-                rec = {
-                    "series": dm.series_names[s],
-                    "kind": "future" if future else "backtest",
-                    "time": labels[step] if future else dm.index[row],
-                    "origin": dm.index[end - 1],
-                    "step": step + 1,
-                    "forecast": float(cat["forecast"][i, step]),
-                }
-                for pct in pl_module.level_names:
-                    rec[f"lo_{pct}"] = float(cat[f"lo_{pct}"][i, step])
-                    rec[f"hi_{pct}"] = float(cat[f"hi_{pct}"][i, step])
-                rec["actual"] = float(cat["actual"][i, step])
-                rec["naive"] = float(cat["naive"][i, step])
-                rec["snaive"] = float(cat["snaive"][i, step])
-                rows.append(rec)
-        frame = pd.DataFrame(rows)
-        csv_path = os.path.join(out_dir, "forecast.csv")
-        frame.to_csv(csv_path, index=False)
+        frame = self.forecast_frame(dm, cat, pl_module.level_names)
+        fmt = self.format
+        if fmt is None:
+            source = str(getattr(dm.hparams, "csv_path", "") or "")
+            fmt = "parquet" if (source.endswith(".parquet") or len(frame) > 1_000_000) and _has_pyarrow() else "csv"
+        path = os.path.join(out_dir, f"forecast.{fmt}")
+        if fmt == "parquet":
+            frame.to_parquet(path, index=False)
+        else:
+            frame.to_csv(path, index=False)
         png_path = os.path.join(out_dir, "forecast.png")
-        plot_forecast(frame, dm, png_path, self.history, self.max_plots, pl_module.levels)
-        print(f"wrote {csv_path} and {png_path}")
+        chosen = choose_series(dm, getattr(pl_module, "test_per_series", None), self.max_plots)
+        plot_forecast(frame, dm, png_path, self.history, self.max_plots, pl_module.levels, chosen=chosen)
+        print(f"wrote {path} and {png_path}")
 
 
-def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6, levels=LEVELS) -> None:
-    """Per series: recent actuals, the one-step backtest and the future forecast, with bands:
-    the backtest's widest interval, the future's two widest."""
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_series(dm, per_series: Optional[pd.DataFrame], most: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The series ``forecast.png`` shows, each with why: every one up to ``most``; else the
+    one with the most rows, the worst by test MASE (``per_series``, when the run tested) and a
+    seeded random draw of the others."""
+    names = [str(n) for n in dm.series_names]
+    if len(names) <= most:
+        return [(n, "") for n in names]
+    chosen = [(names[int(np.argmax(np.diff(dm.starts)))], "most rows")]
+    if per_series is not None and len(per_series) and "mase" in per_series:
+        worst = str(per_series["series"].iloc[int(np.nanargmax(per_series["mase"].to_numpy()))])
+        if worst != chosen[0][0]:
+            chosen.append((worst, "worst test MASE"))
+    taken = {n for n, _ in chosen}
+    rest = [n for n in names if n not in taken]
+    pick = np.random.default_rng(seed).choice(len(rest), size=max(0, most - len(chosen)), replace=False)
+    return chosen + [(rest[int(k)], "random") for k in sorted(pick)]
+
+
+def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6, levels=LEVELS,
+                  chosen: Optional[list[tuple[str, str]]] = None) -> None:
+    """Per series (``chosen``: ``(name, why)`` pairs; default the first ``max_plots``): recent
+    actuals, the one-step backtest and the future forecast, with bands: the backtest's widest
+    interval, the future's two widest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bands = [level_name(lv) for lv in sorted(levels, reverse=True)[:2]]  # widest first
-    names = list(dict.fromkeys(frame["series"]))[:max_plots]
-    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
-        s = dm.series_names.index(name)
+    if chosen is None:
+        chosen = [(str(n), "") for n in list(dict.fromkeys(frame["series"]))[:max_plots]]
+    series_col = frame["series"].astype(str)
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 3.2 * len(chosen)), squeeze=False)
+    positions = {str(n): k for k, n in enumerate(dm.series_names)}
+    for ax, (name, why) in zip(axes[:, 0], chosen):
+        s = positions[name]
         start, stop = int(dm.starts[s]), int(dm.starts[s + 1])
-        part = frame[frame["series"] == name]
+        part = frame[series_col == name]
         back = part[(part["kind"] == "backtest") & (part["step"] == 1)]
         fut = part[part["kind"] == "future"]
         first = stop - len(back) if len(back) else stop
@@ -137,8 +220,36 @@ def plot_forecast(frame, dm, path: str, history: int = 200, max_plots: int = 6, 
         n = len(labels)
         ticks = list(range(0, n, max(1, n // 7)))
         ax.set_xticks([lo - start + t for t in ticks], [str(labels[t]) for t in ticks], rotation=15, fontsize=8)
-        ax.set_title(f"{name}: history, backtest on the test split and the next {len(fut)} step(s)", fontsize=10)
+        why = f" ({why})" if why else ""
+        ax.set_title(f"{name}{why}: history, backtest on the test split and the next {len(fut)} step(s)", fontsize=10)
         ax.legend(fontsize=8, loc="best")  # where it covers the fewest points (a falling series too)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_per_series(frame: pd.DataFrame, path: str) -> None:
+    """The per-series test metrics of a panel as two distributions instead of a panel per
+    series: each series' MASE (its MAE over its in-sample seasonal naive MAE; 1 marked) and
+    its test MSE over the seasonal naive forecast's on the same targets (below 1: better than
+    seasonal naive), with the share of series below 1 in each title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    ratio = (frame["mse"] / frame["snaive_mse"].where(frame["snaive_mse"] > 0)).to_numpy(dtype=float)
+    for ax, values, title in ((axes[0], frame["mase"].to_numpy(dtype=float), "test MASE"),
+                              (axes[1], ratio, "test MSE / seasonal naive MSE")):
+        v = values[np.isfinite(values)]
+        if len(v) == 0:
+            continue
+        ax.hist(np.clip(v, 0, np.quantile(v, 0.99)), bins=min(60, max(10, len(v) // 20)), color="tab:blue")
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_title(f"{title}: {len(v)} series, {np.mean(v < 1):.0%} below 1, median {np.median(v):.3g}",
+                     fontsize=10)
+        ax.set_ylabel("series")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -246,6 +357,7 @@ class PeepholeLSTMCLI(LightningCLI):
             cfg.forecast.output_dir = cfg.forecast.output_dir.replace("{run_dir}", run_dir)
         if self.subcommand in ("fit", "predict", "test", "validate"):
             print(f"run directory: {run_dir}")
+        self._phase_start = self.clock()
 
     # ------------------------------------------------------------- checkpoints
     def _check_checkpoint_columns(self) -> None:
@@ -263,13 +375,35 @@ class PeepholeLSTMCLI(LightningCLI):
         if state.get("SeriesDataModule") is not None:
             dm.check_columns(state["SeriesDataModule"], state.get("datamodule_hyper_parameters"))
 
+    clock = staticmethod(time.perf_counter)  # what the phase lines are timed with
+
+    def _phase(self, name: str, what: str = "") -> None:
+        """One line for a finished phase (load, fit, test, forecast) with its time, so a long
+        run on a large panel can be followed in a log; the next phase starts now."""
+        now = self.clock()
+        start = getattr(self, "_phase_start", now)
+        self._phase_start = now
+        print(f"phase {name}: {what + ', ' if what else ''}{now - start:.1f} s", flush=True)
+
+    def _loaded(self) -> None:
+        dm = self.datamodule
+        names, starts = getattr(dm, "series_names", None), getattr(dm, "starts", None)
+        what = f"{len(names)} series, {int(starts[-1])} rows" if names is not None and starts is not None else ""
+        self._phase("load", what)
+
     def before_fit(self) -> None:
+        self._loaded()
         self._check_checkpoint_columns()
 
     def before_predict(self) -> None:
+        self._loaded()
         self._check_checkpoint_columns()
 
+    def after_predict(self) -> None:
+        self._phase("forecast")
+
     def before_test(self) -> None:
+        self._loaded()
         self._check_checkpoint_columns()
 
     def before_validate(self) -> None:
@@ -282,10 +416,13 @@ class PeepholeLSTMCLI(LightningCLI):
                 return
             ckpt = self.trainer.checkpoint_callback
             ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+            self._phase("fit", f"{self.trainer.global_step} optimizer steps")
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
             self._write_per_series()
+            self._phase("test")
             self.trainer.predict(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path,
                                  return_predictions=False)
+            self._phase("forecast")
         finally:
             self._merge_metrics()
 
@@ -327,6 +464,7 @@ class PeepholeLSTMCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._write_per_series()
+        self._phase("test")
 
     def _write_per_series(self) -> None:
         frame = getattr(self.model, "test_per_series", None)
@@ -336,6 +474,10 @@ class PeepholeLSTMCLI(LightningCLI):
         path = os.path.join(self.run_dir, "metrics_per_series.csv")
         frame.to_csv(path, index=False)
         print(f"per-series test metrics: {path}")
+        if len(frame) > 1:
+            png = os.path.join(self.run_dir, "metrics_per_series.png")
+            plot_per_series(frame, png)
+            print(f"their distribution: {png}")
 
     def _warn_if_budget_ran_out(self) -> None:
         """Say so when the step/epoch budget, not early stopping, ended training."""

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..modules import PeepholeLSTM
 
-__all__ = ["PeepholeLSTMNet", "auto_lags", "ridge_ar"]
+__all__ = ["PeepholeLSTMNet", "auto_lags", "ridge_ar", "ridge_ar_groups"]
 
 
 RIDGES = tuple(10.0**k for k in range(-3, 4))  # the penalties ridge_ar chooses from
@@ -61,6 +61,42 @@ def ridge_ar(lags: Tensor, target: Tensor, ridges: tuple[float, ...] = RIDGES) -
     lam = ridges[min(range(len(ridges)), key=loo.__getitem__)]
     W = Vh.T @ ((S / (S**2 + lam))[:, None] * UtY)  # (p, horizon)
     return W.T, my - mx @ W, lam
+
+
+def ridge_ar_groups(X: Tensor, Y: Tensor, keep: Tensor, ridges: tuple[float, ...] = RIDGES
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`ridge_ar` for ``G`` independent groups at once (one batched SVD): group ``g``
+    regresses ``Y[g]`` ``(n, horizon)`` on ``X[g]`` ``(n, q)`` over the rows where ``keep[g]``
+    ``(n,)`` is true (at least 3; the other rows are padding), each with its own penalty
+    from ``ridges`` by leave-one-out error. A column that is zero in every kept row of a group
+    gets weight 0 there. Returns ``(weight (G, horizon, q), bias (G, horizon), penalty (G,))``."""
+    X, Y = X.double(), Y.double()
+    w = keep.double()[..., None]  # (G, n, 1)
+    n = w.sum(1)  # (G, 1)
+    mx, my = (X * w).sum(1) / n, (Y * w).sum(1) / n  # (G, q), (G, horizon)
+    Xc, Yc = (X - mx[:, None]) * w, (Y - my[:, None]) * w  # centred, padding rows zero
+    U, S, Vh = torch.linalg.svd(Xc, full_matrices=False)  # (G, n, r), (G, r), (G, r, q)
+    UtY = U.mT @ Yc  # (G, r, horizon)
+    lams = torch.tensor(ridges, dtype=torch.float64)
+    f = S[:, None] ** 2 / (S[:, None] ** 2 + lams[None, :, None])  # (G, L, r): each penalty's shrinkage
+    resid = Yc[:, None] - U[:, None] @ (f[..., None] * UtY[:, None])  # (G, L, n, horizon)
+    lev = (U[:, None] ** 2 * f[:, :, None]).sum(-1) + 1.0 / n[:, None]  # (G, L, n): the hat matrix's diagonal
+    loo = ((resid / (1 - lev).clamp(min=1e-9)[..., None]) ** 2 * w[:, None]).sum((2, 3)) / (n * Y.size(-1))
+    lam = lams[loo.argmin(1)]  # (G,): the first of equal errors, as ridge_ar
+    W = Vh.mT @ ((S / (S**2 + lam[:, None]))[..., None] * UtY)  # (G, q, horizon)
+    W = W * (Xc != 0).any(1)[..., None]  # (G, q, horizon): columns absent from a group weigh 0
+    return W.mT, my - (mx[:, None] @ W)[:, 0], lam
+
+
+def _groups_of(series: Tensor, num: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The rows of each of ``num`` series: ``order`` (rows sorted by series, stable), ``counts``
+    and ``first`` ``(num,)`` (where each series' rows begin in ``order``) and each sorted row's
+    position within its series."""
+    order = torch.argsort(series, stable=True)
+    counts = torch.bincount(series, minlength=num)
+    first = torch.cumsum(counts, 0) - counts  # (num,): each series' first place in order
+    pos = torch.arange(len(series)) - first.repeat_interleave(counts)
+    return order, counts, first, pos
 
 
 class PeepholeLSTMNet(nn.Module):
@@ -208,25 +244,60 @@ class PeepholeLSTMNet(nn.Module):
         def design(rows, p: int) -> Tensor:  # (n, p * (1 + nf) + horizon * nf), in the order of columns(p)
             return torch.cat([lags[rows][:, -p:].transpose(1, 2).flatten(1), known[rows]], 1)
 
-        weight = torch.zeros(S * h, self.ar.in_features, dtype=torch.float64)
-        bias = torch.zeros(S * h, dtype=torch.float64)
-        penalties = []
-        pooled: dict[int, tuple[Tensor, Tensor, float]] = {}  # p -> the fit of every row on p lags
-        for s in range(S):
-            rows = slice(None) if S == 1 else series == s
-            p = A if lags_per_series is None else int(lags_per_series[s])
+        weight = torch.zeros(S, h, self.ar.in_features, dtype=torch.float64)
+        bias = torch.zeros(S, h, dtype=torch.float64)
+        penalty = torch.zeros(S, dtype=torch.float64)
+        p_of = torch.full((S,), A, dtype=torch.long) if lags_per_series is None else torch.tensor(
+            [int(p) for p in lags_per_series], dtype=torch.long)
+        if len(p_of) != S:
+            raise ValueError(f"lags_per_series needs one number per series ({S}), got {len(p_of)}")
+        for s, p in enumerate(p_of.tolist()):
             if not 1 <= p <= A:
                 raise ValueError(f"lags_per_series[{s}] = {p} is not in 1 .. ar_window ({A})")
-            X, Y = design(rows, p), target[rows]
-            if len(X) >= 3:
-                W, b, lam = ridge_ar(X, Y)  # (h, p * (1 + nf) + h * nf), (h,)
-            else:  # too few windows of its own: the fit of every row, on its own lags (the ones its windows hold)
+        if S == 1:
+            p = int(p_of[0])
+            W, b, lam = ridge_ar(design(slice(None), p), target)  # (h, p * (1 + nf) + h * nf), (h,)
+            weight[0][:, columns(p)], bias[0], penalty[0] = W, b, lam
+        else:
+            sid = series.to(torch.long)
+            order, counts, first, pos = _groups_of(sid, S)
+            # the full design, every lag of every channel; the lags older than a series' own
+            # count are zeroed (ridge_ar_groups gives such columns weight 0)
+            X = torch.cat([lags.transpose(1, 2).flatten(1), known], 1).double()  # (N, in_features)
+            age = torch.arange(A).repeat(1 + nf)  # (A * (1 + nf),): the lag's place, oldest 0
+            old = torch.cat([age, torch.full((self.ar.in_features - len(age),), A)])[None] < (A - p_of[sid])[:, None]
+            X = X.masked_fill(old, 0.0)
+            own = (counts >= 3).nonzero().flatten().tolist()
+            # groups in chunks of ~4M padded design entries: the batched SVD's memory stays bounded
+            n_max = int(counts.max())
+            chunk = max(1, (1 << 22) // max(1, n_max * max(self.ar.in_features, len(RIDGES) * h)))
+            for k in range(0, len(own), chunk):
+                g = torch.tensor(own[k : k + chunk])  # (G,) series, ascending: their rows are one range of order
+                span = torch.arange(int(first[g[0]]), int(first[g[-1]] + counts[g[-1]]))
+                rows = span[torch.isin(sid[order[span]], g)]  # places in order (series between with < 3 rows out)
+                local = torch.searchsorted(g, sid[order[rows]])  # (n_rows,): the group of each row
+                Xg = torch.zeros(len(g), n_max, X.size(1), dtype=torch.float64)
+                Yg = torch.zeros(len(g), n_max, h, dtype=torch.float64)
+                keep = torch.zeros(len(g), n_max, dtype=torch.bool)
+                src = order[rows]
+                Xg[local, pos[rows]] = X[src]
+                Yg[local, pos[rows]] = target[src].double()
+                keep[local, pos[rows]] = True
+                keep &= torch.isfinite(Xg).all(-1) & torch.isfinite(Yg).all(-1)  # rows with a NaN are left out
+                few = (keep.sum(1) < 3).nonzero().flatten()
+                if len(few):
+                    raise ValueError("the autoregressive term needs at least 3 complete training windows, got "
+                                     f"{int(keep[few[0]].sum())} for series {int(g[few[0]])}")
+                W, b, lam = ridge_ar_groups(torch.nan_to_num(Xg), torch.nan_to_num(Yg), keep)
+                weight[g], bias[g], penalty[g] = W, b, lam
+            pooled: dict[int, tuple[Tensor, Tensor, float]] = {}  # p -> the fit of every row on p lags
+            for s in (counts < 3).nonzero().flatten().tolist():  # too few windows of its own: the pooled fit
+                p = int(p_of[s])
                 if p not in pooled:
                     pooled[p] = ridge_ar(design(slice(None), p), target)
                 W, b, lam = pooled[p]
-            weight[s * h : (s + 1) * h, columns(p)] = W
-            bias[s * h : (s + 1) * h] = b
-            penalties.append(lam)
+                weight[s][:, columns(p)], bias[s], penalty[s] = W, b, lam
+        weight, bias, penalties = weight.flatten(0, 1), bias.flatten(), penalty.tolist()
         self.ar.weight.copy_(weight)
         self.ar.bias.copy_(bias)
         return penalties
@@ -282,10 +353,12 @@ class PeepholeLSTMNet(nn.Module):
             if self.future_size:
                 past = x[:, -self.ar_window :, -self.future_size :].transpose(1, 2).flatten(1)  # (N, nf * ar_window)
                 lags = torch.cat([lags, past, known.to(lags)], dim=-1)  # (N, ar_window * (1 + nf) + horizon * nf)
-            ar = self.ar(lags)  # (N, series * horizon)
-            if self.ar_series > 1:
+            if self.ar_series > 1:  # each window's own term, gathered: the cost is the batch's, not the panel's
                 h = out.size(1)
-                idx = series.to(device=ar.device, dtype=torch.long).view(-1, 1, 1).expand(-1, 1, h)  # (N, 1, h)
-                ar = ar.view(len(ar), self.ar_series, h).gather(1, idx).squeeze(1)  # (N, horizon)
+                sid = series.to(device=lags.device, dtype=torch.long)
+                w = self.ar.weight.view(self.ar_series, h, -1)[sid]  # (N, horizon, in_features)
+                ar = (w @ lags.to(w.dtype)[:, :, None])[..., 0] + self.ar.bias.view(self.ar_series, h)[sid]  # (N, h)
+            else:
+                ar = self.ar(lags)  # (N, horizon)
             out = out + ar
         return out

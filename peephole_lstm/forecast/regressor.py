@@ -7,6 +7,7 @@ import os
 from typing import Literal, Optional, Union
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -255,7 +256,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
                     net.lstm_window = window if lags > window else 0
                 self.hparams.ar_window = lags  # checkpoints carry the number: they load without the data
             if stage == "fit" and dm is not None:
-                self._fit_ar(dm.train_dataloader())
+                # every training window once, in order (a data module that offers windows(split)
+                # gathers them in large batches); else its training batches
+                windows = getattr(dm, "windows", None)
+                self._fit_ar(windows("train") if callable(windows) else dm.train_dataloader())
             # no data module: fitted in on_train_start from the trainer's training batches
         if stage == "fit" and dm is not None:
             self._prepared = True
@@ -431,7 +435,26 @@ class PeepholeLSTMRegressor(L.LightningModule):
         for k, pct in enumerate(self.level_names):  # in-sample: near the level by construction
             self.log(f"val_coverage_{pct}", (residuals <= self.interval_q[k]).float().mean())
 
+    @torch.no_grad()
+    def _calibrate_on_every_validation_window(self) -> None:
+        """Where validation checks scored a sample (``SeriesInfo.val_sampled``: a large panel),
+        the intervals' pool becomes every validation window's residual under the weights in
+        use, in one forward pass, as if the checks had scored them all."""
+        dm = self._datamodule()
+        if self._info is None or not self._info.val_sampled or not callable(getattr(dm, "windows", None)):
+            return
+        residuals, series = [], []
+        for batch in dm.windows("val"):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            pred = self(batch["x"], batch["series"], batch.get("future"))
+            residuals.append((pred - batch["y"]).abs().float().cpu())
+            series.append(batch["series"].cpu())
+        if residuals:
+            self._calibration, self._calibration_series = torch.cat(residuals), torch.cat(series)
+            self.interval_q.copy_(conformal_quantiles(self._calibration, self.levels).to(self.interval_q))
+
     def _start_rolling(self) -> None:
+        self._calibrate_on_every_validation_window()
         self._rolling = (RollingCalibration(self._calibration, self.levels, series=self._calibration_series)
                          if self._calibration is not None else None)
 
@@ -481,29 +504,26 @@ class PeepholeLSTMRegressor(L.LightningModule):
             return
         import pandas as pd
 
-        n = sums["n"].clamp(min=1)
-        labels = info.labels
-        rows = []
-        for s, name in enumerate(info.series_names):
-            if sums["n"][s] == 0:
-                continue
-            row = {
-                "series": name,
-                "targets": int(sums["n"][s]),
-                "first": labels[int(sums["first"][s])],
-                "last": labels[int(sums["last"][s])],
-                "mse": float(sums["se"][s] / n[s]),
-                "mae": float(sums["ae"][s] / n[s]),
-                "naive_mse": float(sums["naive_se"][s] / n[s]),
-                "snaive_mse": float(sums["snaive_se"][s] / n[s]),
-                "mase": float(sums["scaled_ae"][s] / n[s]),
-                "smape": float(sums["sape"][s] / n[s]),
-            }
-            if self._rolling is not None or not torch.isnan(self.interval_q).any():
-                row.update({f"coverage_{pct}": float(sums[f"in_{pct}"][s] / n[s]) for pct in self.level_names})
-                row.update({f"msis_{pct}": float(sums[f"is_{pct}"][s] / n[s]) for pct in self.level_names})
-            rows.append(row)
-        frame = pd.DataFrame(rows)
+        n = sums["n"].clamp(min=1).numpy()
+        scored = np.flatnonzero(sums["n"].numpy() > 0)  # the series with test targets
+        labels = np.asarray(info.labels, dtype=object)
+        names = np.asarray([str(v) for v in info.series_names], dtype=object)
+
+        def mean(key: str) -> np.ndarray:
+            return (sums[key].numpy() / n)[scored]
+
+        cols = {
+            "series": names[scored],
+            "targets": sums["n"].numpy()[scored].astype(np.int64),
+            "first": labels[sums["first"].numpy()[scored].astype(np.int64)],
+            "last": labels[sums["last"].numpy()[scored].astype(np.int64)],
+            "mse": mean("se"), "mae": mean("ae"), "naive_mse": mean("naive_se"), "snaive_mse": mean("snaive_se"),
+            "mase": mean("scaled_ae"), "smape": mean("sape"),
+        }
+        if self._rolling is not None or not torch.isnan(self.interval_q).any():
+            cols.update({f"coverage_{pct}": mean(f"in_{pct}") for pct in self.level_names})
+            cols.update({f"msis_{pct}": mean(f"is_{pct}") for pct in self.level_names})
+        frame = pd.DataFrame(cols)
         self.test_per_series = frame
         total = int(frame["targets"].sum())
         span = f"{frame['first'].min()} .. {frame['last'].max()}" if len(frame) == 1 else (

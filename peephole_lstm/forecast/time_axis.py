@@ -119,7 +119,10 @@ def find_time_column(frame: pd.DataFrame, exclude=(), id_column: Optional[str] =
 
 
 def sortable(col: pd.Series) -> pd.Series:
-    """A time column as something that sorts in time: numbers, else dates, else the strings."""
+    """A time column as something that sorts in time: dates stored as dates (a Parquet
+    column), else numbers, else dates written as text, else the strings."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col
     num = pd.to_numeric(col, errors="coerce")
     if num.notna().all():
         return num
