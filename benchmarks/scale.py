@@ -132,7 +132,7 @@ def theirs(path: str, steps: int, test_rows: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--series", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--series", type=int, nargs="*", default=[100, 1000, 10000])
     ap.add_argument("--rows", type=int, default=365)
     ap.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
                     help="also 1,000 series x 5,000 rows")

@@ -36,6 +36,9 @@ from .regressor import PeepholeLSTMRegressor
 __all__ = ["ForecastWriter", "PeepholeLSTMCLI", "main"]
 
 
+_RUN_DIR_ENV = "_PEEPHOLE_LSTM_RUN_DIR"  # internal: rank 0's run directory, for the other DDP processes
+
+
 class CLIError(ValueError):
     """A command that cannot do what it was asked; its message is one line for the user."""
 
@@ -47,7 +50,7 @@ def decimals(values: np.ndarray, most: int = 6) -> Optional[int]:
     v = v[np.isfinite(v)][:100_000]
     for d in range(most + 1):
         scaled = v * 10.0**d
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 * np.maximum(1.0, np.abs(scaled))):
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
             return d
     return None
 
@@ -307,6 +310,10 @@ class PeepholeLSTMCLI(LightningCLI):
         trainer = cfg.trainer
         if not sys.stdout.isatty():
             trainer.enable_progress_bar = False  # no carriage-return bars in logs and files
+        # SeriesDataModule shards the training windows across DDP processes itself and gives each
+        # process every validation, test and forecast window (whole series in time order: the
+        # rolling intervals and the per-series metrics need them), so Lightning adds no sampler
+        trainer.use_distributed_sampler = False
         run_dir = cfg.get("run_dir")
         ckpt = cfg.get("ckpt_path")
         data = cfg.data
@@ -321,6 +328,8 @@ class PeepholeLSTMCLI(LightningCLI):
                 + (f", e.g. --ckpt_path {hint} (the latest fit of this data)" if hint and os.path.isfile(hint) else
                    f"; there is no fit of this data under {root} yet: run peephole-lstm fit first")
             )
+        if run_dir is None and os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(_RUN_DIR_ENV):
+            run_dir = os.environ[_RUN_DIR_ENV]  # a DDP process Lightning started: rank 0's run directory
         if run_dir is None:
             if self.subcommand == "fit":
                 resume = ckpt == "last" and _latest_version(root)
@@ -330,6 +339,7 @@ class PeepholeLSTMCLI(LightningCLI):
             else:
                 run_dir = _latest_version(root) or _next_version(root)
         self.run_dir = run_dir
+        os.environ[_RUN_DIR_ENV] = run_dir  # what the DDP processes Lightning starts inherit (main() removes it)
         trainer.default_root_dir = run_dir
         # "{run_dir}" in a logger's or callback's string argument (configs/default.yaml) is this
         # run's; predict, test and validate log into <run_dir>/<subcommand>, so that they leave
@@ -541,6 +551,8 @@ def main(args: Optional[list[str]] = None) -> None:
             raise SystemExit(2) from None
         finally:
             rank_zero_log.removeFilter(_no_tips)
+            if os.environ.get("LOCAL_RANK", "0") == "0":
+                os.environ.pop(_RUN_DIR_ENV, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

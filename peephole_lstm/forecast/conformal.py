@@ -108,10 +108,12 @@ class RollingCalibration:
                 own = torch.full((len(mine), int(self.own_n.max()), self.horizon), math.inf, dtype=torch.float64)
                 own[sid, pos] = cal_own
                 self.own = own.sort(dim=1).values.transpose(1, 2).contiguous()  # (S_own, horizon, n_max)
-        # the residuals scored so far: per series, one slot per window observed
+        # the residuals scored so far, per series and step sorted by value, with their target rows
         self.seen = torch.zeros(0, dtype=torch.long)  # (S,) windows observed per series
-        self.res = torch.zeros(0, self.horizon, 0, dtype=torch.float64)  # (S, horizon, cap)
-        self.rows = torch.zeros(0, self.horizon, 0, dtype=torch.long)  # (S, horizon, cap): target rows
+        self.res = torch.zeros(0, self.horizon, 0, dtype=torch.float64)  # (S, horizon, cap), inf padded
+        self.rows = torch.zeros(0, self.horizon, 0, dtype=torch.long)  # (S, horizon, cap), NEVER padded
+
+    NEVER = torch.iinfo(torch.long).max  # the target row of a residual that is never known (NaN, padding)
 
     def _grow(self, series: int, cap: int) -> None:
         """Room for ``series`` series and ``cap`` windows each."""
@@ -119,15 +121,15 @@ class RollingCalibration:
         if series <= S and cap <= C:
             return
         S2, C2 = max(S, series), max(C, cap, 2 * C if cap > C else C)
-        res = torch.zeros(S2, self.horizon, C2, dtype=torch.float64)
-        rows = torch.full((S2, self.horizon, C2), torch.iinfo(torch.long).max, dtype=torch.long)  # never known
+        res = torch.full((S2, self.horizon, C2), math.inf, dtype=torch.float64)
+        rows = torch.full((S2, self.horizon, C2), self.NEVER, dtype=torch.long)
         res[:S, :, :C], rows[:S, :, :C] = self.res, self.rows
         self.res, self.rows = res, rows
         self.seen = torch.cat([self.seen, torch.zeros(S2 - S, dtype=torch.long)])
 
     def _observe(self, s: Tensor, e: Tensor, residual: Tensor) -> None:
         """The windows' absolute scaled residuals ``(B, horizon)`` join their series' pools
-        (NaN: no target, never known)."""
+        (NaN: no target, never known), which stay sorted by value."""
         order = torch.argsort(s, stable=True)
         counts = torch.bincount(s)
         rank = torch.empty_like(s)
@@ -136,10 +138,14 @@ class RollingCalibration:
         slot = self.seen[s] + rank  # (B,)
         self._grow(0, int(slot.max()) + 1)
         steps = torch.arange(self.horizon)
-        row = torch.where(torch.isnan(residual), torch.iinfo(torch.long).max, e[:, None] + steps)  # (B, horizon)
-        self.res[s[:, None], steps, slot[:, None]] = torch.nan_to_num(residual, nan=0.0)
-        self.rows[s[:, None], steps, slot[:, None]] = row
+        unknown = torch.isnan(residual)
+        self.res[s[:, None], steps, slot[:, None]] = torch.where(unknown, math.inf, residual)
+        self.rows[s[:, None], steps, slot[:, None]] = torch.where(unknown, self.NEVER, e[:, None] + steps)
         self.seen.index_add_(0, s, torch.ones_like(s))
+        u = torch.unique(s)  # re-sort the pools that grew (the batch's series only)
+        by = self.res[u].argsort(dim=-1, stable=True)
+        self.res[u] = self.res[u].gather(-1, by)
+        self.rows[u] = self.rows[u].gather(-1, by)
 
     def __call__(self, series: Tensor, first_target: Tensor, residual: Tensor) -> Tensor:
         """A batch in order: ``(B, len(levels), horizon)`` half-widths of windows of ``series``
@@ -149,37 +155,57 @@ class RollingCalibration:
         s = series.detach().cpu().long()
         e = first_target.detach().cpu().long()
         res = residual.detach().double().cpu()
+        L = len(self.levels)
         if len(s) == 0:
-            return torch.zeros(0, len(self.levels), self.horizon, dtype=residual.dtype, device=residual.device)
+            return torch.zeros(0, L, self.horizon, dtype=residual.dtype, device=residual.device)
         # a window's own targets are at rows >= e, so adding the batch first hides them from it,
         # and of the batch's other windows it sees exactly the targets before its first one
         self._observe(s, e, res)
-        known = self.rows[s] < e[:, None, None]  # (B, horizon, cap)
-        extra = torch.where(known, self.res[s], math.inf).sort(dim=-1).values  # (B, horizon, cap), sorted
-        m = known.sum(-1)  # (B, horizon)
-        own = self.own_of[s.clamp(max=len(self.own_of) - 1)] if len(self.own_of) else torch.full_like(s, -1)
-        own = torch.where(s < len(self.own_of), own, -1)  # (B,)
-        has = own >= 0
-        n_a = torch.where(has[:, None], self.own_n[own.clamp(min=0)][:, None] if len(self.own_n) else 0,
-                          self.base.shape[1])  # (B, 1)
-        n_a = n_a.expand(-1, self.horizon)  # (B, horizon)
+        known = self.rows[s] < e[:, None, None]  # (B, horizon, cap): sorted by value, known ones marked
+        vals = self.res[s]
+        cnt = known.cumsum(-1)  # (B, horizon, cap): known values up to each place
+        m = cnt[..., -1]  # (B, horizon)
+        own = torch.full_like(s, -1)
+        if len(self.own_of):
+            inside = s < len(self.own_of)
+            own[inside] = self.own_of[s[inside]]
+        has = own >= 0  # (B,): the series' own validation pool, else everyone's
+        n_a = torch.where(has, self.own_n[own.clamp(min=0)] if len(self.own_n) else 0, self.base.shape[1])
+        n_a = n_a[:, None].expand(-1, self.horizon)  # (B, horizon)
         r = _ranks(n_a + m, self.levels)  # (B, horizon, L)
-        # the r-th smallest of the union of two sorted lists: the least, over the splits (i from
-        # extra, r - i from the base), of the larger of the two last elements taken
-        i = torch.arange(extra.shape[-1] + 1)  # (cap + 1,)
-        take_a = r[..., None] - i  # (B, horizon, L, cap + 1)
-        ok = (i <= m[..., None, None]) & (take_a >= 0) & (take_a <= n_a[..., None, None])
-        ext = torch.cat([torch.full_like(extra[..., :1], -math.inf), extra], -1)  # (B, horizon, cap + 1)
-        from_b = ext[:, :, None].expand(-1, -1, len(self.levels), -1)
-        a_idx = (take_a - 1).clamp(min=0)
-        steps = torch.arange(self.horizon)[None, :, None, None]
-        glob = self.base[steps, a_idx.clamp(max=max(self.base.shape[1] - 1, 0))] if self.base.shape[1] else \
-            torch.full(a_idx.shape, math.inf, dtype=torch.float64)
-        if has.any():
-            mine = self.own[own.clamp(min=0)[:, None, None, None], steps, a_idx.clamp(max=self.own.shape[2] - 1)]
-            glob = torch.where(has[:, None, None, None], mine, glob)
-        from_a = torch.where(take_a > 0, glob, -math.inf)
-        cand = torch.where(ok, torch.maximum(from_a, from_b), math.inf)
-        out = cand.min(-1).values  # (B, horizon, L)
-        out = torch.where(r > 0, out, math.nan).transpose(1, 2)  # (B, L, horizon)
+        steps = torch.arange(self.horizon)[None, :, None]
+        n_a3, m3 = n_a[..., None].expand_as(r), m[..., None].expand_as(r)
+
+        def from_known(i: Tensor) -> Tensor:  # the i-th smallest known residual (1-based; 0: -inf)
+            p = torch.searchsorted(cnt, i.clamp(min=1), side="left").clamp(max=cnt.shape[-1] - 1)
+            return torch.where(i > 0, vals.gather(-1, p), -math.inf)
+
+        def from_base(j: Tensor) -> Tensor:  # the j-th smallest validation residual (1-based; 0: -inf)
+            idx = (j - 1).clamp(min=0)
+            glob = (self.base[steps.expand_as(j), idx.clamp(max=self.base.shape[1] - 1)] if self.base.shape[1]
+                    else torch.full(j.shape, math.inf, dtype=torch.float64))
+            if has.any():
+                mine = self.own[own.clamp(min=0)[:, None, None].expand_as(j), steps.expand_as(j),
+                                idx.clamp(max=self.own.shape[2] - 1)]
+                glob = torch.where(has[:, None, None], mine, glob)
+            return torch.where(j > 0, glob, -math.inf)
+
+        # the r-th smallest of the union of the two sorted lists: min over the splits i (i from the
+        # known, r - i from the base) of the larger last element; that is falling, then rising in
+        # i, so a binary search finds the first i whose known element is not below the base's
+        lo = (r - n_a3).clamp(min=0)
+        hi = torch.minimum(m3, r)
+        a, b = lo.clone(), hi + 1  # the first i in [lo, hi] with from_known(i) >= from_base(r - i), else hi + 1
+        while bool((a < b).any()):
+            mid = (a + b) // 2
+            up = from_known(mid) >= from_base(r - mid)
+            go = a < b
+            b = torch.where(go & up, mid, b)
+            a = torch.where(go & ~up, mid + 1, a)
+        best = torch.full(r.shape, math.inf, dtype=torch.float64)
+        for i in (a, a - 1):
+            ok = (i >= lo) & (i <= hi)
+            g = torch.maximum(from_known(i), from_base(r - i))
+            best = torch.where(ok, torch.minimum(best, g), best)
+        out = torch.where(r > 0, best, math.nan).transpose(1, 2)  # (B, L, horizon)
         return out.to(dtype=residual.dtype, device=residual.device)

@@ -5,6 +5,7 @@ windows past the last row. Reading the file is :mod:`.reading`'s job, the rows a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -211,7 +212,7 @@ class SeriesDataModule(L.LightningDataModule):
         predict: Optional[str] = None,
         balance: bool = False,
         calendar: bool = False,
-        eval_batch_size: int = 1024,
+        eval_batch_size: int = 4096,
         val_windows: Optional[int] = 20_000,
     ) -> None:
         super().__init__()
@@ -503,11 +504,15 @@ class SeriesDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> WindowDataset:
         return WindowDataset(self.store, self.ends[split], self.sids[split], self.spec)
 
-    def windows(self, split: str, batch_size: int = 8192) -> Iterator[dict[str, torch.Tensor]]:
+    def windows(self, split: str, batch_size: int = 8192, context: Optional[int] = None
+                ) -> Iterator[dict[str, torch.Tensor]]:
         """Every window of ``split`` (``"train"``, ``"val"``, ``"test"``, ``"future"``) once, in
-        order, in batches of ``batch_size`` gathered in one step each: what the AR term's fit
-        reads."""
+        order, in batches of ``batch_size`` gathered in one step each (what the AR term's fit
+        and the intervals' calibration read); ``context``: only the last that many input rows
+        (``x``), e.g. the AR term's lags."""
         ds = self.dataset(split)
+        if context is not None:
+            ds = WindowDataset(ds.store, ds.ends, ds.sids, dataclasses.replace(ds.spec, context=int(context)))
         for a in range(0, len(ds), batch_size):
             yield ds.batch(range(a, min(a + batch_size, len(ds))))
 

@@ -80,7 +80,7 @@ def ridge_ar_groups(X: Tensor, Y: Tensor, keep: Tensor, ridges: tuple[float, ...
     lams = torch.tensor(ridges, dtype=torch.float64)
     f = S[:, None] ** 2 / (S[:, None] ** 2 + lams[None, :, None])  # (G, L, r): each penalty's shrinkage
     resid = Yc[:, None] - U[:, None] @ (f[..., None] * UtY[:, None])  # (G, L, n, horizon)
-    lev = (U[:, None] ** 2 * f[:, :, None]).sum(-1) + 1.0 / n[:, None]  # (G, L, n): the hat matrix's diagonal
+    lev = ((U**2) @ f.mT).mT + 1.0 / n[:, None]  # (G, L, n): the hat matrix's diagonal
     loo = ((resid / (1 - lev).clamp(min=1e-9)[..., None]) ** 2 * w[:, None]).sum((2, 3)) / (n * Y.size(-1))
     lam = lams[loo.argmin(1)]  # (G,): the first of equal errors, as ridge_ar
     W = Vh.mT @ ((S / (S**2 + lam[:, None]))[..., None] * UtY)  # (G, q, horizon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Literal, Optional, Union
@@ -177,6 +178,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self._calibration: Optional[Tensor] = None  # (n, horizon): the last validation's residuals
         self._calibration_series: Optional[Tensor] = None  # (n,): their series
         self._rolling: Optional[RollingCalibration] = None  # during test / predict
+        # (weights' digest, residuals, series): every validation window's residual (val_sampled)
+        self._full_calibration: Optional[tuple[str, Tensor, Tensor]] = None
+        self._tested: Optional[tuple[str, RollingCalibration]] = None  # the pool after a test, and its weights
         self._prepared = False  # the data-dependent parts are built (and the AR term fitted)
         self._data_state = None  # a loaded checkpoint's data-module state (its scalers)
         self._ar_lags: Optional[list[int]] = None  # per series: its AR term's lags (resolved in setup)
@@ -259,7 +263,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 # every training window once, in order (a data module that offers windows(split)
                 # gathers them in large batches); else its training batches
                 windows = getattr(dm, "windows", None)
-                self._fit_ar(windows("train") if callable(windows) else dm.train_dataloader())
+                lags = self.net.ar_window  # the rows the fit reads
+                self._fit_ar(windows("train", context=lags) if callable(windows) else dm.train_dataloader())
             # no data module: fitted in on_train_start from the trainer's training batches
         if stage == "fit" and dm is not None:
             self._prepared = True
@@ -288,6 +293,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu(), sid, self._ar_lags, known)
         for net in self.nets[1:]:  # the same fit for every member
             net.ar.load_state_dict(self.net.ar.state_dict())
+        for net in self.nets:  # fixed from now on (before DDP wraps the model: it then takes no gradient)
+            net.ar.requires_grad_(False)
 
     def on_train_start(self) -> None:
         if self.net.ar is not None and not self._prepared:  # fit without a data module
@@ -415,9 +422,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         residuals = torch.cat(self._val_residuals)  # (n, horizon), scaled units
         series = torch.cat(self._val_series)  # (n,)
         self._val_residuals, self._val_series = [], []
-        if self.trainer.world_size > 1:
-            residuals = self.all_gather(residuals).flatten(0, 1)
-            series = self.all_gather(series).flatten(0, 1)
+        # (under DDP every process scores every validation window: SeriesDataModule shards the
+        # training windows only, so nothing is gathered)
         if self._panel():
             # Each series counts once (the mean of the series' validation MSEs in scaled
             # units), so early stopping and the best checkpoint serve every series, not the
@@ -443,6 +449,11 @@ class PeepholeLSTMRegressor(L.LightningModule):
         dm = self._datamodule()
         if self._info is None or not self._info.val_sampled or not callable(getattr(dm, "windows", None)):
             return
+        digest = self._weights_digest()
+        if self._full_calibration is not None and self._full_calibration[0] == digest:  # test, then predict
+            _, self._calibration, self._calibration_series = self._full_calibration
+            self.interval_q.copy_(conformal_quantiles(self._calibration, self.levels).to(self.interval_q))
+            return
         residuals, series = [], []
         for batch in dm.windows("val"):
             batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -452,6 +463,17 @@ class PeepholeLSTMRegressor(L.LightningModule):
         if residuals:
             self._calibration, self._calibration_series = torch.cat(residuals), torch.cat(series)
             self.interval_q.copy_(conformal_quantiles(self._calibration, self.levels).to(self.interval_q))
+            self._full_calibration = (digest, self._calibration, self._calibration_series)
+
+    def _weights_digest(self) -> str:
+        """A digest of every parameter and the data module's identity: equal weights on the same
+        data, equal forecasts (what the caches of a test followed by a forecast of the same
+        checkpoint key on)."""
+        h = hashlib.sha1(str(id(self._datamodule())).encode())
+        for name, p in self.named_parameters():
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def _start_rolling(self) -> None:
         self._calibrate_on_every_validation_window()
@@ -499,6 +521,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """One line saying what was scored; the per-series metrics in ``test_per_series``."""
         sums, self._test_sums = self._test_sums, {}
+        self._tested = (self._weights_digest(), self._rolling) if self._rolling is not None else None
         info = self._info
         if not sums or info is None or not self.trainer.is_global_zero:
             return
@@ -556,6 +579,9 @@ class PeepholeLSTMRegressor(L.LightningModule):
         the pool first, so future intervals are calibrated up to the end of the data."""
         self._start_rolling()
         if self._rolling is None or self._info is None or self._info.predict != "future":
+            return
+        if self._tested is not None and self._tested[0] == self._weights_digest():
+            self._rolling = self._tested[1]  # a test of these weights left the pool this pass would
             return
         for batch in self._datamodule().test_dataloader():
             batch = {k: v.to(self.device) for k, v in batch.items()}

@@ -253,7 +253,12 @@ def as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class EpochSeededSampler(Sampler[int]):
     """A shuffling sampler whose order depends only on ``seed`` and the epoch (Lightning
     calls ``set_epoch``), so a run resumed from a checkpoint sees the same batches as an
-    uninterrupted one, whatever the global RNG did in between."""
+    uninterrupted one, whatever the global RNG did in between.
+
+    Under ``torch.distributed`` (DDP) each of the ``W`` processes takes every ``W``-th index of
+    the one epoch order, from its rank (the order padded by its first indices to a multiple of
+    ``W``, so every process runs the same number of steps): together one epoch of the data,
+    as one process sees it."""
 
     def __init__(self, n: int, seed: int, weights: Optional[torch.Tensor] = None) -> None:
         self.n = n
@@ -264,11 +269,25 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @staticmethod
+    def _shard() -> tuple[int, int]:
+        """(rank, world size) of this process (0, 1 without torch.distributed)."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.n
+        _, world = self._shard()
+        return -(-self.n // world)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         if self.weights is not None:
-            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
-        return iter(torch.randperm(self.n, generator=g).tolist())
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(self.n, generator=g)
+        rank, world = self._shard()
+        if world > 1:
+            order = torch.cat([order, order[: len(self) * world - self.n]])[rank::world]
+        return iter(order.tolist())
