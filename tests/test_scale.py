@@ -176,4 +176,5 @@ def test_parquet_in_parquet_out_and_one_line_per_phase(tmp_path, monkeypatch, ca
     assert set(frame["kind"]) == {"backtest", "future"} and (frame["step"].max() == 2)
     assert (tmp_path / "run" / "metrics_per_series.png").exists()
     back = frame[frame["kind"] == "backtest"]
-    assert (back["forecast"] * 1e4 == (back["forecast"] * 1e4).round()).all()  # 3 decimals in the data: 4 here
+    assert np.allclose(back["forecast"] * 1e4, (back["forecast"] * 1e4).round(), rtol=0, atol=1e-6)  # 3 decimals: 4
+    assert not np.allclose(back["forecast"] * 1e3, (back["forecast"] * 1e3).round(), rtol=0, atol=1e-6)
