@@ -21,6 +21,7 @@ over the same targets as ours.
     python benchmarks/scale.py                       # 100, 1,000, 10,000 series x 365 rows and 1,000 x 5,000
     python benchmarks/scale.py --series 100000 --rows 120 --no-nf
     python benchmarks/scale.py --series 2000 --steps 200 --format csv
+    python benchmarks/scale.py --step-time           # one training step at 100 and 100,000 series
 """
 
 from __future__ import annotations
@@ -130,6 +131,36 @@ def theirs(path: str, steps: int, test_rows: int) -> dict:
     return {"wall": res["wall"], "rss": res["rss"], **json.loads(line)}
 
 
+def step_time(series: int, rows: int, steps: int = 80) -> float:
+    """Median wall time of one training step (batch, forward, backward, Adam; after 20 warm-up
+    steps) of the default model on a panel of ``series`` series, in this process."""
+    import lightning as L
+
+    from peephole_lstm import PeepholeLSTMRegressor, SeriesDataModule
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.t = 0.0
+
+        def on_train_batch_start(self, *args) -> None:
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, *args) -> None:
+            self.times.append(time.perf_counter() - self.t)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "panel.parquet")
+        panel(series, rows).to_parquet(path, index=False)
+        dm = SeriesDataModule(path, id_column="id", window=WINDOW, horizon=HORIZON, batch_size=BATCH)
+    model = PeepholeLSTMRegressor(input_size=1, hidden_size=32, num_layers=2, dropout=0.1, horizon=HORIZON, lr=0.003,
+                                  ar_window="auto", series_embedding=4)
+    clock = Clock()
+    L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[clock]).fit(model, datamodule=dm)
+    return float(np.median(clock.times[20:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, nargs="*", default=[100, 1000, 10000])
@@ -139,10 +170,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--nf", action=argparse.BooleanOptionalAction, default=True, help="run neuralforecast too")
     ap.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    ap.add_argument("--step-time", action="store_true",
+                    help="only the training step's time at 100 and 100,000 series (120 rows)")
     ap.add_argument("--nf-job", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.nf_job:
         nf_job(*args.nf_job)
+        return
+    if args.step_time:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        print(f"# {cpu_model()}: median training step (batch {BATCH}, window {WINDOW}, horizon {HORIZON})")
+        times = {s: step_time(s, 120) for s in (100, 100_000)}
+        for s, t in times.items():
+            print(f"{s:>7} series: {t * 1e3:6.2f} ms")
+        print(f"ratio 100,000 / 100: {times[100_000] / times[100]:.2f}")
         return
     import torch
 

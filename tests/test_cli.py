@@ -280,20 +280,6 @@ def test_predict_or_test_without_a_checkpoint_is_an_error_that_names_one(tmp_pat
     _one_error_line(res.stderr, "e.g. --ckpt_path runs/co2/version_2/checkpoints/best.ckpt")
 
 
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path):
-    cfg = _small(tmp_path)
-    cfg["trainer"]["max_epochs"] = 1
-    res = _run(
-        ["fit", "--config", _write(cfg, tmp_path / "d.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2",
-         "--trainer.strategy=ddp"],
-        tmp_path,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "GLOBAL_RANK: 1" in res.stdout + res.stderr or "distributed_backend=gloo" in res.stdout + res.stderr
-    assert (tmp_path / "ckpt" / "last.ckpt").exists()
-
-
 def test_fit_on_a_long_format_panel_forecasts_every_series(tmp_path, monkeypatch, capsys):
     """--data.id_column trains one global model; the forecast and the per-series metrics
     cover every series."""
