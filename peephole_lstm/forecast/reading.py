@@ -109,7 +109,7 @@ class PanelReader:
     def __init__(self, hparams) -> None:
         self.hparams = hparams
         self._tails: dict[str, pd.DataFrame] = {}  # per series: the rows after its last value
-        self._label_memo: dict[tuple[str, int], list[str]] = {}
+        self._label_memo: dict[tuple[str, int, int], list[str]] = {}
 
     def read(self) -> PanelReader:
         hp = self.hparams
