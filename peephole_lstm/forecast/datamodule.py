@@ -271,7 +271,7 @@ class SeriesDataModule(L.LightningDataModule):
             future_names=tuple(self.future_names),
             labels=self.labels,
             predict=self.predict,
-            val_sampled=self._val_sample() is not None,
+            val_sampled=self.hparams.val_windows is not None and len(self.ends["val"]) > int(self.hparams.val_windows),
             can_carry_lags=True,
         )
 

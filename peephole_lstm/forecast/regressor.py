@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterator
 from typing import Literal, Optional, Union
 
 import lightning as L
@@ -455,10 +456,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
             self.interval_q.copy_(conformal_quantiles(self._calibration, self.levels).to(self.interval_q))
             return
         residuals, series = [], []
-        for batch in dm.windows("val"):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            pred = self(batch["x"], batch["series"], batch.get("future"))
-            residuals.append((pred - batch["y"]).abs().float().cpu())
+        for batch, residual in self._scored(dm.windows("val")):
+            residuals.append(residual.float().cpu())
             series.append(batch["series"].cpu())
         if residuals:
             self._calibration, self._calibration_series = torch.cat(residuals), torch.cat(series)
@@ -583,10 +582,15 @@ class PeepholeLSTMRegressor(L.LightningModule):
         if self._tested is not None and self._tested[0] == self._weights_digest():
             self._rolling = self._tested[1]  # a test of these weights left the pool this pass would
             return
-        for batch in self._datamodule().test_dataloader():
+        for batch, residual in self._scored(self._datamodule().test_dataloader()):
+            self._rolling(batch["series"], batch["end"], residual)
+
+    def _scored(self, batches) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Each batch (on this model's device) with its absolute residuals ``(B, horizon)`` in
+        scaled units: the forward passes the intervals' calibration makes outside a loop."""
+        for batch in batches:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            pred = self(batch["x"], batch["series"], batch.get("future"))
-            self._rolling(batch["series"], batch["end"], (pred - batch["y"]).abs())
+            yield batch, (self(batch["x"], batch["series"], batch.get("future")) - batch["y"]).abs()
 
     @staticmethod
     def to_original(scaled: Tensor, batch: dict[str, Tensor]) -> Tensor:

@@ -171,12 +171,12 @@ class SeriesTensor:
             fut = self.values[t.clamp(max=len(target) - 1)][..., cols]  # (B, horizon, F)
             if not bool(inside.all()):  # steps past the data: the rows the file gives after the last value
                 past = ~inside
-                if self.future is None or torch.isnan(self.future[s[past.any(1)]]).any():
-                    bad = s[past.any(1)]
-                    missing = bad if self.future is None else bad[torch.isnan(self.future[bad]).flatten(1).any(1)]
+                beyond = s[past.any(1)]  # the series of the windows that reach past their data
+                lacking = beyond if self.future is None else beyond[torch.isnan(self.future[beyond]).flatten(1).any(1)]
+                if len(lacking):
                     if self.no_future is not None:
-                        self.no_future(int(missing[0]))
-                    raise ValueError(f"series {int(missing[0])} has no future_features past its last row")
+                        self.no_future(int(lacking[0]))
+                    raise ValueError(f"series {int(lacking[0])} has no future_features past its last row")
                 k = (t - stop[:, None]).clamp(min=0)  # (B, horizon): step past the last row
                 ahead = self.future[s[:, None], k]  # (B, horizon, F)
                 fut = torch.where(past[..., None], ahead, fut)
