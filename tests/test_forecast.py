@@ -186,6 +186,47 @@ def test_rolling_calibration_pools_validation_and_earlier_residuals_of_the_serie
     assert len(seen) > 50
 
 
+@pytest.mark.parametrize("n,bits", [(1, 1), (2, 1), (37, 6), (300, 9)])
+def test_wavelet_matrix_selects_the_kth_smallest_of_any_range(n, bits):
+    """Every range of a random array (ties included), every k: the k-th smallest by sorting."""
+    from peephole_lstm.forecast.conformal import _WaveletMatrix
+
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, 2**bits, size=n)
+    wm = _WaveletMatrix(torch.tensor(values), bits)
+    lo, hi = np.triu_indices(n + 1, k=1)  # every non-empty range
+    if len(lo) > 3000:
+        pick = rng.choice(len(lo), 3000, replace=False)
+        lo, hi = lo[pick], hi[pick]
+    k = (rng.random(len(lo)) * (hi - lo)).astype(np.int64)
+    got = wm.select(torch.tensor(lo), torch.tensor(hi), torch.tensor(k)).numpy()
+    want = [np.sort(values[a:b])[j] for a, b, j in zip(lo, hi, k)]
+    assert got.tolist() == want
+
+
+def test_rolling_calibration_refuses_windows_out_of_time_order():
+    from peephole_lstm.forecast.conformal import RollingCalibration
+
+    roll = RollingCalibration(torch.ones(20, 2))
+    roll(torch.tensor([0, 0]), torch.tensor([10, 11]), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="windows of a series must come in time order"):
+        roll(torch.tensor([0]), torch.tensor([5]), torch.ones(1, 2))
+
+
+def test_rolling_calibration_keeps_room_for_each_series_own_windows():
+    """A ragged panel (one series of 5,000 windows, 2,000 of 3) takes room for about its
+    windows, not the longest series' length times the number of series."""
+    from peephole_lstm.forecast.conformal import RollingCalibration
+
+    roll = RollingCalibration(torch.rand(40, 2))
+    s = torch.cat([torch.zeros(5000, dtype=torch.long), torch.arange(1, 2001).repeat_interleave(3)])
+    e = torch.cat([torch.arange(5000), torch.arange(3).repeat(2000)])
+    for a in range(0, len(s), 4096):
+        roll(s[a:a + 4096], e[a:a + 4096], torch.rand(len(s[a:a + 4096]), 2))
+    assert roll.count.tolist() == [5000] + [3] * 2000
+    assert len(roll.res) <= 4 * (2 * 5000 + 2000 * 8)  # powers of two, each series moved at most log times
+
+
 def test_global_model_on_a_panel_logs_intervals_mase_and_per_series_metrics(tmp_path):
     path, _ = _panel(tmp_path)
     dm = SeriesDataModule(path, id_column="id", window=14, horizon=2, batch_size=32)

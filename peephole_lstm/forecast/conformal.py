@@ -74,13 +74,24 @@ class RollingCalibration:
 
     ``calibration`` ``(n, horizon)``: the validation residuals; ``series`` ``(n,)``: their
     series (None: one pool for all). Call it with each batch of windows in order (the windows
-    of one series in time order); the cost of a batch is the batch's windows times the
-    residuals already known of their series, whatever the number of series.
+    of one series in time order).
+
+    Per series and horizon step the residuals scored so far are kept in the order they came,
+    so the ones a window may see (targets before its first) are a prefix of that sequence.
+    For a batch, the sequences of the batch's series are ranked and put in a wavelet matrix,
+    which gives the ``i``-th smallest residual of any prefix in ``log2(windows of the
+    series)`` steps; a binary search merges it with the sorted validation pool. A batch costs
+    its series' residuals times that logarithm (built in chunks of at most ``CHUNK``
+    residuals), whatever the number of series; with batches of at least the windows of a
+    series each series is ranked about twice, so a pass costs its residuals times a log.
 
     Memory: per horizon step the validation residuals sorted once (all of them, and each
-    series' own, padded to the longest); per series and step the residuals scored so far with
-    their target rows.
+    series' own, padded to the longest); the residuals scored so far with their first target
+    rows, in one buffer where each series has room for a power of two of windows.
     """
+
+    CHUNK = 1 << 20  # residuals ranked together at most (plus one series)
+    _SPAN = 1 << 40  # row numbers are below this: (series, row) as one sortable key
 
     def __init__(self, calibration: Tensor, levels=LEVELS, series: Tensor | None = None) -> None:
         cal = calibration.detach().double().cpu()  # (n, horizon)
@@ -104,48 +115,51 @@ class RollingCalibration:
                 order = torch.argsort(sid, stable=True)
                 sid, cal_own = sid[order], cal_own[order]
                 self.own_n = torch.bincount(sid, minlength=len(mine))
-                pos = torch.arange(len(sid)) - (torch.cumsum(self.own_n, 0) - self.own_n).repeat_interleave(self.own_n)
+                pos = torch.arange(len(sid)) - _starts(self.own_n).repeat_interleave(self.own_n)
                 own = torch.full((len(mine), int(self.own_n.max()), self.horizon), math.inf, dtype=torch.float64)
                 own[sid, pos] = cal_own
                 self.own = own.sort(dim=1).values.transpose(1, 2).contiguous()  # (S_own, horizon, n_max)
-        # the residuals scored so far, per series and step sorted by value, with their target rows
-        self.seen = torch.zeros(0, dtype=torch.long)  # (S,) windows observed per series
-        self.res = torch.zeros(0, self.horizon, 0, dtype=torch.float64)  # (S, horizon, cap), inf padded
-        self.rows = torch.zeros(0, self.horizon, 0, dtype=torch.long)  # (S, horizon, cap), NEVER padded
-
-    NEVER = torch.iinfo(torch.long).max  # the target row of a residual that is never known (NaN, padding)
-
-    def _grow(self, series: int, cap: int) -> None:
-        """Room for ``series`` series and ``cap`` windows each."""
-        S, C = self.res.shape[0], self.res.shape[2]
-        if series <= S and cap <= C:
-            return
-        S2, C2 = max(S, series), max(C, cap, 2 * C if cap > C else C)
-        res = torch.full((S2, self.horizon, C2), math.inf, dtype=torch.float64)
-        rows = torch.full((S2, self.horizon, C2), self.NEVER, dtype=torch.long)
-        res[:S, :, :C], rows[:S, :, :C] = self.res, self.rows
-        self.res, self.rows = res, rows
-        self.seen = torch.cat([self.seen, torch.zeros(S2 - S, dtype=torch.long)])
+        # the windows scored so far: series s's are at offset[s] + (0 .. count[s]), in the order they came
+        self.offset = torch.zeros(0, dtype=torch.long)  # (S,)
+        self.room = torch.zeros(0, dtype=torch.long)  # (S,)
+        self.count = torch.zeros(0, dtype=torch.long)  # (S,)
+        self.res = torch.zeros(0, self.horizon, dtype=torch.float64)  # (capacity, horizon), NaN: never known
+        self.first = torch.zeros(0, dtype=torch.long)  # (capacity,) each window's first target row
+        self.used = 0
 
     def _observe(self, s: Tensor, e: Tensor, residual: Tensor) -> None:
-        """The windows' absolute scaled residuals ``(B, horizon)`` join their series' pools
-        (NaN: no target, never known), which stay sorted by value."""
+        """The windows' absolute scaled residuals ``(B, horizon)`` join their series' sequences
+        (NaN: no target, never known); a series that outgrows its room moves to the end of the
+        buffer with twice the room it needs."""
+        S = max(len(self.count), int(s.max()) + 1)
+        if S > len(self.count):
+            grow = S - len(self.count)
+            self.offset = torch.cat([self.offset, torch.zeros(grow, dtype=torch.long)])
+            self.room = torch.cat([self.room, torch.zeros(grow, dtype=torch.long)])
+            self.count = torch.cat([self.count, torch.zeros(grow, dtype=torch.long)])
+        added = torch.bincount(s, minlength=S)
+        full = (self.count + added > self.room).nonzero().flatten()
+        if len(full):
+            need = self.count[full] + added[full]
+            room = torch.clamp(2 ** torch.ceil(torch.log2(need.double())).long(), min=8)  # (F,)
+            start = self.used + _starts(room)
+            top = self.used + int(room.sum())
+            if top > len(self.first):
+                cap = max(top, 2 * len(self.first))
+                self.res = torch.cat([self.res, torch.empty(cap - len(self.res), self.horizon, dtype=torch.float64)])
+                self.first = torch.cat([self.first, torch.empty(cap - len(self.first), dtype=torch.long)])
+            n = self.count[full]
+            within = torch.arange(int(n.sum())) - _starts(n).repeat_interleave(n)
+            src = self.offset[full].repeat_interleave(n) + within
+            dst = start.repeat_interleave(n) + within
+            self.res[dst], self.first[dst] = self.res[src], self.first[src]
+            self.offset[full], self.room[full], self.used = start, room, top
         order = torch.argsort(s, stable=True)
-        counts = torch.bincount(s)
-        rank = torch.empty_like(s)
-        rank[order] = torch.arange(len(s)) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
-        self._grow(int(s.max()) + 1, 0)
-        slot = self.seen[s] + rank  # (B,)
-        self._grow(0, int(slot.max()) + 1)
-        steps = torch.arange(self.horizon)
-        unknown = torch.isnan(residual)
-        self.res[s[:, None], steps, slot[:, None]] = torch.where(unknown, math.inf, residual)
-        self.rows[s[:, None], steps, slot[:, None]] = torch.where(unknown, self.NEVER, e[:, None] + steps)
-        self.seen.index_add_(0, s, torch.ones_like(s))
-        u = torch.unique(s)  # re-sort the pools that grew (the batch's series only)
-        by = self.res[u].argsort(dim=-1, stable=True)
-        self.res[u] = self.res[u].gather(-1, by)
-        self.rows[u] = self.rows[u].gather(-1, by)
+        rank = torch.empty_like(s)  # each window's place among the batch's windows of its series
+        rank[order] = torch.arange(len(s)) - _starts(added).repeat_interleave(added)
+        slot = self.offset[s] + self.count[s] + rank
+        self.res[slot], self.first[slot] = residual, e
+        self.count += added
 
     def __call__(self, series: Tensor, first_target: Tensor, residual: Tensor) -> Tensor:
         """A batch in order: ``(B, len(levels), horizon)`` half-widths of windows of ``series``
@@ -161,51 +175,157 @@ class RollingCalibration:
         # a window's own targets are at rows >= e, so adding the batch first hides them from it,
         # and of the batch's other windows it sees exactly the targets before its first one
         self._observe(s, e, res)
-        known = self.rows[s] < e[:, None, None]  # (B, horizon, cap): sorted by value, known ones marked
-        vals = self.res[s]
-        cnt = known.cumsum(-1)  # (B, horizon, cap): known values up to each place
-        m = cnt[..., -1]  # (B, horizon)
-        own = torch.full_like(s, -1)
-        if len(self.own_of):
-            inside = s < len(self.own_of)
-            own[inside] = self.own_of[s[inside]]
-        has = own >= 0  # (B,): the series' own validation pool, else everyone's
-        n_a = torch.where(has, self.own_n[own.clamp(min=0)] if len(self.own_n) else 0, self.base.shape[1])
-        n_a = n_a[:, None].expand(-1, self.horizon)  # (B, horizon)
-        r = _ranks(n_a + m, self.levels)  # (B, horizon, L)
-        steps = torch.arange(self.horizon)[None, :, None]
-        n_a3, m3 = n_a[..., None].expand_as(r), m[..., None].expand_as(r)
+        u, row = torch.unique(s, return_inverse=True)  # (U,), (B,)
+        n = self.count[u]
+        # chunks of consecutive series of at most CHUNK residuals (or one series)
+        chunk = torch.unique_consecutive(_starts(n * self.horizon) // self.CHUNK, return_counts=True)[1]
+        order = torch.argsort(row, stable=True)
+        cuts = torch.searchsorted(row[order], torch.cumsum(chunk, 0) - chunk).tolist() + [len(s)]
+        out = torch.empty(len(s), L, self.horizon, dtype=torch.float64)
+        a = 0
+        for c, width in enumerate(chunk.tolist()):
+            w = order[cuts[c]: cuts[c + 1]]
+            out[w] = self._half_widths(u[a: a + width], s[w], e[w], row[w] - a)
+            a += width
+        return out.to(dtype=residual.dtype, device=residual.device)
 
-        def from_known(i: Tensor) -> Tensor:  # the i-th smallest known residual (1-based; 0: -inf)
-            p = torch.searchsorted(cnt, i.clamp(min=1), side="left").clamp(max=cnt.shape[-1] - 1)
-            return torch.where(i > 0, vals.gather(-1, p), -math.inf)
+    def _half_widths(self, u: Tensor, s: Tensor, e: Tensor, row: Tensor) -> Tensor:
+        """``(B, len(levels), horizon)`` for windows ``s``/``e`` of the series ``u`` (ascending;
+        ``row``: each window's place in ``u``), all of whose residuals are observed."""
+        h, U = self.horizon, len(u)
+        n = self.count[u]  # (U,) residuals scored per series
+        start = _starts(n)
+        M = int(n.sum())
+        grp = torch.arange(U).repeat_interleave(n)  # (M,)
+        idx = self.offset[u].repeat_interleave(n) + torch.arange(M) - start.repeat_interleave(n)  # (M,)
+        key = grp * self._SPAN + self.first[idx]  # (M,) ascending when each series came in time order
+        if M > 1 and bool((key[1:] < key[:-1]).any()):
+            raise ValueError("RollingCalibration: the windows of a series must come in time order")
+        # a series' own validation residuals, if it has a pool of its own, head its sequences
+        own = torch.full((U,), -1, dtype=torch.long)
+        if len(self.own_of):
+            inside = u < len(self.own_of)
+            own[inside] = self.own_of[u[inside]]
+        n_own = torch.where(own >= 0, self.own_n[own.clamp(min=0)] if len(self.own_n) else 0, 0)  # (U,)
+        size = n_own + n
+        head = _starts(size)  # (U,) each series' place in the flat sequences
+        N = int(size.sum())
+        g2 = torch.arange(U).repeat_interleave(size)  # (N,)
+        within = torch.arange(N) - head.repeat_interleave(size)
+        mine = within < n_own[g2]
+        values = torch.empty(N, h, dtype=torch.float64)
+        values[mine] = self.own[own[g2[mine]], :, within[mine]]
+        values[~mine] = self.res[idx]
+        # one sequence per (step, series): step t of series row r at t * N + head[r]
+        flat = values.T.reshape(-1)  # (h * N,)
+        steps = torch.arange(h)
+        at = (steps[:, None] * N + head[g2][None, :]).reshape(-1)  # (h * N,) each place's sequence start
+        group = (steps[:, None] * U + g2[None, :]).reshape(-1)  # (h * N,) ascending
+        by_value = torch.argsort(torch.nan_to_num(flat, nan=math.inf), stable=True)  # NaN last
+        perm = by_value[torch.argsort(group[by_value], stable=True)]  # by sequence, then value
+        vals = flat[perm]  # (h * N,) each sequence sorted, in its own places
+        rank = torch.empty_like(perm)
+        rank[perm] = torch.arange(len(perm)) - at  # rank within its sequence
+        wm = _WaveletMatrix(rank, max(1, int(size.max() - 1).bit_length()))
+        finite = torch.zeros(len(flat) + 1, dtype=torch.long)
+        torch.cumsum((~torch.isnan(flat)).long(), 0, out=finite[1:])
+        # what window b may see at step t: its sequence's head (own validation residuals) and the
+        # first p scored, those whose first target + t < e, i.e. first target < e - t
+        lo = steps[None, :] * N + head[row][:, None]  # (B, h)
+        p = torch.searchsorted(key, row[:, None] * self._SPAN + (e[:, None] - steps)) - start[row][:, None]
+        hi = lo + n_own[row][:, None] + p.clamp(min=0)
+        known = finite[hi] - finite[lo]  # (B, h) finite values there (NaN ranks last in a sequence)
+        lo3 = lo[..., None].expand(-1, -1, len(self.levels))  # (B, h, L)
+        hi3 = hi[..., None].expand_as(lo3)
+
+        def from_known(i: Tensor, lo: Tensor = lo3, hi: Tensor = hi3) -> Tensor:
+            """The i-th smallest residual window b may see (1-based; 0: -inf)."""
+            place = lo + wm.select(lo, hi, (i - 1).clamp(min=0))
+            return torch.where(i > 0, vals[place.clamp(max=len(vals) - 1)], -math.inf)
+
+        has = (own >= 0)[row]  # (B,): the pool is the prefix, else everyone's validation residuals too
+        r = _ranks(known + torch.where(has, 0, self.base.shape[1])[:, None], self.levels)  # (B, h, L)
+        out = from_known(r)
+        if not bool(has.all()):
+            g = (~has).nonzero().flatten()
+            out[g] = self._merged(r[g], known[g], lo3[g], hi3[g], lambda i, lo, hi: from_known(i, lo, hi))
+        return torch.where(r > 0, out, math.nan).transpose(1, 2)  # (B, L, h)
+
+    def _merged(self, r: Tensor, m: Tensor, lo: Tensor, hi: Tensor, from_known) -> Tensor:
+        """The ``r``-th smallest ``(B, h, L)`` of the union of ``m`` ``(B, h)`` known residuals
+        (``from_known(i, lo, hi)``: the ``i``-th smallest) and every validation residual."""
+        n_a = self.base.shape[1]
+        steps = torch.arange(self.horizon)[None, :, None].expand_as(r)
 
         def from_base(j: Tensor) -> Tensor:  # the j-th smallest validation residual (1-based; 0: -inf)
-            idx = (j - 1).clamp(min=0)
-            glob = (self.base[steps.expand_as(j), idx.clamp(max=self.base.shape[1] - 1)] if self.base.shape[1]
-                    else torch.full(j.shape, math.inf, dtype=torch.float64))
-            if has.any():
-                mine = self.own[own.clamp(min=0)[:, None, None].expand_as(j), steps.expand_as(j),
-                                idx.clamp(max=self.own.shape[2] - 1)]
-                glob = torch.where(has[:, None, None], mine, glob)
-            return torch.where(j > 0, glob, -math.inf)
+            if not n_a:
+                return torch.where(j > 0, math.inf, -math.inf).double()
+            return torch.where(j > 0, self.base[steps, (j - 1).clamp(0, n_a - 1)], -math.inf)
 
-        # the r-th smallest of the union of the two sorted lists: min over the splits i (i from the
-        # known, r - i from the base) of the larger last element; that is falling, then rising in
-        # i, so a binary search finds the first i whose known element is not below the base's
-        lo = (r - n_a3).clamp(min=0)
-        hi = torch.minimum(m3, r)
-        a, b = lo.clone(), hi + 1  # the first i in [lo, hi] with from_known(i) >= from_base(r - i), else hi + 1
+        # min over the splits i (i from the known, r - i from the base) of the larger last
+        # element; that is falling, then rising in i, so a binary search finds the first i whose
+        # known element is not below the base's
+        m3 = m[..., None].expand_as(r)
+        first = (r - n_a).clamp(min=0)
+        last = torch.minimum(m3, r)
+        a, b = first.clone(), last + 1  # the first i in [first, last] with from_known(i) >= from_base(r - i), else last + 1
         while bool((a < b).any()):
             mid = (a + b) // 2
-            up = from_known(mid) >= from_base(r - mid)
+            up = from_known(mid, lo, hi) >= from_base(r - mid)
             go = a < b
             b = torch.where(go & up, mid, b)
             a = torch.where(go & ~up, mid + 1, a)
         best = torch.full(r.shape, math.inf, dtype=torch.float64)
         for i in (a, a - 1):
-            ok = (i >= lo) & (i <= hi)
-            g = torch.maximum(from_known(i), from_base(r - i))
+            ok = (i >= first) & (i <= last)
+            g = torch.maximum(from_known(i, lo, hi), from_base(r - i))
             best = torch.where(ok, torch.minimum(best, g), best)
-        out = torch.where(r > 0, best, math.nan).transpose(1, 2)  # (B, L, horizon)
-        return out.to(dtype=residual.dtype, device=residual.device)
+        return best
+
+
+def _starts(counts: Tensor) -> Tensor:
+    """Where each of consecutive groups of ``counts`` starts: the exclusive cumulative sum."""
+    return torch.cumsum(counts, 0) - counts
+
+
+class _WaveletMatrix:
+    """The ``k``-th smallest value in any range of an integer array, in ``bits`` steps per
+    query (the wavelet matrix: Claude, Navarro & Ordóñez 2015).
+
+    ``values`` ``(M,)``: integers in ``[0, 2**bits)``. Level by level, from the top bit, the
+    array is partitioned stably by that bit (zeros first); ``zeros[level]`` ``(M + 1,)`` counts
+    the zeros before each place. Memory: ``bits * (M + 1)`` counts.
+    """
+
+    def __init__(self, values: Tensor, bits: int) -> None:
+        M = len(values)
+        self.bits = bits
+        self.zeros = torch.zeros(bits, M + 1, dtype=torch.long)  # (bits, M + 1)
+        self.n_zeros: list[int] = []
+        places = torch.arange(M)
+        cur = values
+        for i, level in enumerate(range(bits - 1, -1, -1)):
+            one = (cur >> level) & 1  # (M,)
+            torch.cumsum(1 - one, 0, out=self.zeros[i, 1:])
+            z = self.zeros[i, :-1]
+            nz = int(self.zeros[i, -1])
+            nxt = torch.empty_like(cur)
+            nxt[torch.where(one == 0, z, nz + places - z)] = cur
+            self.n_zeros.append(nz)
+            cur = nxt
+
+    def select(self, lo: Tensor, hi: Tensor, k: Tensor) -> Tensor:
+        """The ``k``-th smallest (0-based) of ``values[lo:hi]``, for ``lo``, ``hi``, ``k`` of one
+        shape; where ``k >= hi - lo`` some value in ``[0, 2**bits)``."""
+        out = torch.zeros_like(k)
+        for i, level in enumerate(range(self.bits - 1, -1, -1)):
+            z = self.zeros[i]
+            zl, zh = z[lo], z[hi]
+            n = zh - zl  # zeros in the range at this level
+            left = k < n
+            nz = self.n_zeros[i]
+            lo = torch.where(left, zl, nz + lo - zl)
+            hi = torch.where(left, zh, nz + hi - zh)
+            k = torch.where(left, k, k - n)
+            out = out | ((~left).long() << level)
+        return out
