@@ -131,7 +131,7 @@ def theirs(path: str, steps: int, test_rows: int) -> dict:
     return {"wall": res["wall"], "rss": res["rss"], **json.loads(line)}
 
 
-def step_time(series: int, rows: int, steps: int = 80) -> float:
+def step_time(series: int, rows: int, steps: int = 150) -> float:
     """Median wall time of one training step (batch, forward, backward, Adam; after 20 warm-up
     steps) of the default model on a panel of ``series`` series, in this process."""
     import lightning as L
@@ -182,7 +182,9 @@ def main() -> None:
 
         warnings.filterwarnings("ignore")
         print(f"# {cpu_model()}: median training step (batch {BATCH}, window {WINDOW}, horizon {HORIZON})")
-        times = {s: step_time(s, 120) for s in (100, 100_000)}
+        times: dict[int, float] = {}
+        for s in (100, 100_000) * 3:  # alternated, the best of three: the machine is shared
+            times[s] = min(times.get(s, float("inf")), step_time(s, 120))
         for s, t in times.items():
             print(f"{s:>7} series: {t * 1e3:6.2f} ms")
         print(f"ratio 100,000 / 100: {times[100_000] / times[100]:.2f}")

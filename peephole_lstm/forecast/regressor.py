@@ -25,6 +25,7 @@ from torchmetrics import (
 from .conformal import LEVELS, RollingCalibration, check_levels, conformal_quantiles, level_name
 from .datamodule import SeriesInfo, series_info
 from .network import PeepholeLSTMNet, auto_lags
+from .optim import PanelAdam
 
 __all__ = ["PeepholeLSTMRegressor"]
 
@@ -82,7 +83,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         dropout: dropout between the layers and after the last one.
         horizon: steps forecast at once (the CLI links it to the data's).
         lr: Adam learning rate.
-        weight_decay: Adam weight decay (L2).
+        weight_decay: Adam weight decay (L2; on a panel the series embeddings' rows only when
+            their series is in the batch: :class:`~peephole_lstm.forecast.optim.PanelAdam`).
         peephole: ``"diagonal"``, ``"full"`` or ``"none"`` (a plain LSTM, for ablations).
         bidirectional: run each layer both ways over the input window.
         cell_clip: clip the cell state to ``[-cell_clip, cell_clip]`` (``None``: no clip).
@@ -597,4 +599,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
         return scaled * batch["scale"] + batch["offset"]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        """Adam; the series embeddings updated only in the rows of the batch's series (see
+        :class:`~peephole_lstm.forecast.optim.PanelAdam`), so a step's cost does not grow with
+        the number of series."""
+        tables = [net.emb.weight for net in self.nets if net.emb is not None]
+        return PanelAdam(self.parameters(), lazy=tables, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
