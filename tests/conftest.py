@@ -30,6 +30,19 @@ def knobs():
         yield lambda **values: stack.enter_context(tuning.override(**values))
 
 
+@pytest.fixture
+def write_csv(tmp_path):
+    """``write_csv(frame, name="s.csv")``: the frame written to ``tmp_path / name`` without its
+    index; returns the path as a string."""
+
+    def write(frame, name: str = "s.csv") -> str:
+        path = tmp_path / name
+        frame.to_csv(path, index=False)
+        return str(path)
+
+    return write
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

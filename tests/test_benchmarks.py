@@ -1,22 +1,16 @@
 """Smoke tests of the benchmark scripts (their numbers live in the READMEs, not in tests)."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+from .helpers import ROOT, run_python  # noqa: E402
 
 
 def test_timing_quick(tmp_path):
-    res = _run([os.path.join(ROOT, "benchmarks", "timing.py"), "--quick"], tmp_path)
+    res = run_python([os.path.join(ROOT, "benchmarks", "timing.py"), "--quick"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     for mode in ("diagonal", "none", "full"):
         assert f"| {mode} |" in res.stdout
@@ -24,7 +18,7 @@ def test_timing_quick(tmp_path):
 
 
 def test_speed_table(tmp_path):
-    res = _run([os.path.join(ROOT, "benchmarks", "speed.py"), "--sizes", "S1", "--runs", "1", "--variants",
+    res = run_python([os.path.join(ROOT, "benchmarks", "speed.py"), "--sizes", "S1", "--runs", "1", "--variants",
                 "fused/python", "fused/cpp"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| S1")]
@@ -33,7 +27,7 @@ def test_speed_table(tmp_path):
 
 def test_speed_table_every_config(tmp_path):
     for config in ("article", "packed", "bidir"):
-        res = _run([os.path.join(ROOT, "benchmarks", "speed.py"), "--sizes", "S1", "--runs", "1", "--variants",
+        res = run_python([os.path.join(ROOT, "benchmarks", "speed.py"), "--sizes", "S1", "--runs", "1", "--variants",
                     "fused/cpp", "--config", config], tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         rows = [line for line in res.stdout.splitlines() if line.startswith("| S1")]
@@ -42,7 +36,7 @@ def test_speed_table_every_config(tmp_path):
 
 
 def test_busy_cpu_table(tmp_path):
-    res = _run([os.path.join(ROOT, "benchmarks", "busy_cpu.py"), "--steps", "3", "--hogs", "1", "--hog-kinds", "spin"],
+    res = run_python([os.path.join(ROOT, "benchmarks", "busy_cpu.py"), "--steps", "3", "--hogs", "1", "--hog-kinds", "spin"],
                tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| none |") or line.startswith("| 1 x")]
@@ -50,7 +44,7 @@ def test_busy_cpu_table(tmp_path):
 
 
 def test_stateful_lm_tiny(tmp_path):
-    res = _run([os.path.join(ROOT, "benchmarks", "stateful_lm.py"), "--cells", "lstm", "clip10", "--tokens", "4000",
+    res = run_python([os.path.join(ROOT, "benchmarks", "stateful_lm.py"), "--cells", "lstm", "clip10", "--tokens", "4000",
                 "--vocab", "200", "--nhid", "16", "--epochs", "1"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| nn.LSTM") or line.startswith("| Peep")]
@@ -59,7 +53,7 @@ def test_stateful_lm_tiny(tmp_path):
 
 
 def test_startup_table(tmp_path):
-    res = _run([os.path.join(ROOT, "benchmarks", "startup.py"), "--repeat", "1"], tmp_path)
+    res = run_python([os.path.join(ROOT, "benchmarks", "startup.py"), "--repeat", "1"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| PeepholeLSTM |" in res.stdout and "| nn.LSTM |" in res.stdout
 

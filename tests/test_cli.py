@@ -2,7 +2,6 @@
 
 import glob
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,16 +12,14 @@ pytest.importorskip("lightning")
 
 from peephole_lstm.forecast.cli import main  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT, run_python  # noqa: E402
+
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 
 
 def _run(args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "peephole_lstm", *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )
+    """The CLI in a process of its own."""
+    return run_python(["-m", "peephole_lstm", *args], cwd, timeout=timeout)
 
 
 def _files(path):
@@ -196,7 +193,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, caps
     crashed = tmp_path / "crashed"
     _ok_here(["fit", "--config", _write(_small(straight), tmp_path / "a.yaml")], tmp_path, monkeypatch, capsys)
     kill_cfg = _small(crashed)
-    kill_cfg["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAt", "init_args": {"epoch": 2, "batch": 3}})
+    kill_cfg["trainer"]["callbacks"].append({"class_path": "tests.callbacks.KillAt", "init_args": {"epoch": 2, "batch": 3}})
     b = _run(["fit", "--config", _write(kill_cfg, tmp_path / "b.yaml")], tmp_path)
     assert b.returncode != 0  # killed
     assert torch.load(crashed / "ckpt" / "last.ckpt", weights_only=False)["epoch"] == 1
@@ -232,7 +229,7 @@ def test_resume_keeps_the_metrics_logged_before_the_kill(tmp_path, monkeypatch, 
     _ok_here(["fit", "--config", _write(_logged(tmp_path, tmp_path / "straight"), tmp_path / "a.yaml")], tmp_path,
              monkeypatch, capsys)
     kill = _logged(tmp_path, tmp_path / "crashed")
-    kill["trainer"]["callbacks"].append({"class_path": "tests.helpers.KillAt", "init_args": {"epoch": 2, "batch": 3}})
+    kill["trainer"]["callbacks"].append({"class_path": "tests.callbacks.KillAt", "init_args": {"epoch": 2, "batch": 3}})
     b = _run(["fit", "--config", _write(kill, tmp_path / "b.yaml")], tmp_path)
     assert b.returncode != 0
     run = tmp_path / "crashed" / "synthetic" / "version_1"

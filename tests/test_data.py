@@ -10,15 +10,9 @@ pytest.importorskip("lightning")
 from peephole_lstm.forecast.datamodule import SeriesDataError, SeriesDataModule  # noqa: E402
 
 
-def _csv(tmp_path, frame, name="s.csv"):
-    path = tmp_path / name
-    frame.to_csv(path, index=False)
-    return str(path)
-
-
-def test_windows_and_splits_by_hand(tmp_path):
+def test_windows_and_splits_by_hand(tmp_path, write_csv):
     # 20 rows, y = 0..19; window 3, horizon 2; 20% val, 20% test -> 12 / 4 / 4 rows.
-    path = _csv(tmp_path, pd.DataFrame({"t": range(20), "y": np.arange(20.0)}))
+    path = write_csv(pd.DataFrame({"t": range(20), "y": np.arange(20.0)}))
     dm = SeriesDataModule(path, window=3, horizon=2, val_fraction=0.2, test_fraction=0.2, scaling="none")
     assert (dm.n_train, dm.n_val, dm.n_test) == (12, 4, 4)
     assert dm.target_name == "y"  # the last numeric column
@@ -37,9 +31,9 @@ def test_windows_and_splits_by_hand(tmp_path):
             assert lo <= e and e + 2 <= hi  # every target inside its split
 
 
-def test_zscore_fitted_on_train_rows_only(tmp_path):
+def test_zscore_fitted_on_train_rows_only(tmp_path, write_csv):
     y = np.concatenate([np.arange(14.0), np.full(6, 1000.0)])  # huge values only after train
-    path = _csv(tmp_path, pd.DataFrame({"y": y}))
+    path = write_csv(pd.DataFrame({"y": y}))
     dm = SeriesDataModule(path, window=2, horizon=1, val_fraction=0.15, test_fraction=0.15, scaling="zscore")
     assert dm.n_train == 14
     assert dm.mean[0] == pytest.approx(6.5)
@@ -49,10 +43,10 @@ def test_zscore_fitted_on_train_rows_only(tmp_path):
     assert (item["y"] * item["scale"] + item["offset"]).item() == pytest.approx(2.0)
 
 
-def test_last_value_scaling_by_hand(tmp_path):
+def test_last_value_scaling_by_hand(tmp_path, write_csv):
     y = np.array([1.0, 2.0, 4.0, 7.0, 11.0, 16.0, 22.0, 29.0, 37.0, 46.0])
     feat = np.arange(10.0) * 10
-    path = _csv(tmp_path, pd.DataFrame({"f": feat, "y": y}))
+    path = write_csv(pd.DataFrame({"f": feat, "y": y}))
     dm = SeriesDataModule(path, target="y", features=["f"], window=3, horizon=1,
                           val_fraction=0.1, test_fraction=0.2, scaling="last")
     assert dm.input_size == 2 and dm.n_train == 7
@@ -85,8 +79,8 @@ def test_shuffle_depends_only_on_seed_and_epoch():
     assert list(b) != first
 
 
-def test_interpolate_missing(tmp_path):
-    path = _csv(tmp_path, pd.DataFrame({"y": [1.0, np.nan, 3.0] + list(range(4, 40))}))
+def test_interpolate_missing(tmp_path, write_csv):
+    path = write_csv(pd.DataFrame({"y": [1.0, np.nan, 3.0] + list(range(4, 40))}))
     with pytest.raises(SeriesDataError, match=r"column 'y' has 1 missing value\(s\), first at data row 2"):
         SeriesDataModule(path, window=3)
     dm = SeriesDataModule(path, window=3, missing="interpolate")
@@ -107,11 +101,11 @@ def test_interpolate_missing(tmp_path):
         (dict(), "empty", "has no data rows"),
     ],
 )
-def test_bad_input_is_one_clear_error(tmp_path, kwargs, frame, message):
+def test_bad_input_is_one_clear_error(tmp_path, kwargs, frame, message, write_csv):
     if frame == "ok":
-        kwargs["csv_path"] = _csv(tmp_path, pd.DataFrame({"y": np.arange(40.0)}))
+        kwargs["csv_path"] = write_csv(pd.DataFrame({"y": np.arange(40.0)}))
     elif frame == "text":
-        kwargs["csv_path"] = _csv(tmp_path, pd.DataFrame({"y": ["1", "2", "abc"] + [str(i) for i in range(37)]}))
+        kwargs["csv_path"] = write_csv(pd.DataFrame({"y": ["1", "2", "abc"] + [str(i) for i in range(37)]}))
     elif frame == "empty":
         (tmp_path / "e.csv").write_text("y\n")
         kwargs["csv_path"] = str(tmp_path / "e.csv")

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("lightning")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT  # noqa: E402
 
 
 def _panel(path, series=6, rows=160):

@@ -13,18 +13,14 @@ from peephole_lstm import PeepholeLSTM
 from peephole_lstm.ops import recurrence as _fused
 
 from . import reference as ref
+from .helpers import MODES, randomized
 
-MODES = [("diagonal", False), ("diagonal", True), ("full", False), ("full", True), ("none", False)]
 LENGTHS = {"sorted": [7, 5, 5, 2], "unsorted": [3, 7, 1, 5]}
 
 
 def _model(peephole, candidate, bidirectional, proj_size, num_layers=2):
-    m = PeepholeLSTM(3, 5, num_layers, bidirectional=bidirectional, proj_size=proj_size, dtype=torch.float64,
-                     peephole=peephole, candidate_peephole=candidate)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.uniform_(-0.6, 0.6)  # peepholes far from zero: they matter
-    return m
+    return randomized(PeepholeLSTM(3, 5, num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                                   dtype=torch.float64, peephole=peephole, candidate_peephole=candidate))
 
 
 @pytest.mark.parametrize("peephole,candidate", MODES)

@@ -36,10 +36,6 @@ def _promo_frame(n=240, ahead=H, seed=0, start="2021-01-04", effect=2.0):
     return frame
 
 
-def _write(tmp_path, frame, name="promo.csv"):
-    path = tmp_path / name
-    frame.to_csv(path, index=False)
-    return str(path)
 
 
 def _module(path, **kwargs):
@@ -49,9 +45,9 @@ def _module(path, **kwargs):
     return SeriesDataModule(path, **opts)
 
 
-def test_items_carry_the_known_ahead_values_of_every_target_step(tmp_path):
+def test_items_carry_the_known_ahead_values_of_every_target_step(tmp_path, write_csv):
     frame = _promo_frame()
-    dm = _module(_write(tmp_path, frame))
+    dm = _module(write_csv(frame, "promo.csv"))
     assert dm.input_columns == ["sales", "price", "promo"] and dm.future_channels == [2]
     assert dm.input_size == 3 and dm.future_size == 1
     promo = frame["promo"].to_numpy()
@@ -69,7 +65,7 @@ def test_items_carry_the_known_ahead_values_of_every_target_step(tmp_path):
     assert dm.future_labels(0) == frame["date"].iloc[240:].tolist()
     assert len(dm.series) == 240  # the plan rows are no part of the series
     assert dm.state_dict()["future_channels"] == ["promo"]
-    cal = _module(_write(tmp_path, frame), calendar=True)  # the known-ahead channels stay the last
+    cal = _module(write_csv(frame, "promo.csv"), calendar=True)  # the known-ahead channels stay the last
     assert cal.input_columns[:2] == ["sales", "price"] and cal.input_columns[-1] == "promo"
     assert cal.input_size == 7 and cal.future_channels == [6]
     item = cal.dataset("test")[0]
@@ -77,15 +73,15 @@ def test_items_carry_the_known_ahead_values_of_every_target_step(tmp_path):
                                atol=1e-6)
 
 
-def test_rows_further_ahead_than_the_horizon_are_not_used(tmp_path):
-    dm = _module(_write(tmp_path, _promo_frame(ahead=10)))
+def test_rows_further_ahead_than_the_horizon_are_not_used(tmp_path, write_csv):
+    dm = _module(write_csv(_promo_frame(ahead=10), "promo.csv"))
     assert len(dm.series) == 240 and len(dm.future_labels(0)) == H
 
 
-def test_a_panel_takes_each_series_own_rows_after_its_own_last_value(tmp_path):
+def test_a_panel_takes_each_series_own_rows_after_its_own_last_value(tmp_path, write_csv):
     a, b = _promo_frame(seed=1), _promo_frame(n=200, seed=2, start="2021-03-01")
     frame = pd.concat([a.assign(store="a"), b.assign(store="b")], ignore_index=True).sample(frac=1, random_state=0)
-    dm = _module(_write(tmp_path, frame), id_column="store")
+    dm = _module(write_csv(frame, "promo.csv"), id_column="store")
     assert sorted(dm.series_names) == ["a", "b"]
     for name, want in (("a", a), ("b", b)):
         s = dm.series_names.index(name)
@@ -109,7 +105,7 @@ def test_a_panel_takes_each_series_own_rows_after_its_own_last_value(tmp_path):
                     r"2021-09-01, 2021-09-02, 2021-09-03"),
     ],
 )
-def test_bad_known_ahead_inputs_are_one_clear_error(tmp_path, change, kwargs, match):
+def test_bad_known_ahead_inputs_are_one_clear_error(tmp_path, change, kwargs, match, write_csv):
     frame = _promo_frame(ahead=4)
     if change == "short":
         frame = frame.iloc[:241]
@@ -118,11 +114,11 @@ def test_bad_known_ahead_inputs_are_one_clear_error(tmp_path, change, kwargs, ma
     elif change == "gap":
         frame = frame.drop(index=241)
     with pytest.raises(SeriesDataError, match=match):
-        _module(_write(tmp_path, frame), **kwargs)
+        _module(write_csv(frame, "promo.csv"), **kwargs)
 
 
-def test_without_plan_rows_the_test_split_still_forecasts(tmp_path):
-    dm = _module(_write(tmp_path, _promo_frame(ahead=0)), predict="test")
+def test_without_plan_rows_the_test_split_still_forecasts(tmp_path, write_csv):
+    dm = _module(write_csv(_promo_frame(ahead=0), "promo.csv"), predict="test")
     assert len(dm.dataset("test")) > 0
     with pytest.raises(SeriesDataError, match="no rows after its last value giving future_features"):
         dm.dataset("future")[0]
@@ -194,20 +190,20 @@ def _fit(dm, future_size, steps=150, seed=0):
     return model, trainer, trainer.test(model, dm, verbose=False)[0]
 
 
-def test_knowing_the_promotions_ahead_beats_knowing_only_the_past(tmp_path):
+def test_knowing_the_promotions_ahead_beats_knowing_only_the_past(tmp_path, write_csv):
     """The same column as a past-only feature cannot tell whether the target day has a
     promotion (an error of about effect² · p(1-p) = 0.84 remains); known ahead it can."""
     frame = _promo_frame(n=400)
-    _, _, known = _fit(_module(_write(tmp_path, frame)), 1)
-    past = _module(_write(tmp_path, frame.iloc[:400], "past.csv"), features=["price", "promo"], future_features=None)
+    _, _, known = _fit(_module(write_csv(frame, "promo.csv")), 1)
+    past = _module(write_csv(frame.iloc[:400], "past.csv"), features=["price", "promo"], future_features=None)
     _, _, unknown = _fit(past, 0)
     assert unknown["test_mse"] > 0.5
     assert known["test_mse"] < 0.2 * unknown["test_mse"]
     assert known["test_mse"] < 0.2 * known["test_naive_mse"]
 
 
-def test_the_model_and_the_data_must_agree_on_the_known_inputs(tmp_path):
-    dm = _module(_write(tmp_path, _promo_frame()))
+def test_the_model_and_the_data_must_agree_on_the_known_inputs(tmp_path, write_csv):
+    dm = _module(write_csv(_promo_frame(), "promo.csv"))
     model = PeepholeLSTMRegressor(input_size=dm.input_size, horizon=H, hidden_size=4, num_layers=1)
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"the data gives 1 known-ahead input\(s\) \(future_features \['promo'\]\) "
@@ -215,12 +211,12 @@ def test_the_model_and_the_data_must_agree_on_the_known_inputs(tmp_path):
         trainer.fit(model, dm)
 
 
-def test_future_features_through_the_cli(tmp_path, monkeypatch, capsys):
+def test_future_features_through_the_cli(tmp_path, monkeypatch, capsys, write_csv):
     """fit forecasts the plan rows' dates; predict with the checkpoint gives the same forecast;
     a checkpoint fitted with known-ahead inputs names the option when they are missing."""
     monkeypatch.chdir(tmp_path)
     frame = _promo_frame()
-    _write(tmp_path, frame)
+    write_csv(frame, "promo.csv")
     common = ["--data.csv_path", "promo.csv", "--data.target", "sales", "--data.features", "[price]",
               "--data.window", "10", "--data.horizon", str(H), "--model.hidden_size", "8", "--model.ensemble", "1",
               "--trainer.enable_progress_bar", "false"]
@@ -249,10 +245,10 @@ def test_future_features_through_the_cli(tmp_path, monkeypatch, capsys):
     assert "known ahead ['promo']" in err and "--data.future_features [promo]" in err
 
 
-def test_without_a_time_column_the_steps_are_row_numbers(tmp_path):
+def test_without_a_time_column_the_steps_are_row_numbers(tmp_path, write_csv):
     frame = _promo_frame().drop(columns="date")
-    dm = _module(_write(tmp_path, frame))
+    dm = _module(write_csv(frame, "promo.csv"))
     assert dm.time_name is None and dm.future_labels(0) == ["240", "241", "242"]
     frame.loc[241, "promo"] = np.nan
     with pytest.raises(SeriesDataError, match=r"no numeric value at 241 \(forecast step 2 of 3"):
-        _module(_write(tmp_path, frame))
+        _module(write_csv(frame, "promo.csv"))

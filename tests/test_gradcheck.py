@@ -7,7 +7,7 @@ from torch.autograd import gradcheck
 from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell
 from peephole_lstm.ops import recurrence as _fused
 
-MODES = [("diagonal", False), ("full", False), ("full", True), ("none", False)]
+from .helpers import MODES
 
 
 @pytest.mark.parametrize("peephole,candidate", MODES)

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT  # noqa: E402
 
 
 def _quick_start() -> str:

@@ -10,14 +10,7 @@ import torch
 from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell
 
 from . import reference as ref
-
-MODES = [("diagonal", False), ("full", False), ("diagonal", True), ("full", True), ("none", False)]
-
-
-def _randomize(module, scale=0.6):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.uniform_(-scale, scale)  # non-zero, larger than the default init: peepholes matter
+from .helpers import MODES, randomized
 
 
 @pytest.mark.parametrize("peephole,candidate", MODES)
@@ -35,7 +28,7 @@ def test_layer_matches_numpy_reference(backend, peephole, candidate, bidirection
         peephole=peephole,
         candidate_peephole=candidate,
     )
-    _randomize(m)
+    randomized(m)
     D = 2 if bidirectional else 1
     x = torch.randn(7, 4, 3, dtype=torch.float64) * 2
     h0 = torch.randn(num_layers * D, 4, proj_size or 5, dtype=torch.float64)
@@ -49,7 +42,7 @@ def test_layer_matches_numpy_reference(backend, peephole, candidate, bidirection
 
 def test_peepholes_change_the_output(backend):
     m = PeepholeLSTM(3, 5, dtype=torch.float64)
-    _randomize(m)
+    randomized(m)
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     with_p = m(x)[0]
     with torch.no_grad():
@@ -61,7 +54,7 @@ def test_peepholes_change_the_output(backend):
 @pytest.mark.parametrize("peephole,candidate", MODES)
 def test_cell_matches_numpy_reference(peephole, candidate):
     cell = PeepholeLSTMCell(3, 5, dtype=torch.float64, peephole=peephole, candidate_peephole=candidate)
-    _randomize(cell)
+    randomized(cell)
     x, h, c = (torch.randn(4, n, dtype=torch.float64) for n in (3, 5, 5))
     h1, c1 = cell(x, (h, c))
     p = {k: v.detach().numpy() for k, v in cell.named_parameters()}
@@ -103,7 +96,7 @@ def test_hand_checked_single_step():
 @pytest.mark.parametrize("peephole,candidate", MODES)
 def test_cell_looped_over_time_equals_layer(backend, peephole, candidate):
     layer = PeepholeLSTM(3, 5, dtype=torch.float64, peephole=peephole, candidate_peephole=candidate)
-    _randomize(layer)
+    randomized(layer)
     cell = PeepholeLSTMCell(3, 5, dtype=torch.float64, peephole=peephole, candidate_peephole=candidate)
     with torch.no_grad():
         for name, p in cell.named_parameters():

@@ -18,6 +18,7 @@ import peephole_lstm  # noqa: E402
 from peephole_lstm import PeepholeLSTM  # noqa: E402
 
 from . import reference as ref  # noqa: E402
+from .helpers import randomized  # noqa: E402
 
 CONFIGS = [
     dict(peephole="diagonal"),
@@ -39,11 +40,7 @@ def triton_backend():
 
 
 def _model(kw):
-    m = PeepholeLSTM(3, 5, 2, bidirectional=True, dtype=torch.float64, **kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.uniform_(-0.8, 0.8)
-    return m
+    return randomized(PeepholeLSTM(3, 5, 2, bidirectional=True, dtype=torch.float64, **kw), 0.8)
 
 
 @pytest.fixture(params=["fused", "gemm"])
