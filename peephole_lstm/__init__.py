@@ -25,7 +25,7 @@ from .ops import build_extension, get_backend, release_buffers, set_backend
 # these two: their state is parameters, ints, floats, strings and lists only.
 _torch.serialization.add_safe_globals([PeepholeLSTM, PeepholeLSTMCell])
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "PeepholeLSTM",

@@ -6,12 +6,15 @@ import torch
 from peephole_lstm.forecast.optim import PanelAdam
 
 
-def _pair(weight_decay):
+def _pair(weight_decay, rows_ref=6):
+    """The same embedding (6 rows) and linear layer twice: under Adam (its table cut to
+    ``rows_ref`` rows) and under PanelAdam."""
     torch.manual_seed(0)
-    a = torch.nn.Embedding(6, 3), torch.nn.Linear(3, 2)
     b = torch.nn.Embedding(6, 3), torch.nn.Linear(3, 2)
-    for x, y in zip(a, b):
-        y.load_state_dict(x.state_dict())
+    a = torch.nn.Embedding(rows_ref, 3), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        a[0].weight.copy_(b[0].weight[:rows_ref])
+    a[1].load_state_dict(b[1].state_dict())
     ref = torch.optim.Adam([*a[0].parameters(), *a[1].parameters()], lr=0.05, weight_decay=weight_decay)
     lazy = PanelAdam([*b[0].parameters(), *b[1].parameters()], lazy=[b[0].weight], lr=0.05,
                      weight_decay=weight_decay)
@@ -28,20 +31,35 @@ def _step(mods, opt, rows, seed):
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_every_row_in_every_batch_is_adam(weight_decay):
-    a, b, ref, lazy = _pair(weight_decay)
-    rows = torch.arange(6)
+def test_the_rows_of_the_batch_follow_adam(weight_decay):
+    """Rows 0-4 in every batch, row 5 in none: rows 0-4 and the dense layer as Adam on a
+    5-row table (its own code), row 5 untouched; the state has Adam's keys and values."""
+    a, b, ref, lazy = _pair(weight_decay, rows_ref=5)
+    row5 = b[0].weight[5].detach().clone()
+    rows = torch.tensor([0, 1, 2, 3, 4, 2])
     for k in range(5):
         _step(a, ref, rows, k)
         _step(b, lazy, rows, k)
+    torch.testing.assert_close(b[0].weight[:5], a[0].weight, rtol=1e-6, atol=1e-7)
+    assert torch.equal(b[0].weight[5], row5)
+    for p, q in zip(a[1].parameters(), b[1].parameters()):
+        assert torch.equal(p, q)
+    state, want = lazy.state[b[0].weight], ref.state[a[0].weight]
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(state[key][:5], want[key])
+        assert not state[key][5].any()
+    assert float(state["step"]) == float(want["step"]) == 5
+
+
+def test_every_row_in_the_batch_is_adams_own_step():
+    """A one-row table (a one-series model) or a batch with every row: bit for bit Adam."""
+    a, b, ref, lazy = _pair(0.0)
+    for k in range(4):
+        _step(a, ref, torch.arange(6), k)
+        _step(b, lazy, torch.arange(6), k)
     for x, y in zip(a, b):
         for p, q in zip(x.parameters(), y.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
-    # the state has Adam's keys and values
-    for p, q in zip([*a[0].parameters()], [*b[0].parameters()]):
-        for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(lazy.state[q][key], ref.state[p][key])
-        assert float(lazy.state[q]["step"]) == float(ref.state[p]["step"]) == 5
+            assert torch.equal(p, q)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])

@@ -27,9 +27,9 @@ class PanelAdam(torch.optim.Adam):
     Those rows follow Adam's update exactly: their moments decay and take the gradient (plus
     ``weight_decay`` times the row, L2 as in Adam), and the bias corrections use the table's
     step count, which counts every step with a gradient (as ``torch.optim.SparseAdam``). The
-    other rows, their moments included, are left as they are. Where every row has a gradient
-    at every step, this is Adam. The state has Adam's keys, so a checkpoint of either loads
-    into the other.
+    other rows, their moments included, are left as they are. A step where every row has a
+    gradient (a one-series model's one-row table) is Adam's own step. The state has Adam's
+    keys, so a checkpoint of either loads into the other.
 
     Args:
         params: the parameters (or parameter groups), as for ``torch.optim.Adam``.
@@ -54,23 +54,25 @@ class PanelAdam(torch.optim.Adam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        held = []  # the lazy parameters' gradients, hidden from Adam's step
+        held = []  # the lazy parameters with rows outside the batch, hidden from Adam's step
         for group in self.param_groups:
             for p in group["params"]:
                 if id(p) in self._lazy_ids and p.grad is not None:
-                    held.append((group, p, p.grad))
-                    p.grad = None
+                    if p.grad.is_sparse:
+                        raise ValueError("PanelAdam: the gradient of a lazy parameter must be dense "
+                                         "(an nn.Embedding with sparse=False)")
+                    rows = _rows_with_gradient(p.grad)
+                    if len(rows) < len(p.grad):  # else every row: Adam's own step, the same update
+                        held.append((group, p, p.grad, rows))
+                        p.grad = None
         super().step()
-        for group, p, grad in held:
+        for group, p, grad, rows in held:
             p.grad = grad
-            self._rows_step(group, p, grad)
+            self._rows_step(group, p, grad, rows)
         return loss
 
-    def _rows_step(self, group: dict, p: Tensor, grad: Tensor) -> None:
-        """Adam's update of the rows of ``p`` whose gradient is not zero."""
-        if grad.is_sparse:
-            raise ValueError("PanelAdam: the gradient of a lazy parameter must be dense "
-                             "(an nn.Embedding with sparse=False)")
+    def _rows_step(self, group: dict, p: Tensor, grad: Tensor, rows: Tensor) -> None:
+        """Adam's update of the ``rows`` ``(R,)`` of ``p``."""
         beta1, beta2 = group["betas"]
         state = self.state[p]
         if not state:
@@ -79,7 +81,6 @@ class PanelAdam(torch.optim.Adam):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["step"] += 1
         step = float(state["step"])
-        rows = _rows_with_gradient(grad)  # (R,)
         g = grad[rows]  # (R, ...)
         if group["weight_decay"]:
             g = g.add(p[rows], alpha=group["weight_decay"])
