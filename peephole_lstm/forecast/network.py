@@ -261,12 +261,16 @@ class PeepholeLSTMNet(nn.Module):
         else:
             sid = series.to(torch.long)
             order, counts, first, pos = _groups_of(sid, S)
-            # the full design, every lag of every channel; the lags older than a series' own
-            # count are zeroed (ridge_ar_groups gives such columns weight 0)
-            X = torch.cat([lags.transpose(1, 2).flatten(1), known], 1).double()  # (N, in_features)
             age = torch.arange(A).repeat(1 + nf)  # (A * (1 + nf),): the lag's place, oldest 0
-            old = torch.cat([age, torch.full((self.ar.in_features - len(age),), A)])[None] < (A - p_of[sid])[:, None]
-            X = X.masked_fill(old, 0.0)
+            age = torch.cat([age, torch.full((self.ar.in_features - len(age),), A)])  # (in_features,)
+
+            def full_design(src: Tensor) -> Tensor:
+                """The rows ``src``' design ``(n, in_features)``, every lag of every channel; the
+                lags older than a series' own count are zeroed (ridge_ar_groups gives such columns
+                weight 0). Built per chunk: the whole design in float64 would be 2x the lags."""
+                X = torch.cat([lags[src].transpose(1, 2).flatten(1), known[src]], 1).double()
+                return X.masked_fill_(age[None] < (A - p_of[sid[src]])[:, None], 0.0)
+
             own = (counts >= 3).nonzero().flatten().tolist()
             # groups in chunks of ~4M padded design entries: the batched SVD's memory stays bounded
             n_max = int(counts.max())
@@ -276,11 +280,11 @@ class PeepholeLSTMNet(nn.Module):
                 span = torch.arange(int(first[g[0]]), int(first[g[-1]] + counts[g[-1]]))
                 rows = span[torch.isin(sid[order[span]], g)]  # places in order (series between with < 3 rows out)
                 local = torch.searchsorted(g, sid[order[rows]])  # (n_rows,): the group of each row
-                Xg = torch.zeros(len(g), n_max, X.size(1), dtype=torch.float64)
+                Xg = torch.zeros(len(g), n_max, self.ar.in_features, dtype=torch.float64)
                 Yg = torch.zeros(len(g), n_max, h, dtype=torch.float64)
                 keep = torch.zeros(len(g), n_max, dtype=torch.bool)
                 src = order[rows]
-                Xg[local, pos[rows]] = X[src]
+                Xg[local, pos[rows]] = full_design(src)
                 Yg[local, pos[rows]] = target[src].double()
                 keep[local, pos[rows]] = True
                 keep &= torch.isfinite(Xg).all(-1) & torch.isfinite(Yg).all(-1)  # rows with a NaN are left out

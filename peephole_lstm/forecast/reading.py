@@ -183,7 +183,8 @@ class PanelReader:
         self.values = np.stack([col[order] for col in columns], axis=1)  # (N, C)
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         stamps = frame[self.time_name].iloc[order].reset_index(drop=True)
-        self.labels = stamps.astype(str).to_numpy(dtype=object)
+        codes, distinct = pd.factorize(stamps, sort=False)  # rows of a panel share their time stamps:
+        self.labels = distinct.astype(str).to_numpy(dtype=object)[codes]  # one string per distinct stamp
         self.times = SeriesTimes(stamps, self.starts)
         if hp.season is not None:
             self.seasons = [int(hp.season)] * len(lengths)

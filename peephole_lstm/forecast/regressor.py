@@ -30,6 +30,21 @@ from .optim import PanelAdam
 __all__ = ["PeepholeLSTMRegressor"]
 
 
+def _cat_freeing(parts: list[Tensor]) -> Optional[Tensor]:
+    """``torch.cat(parts)`` (None for no parts) that lets each part go once copied, so the
+    peak is the result plus one part, not twice the result; ``parts`` ends empty."""
+    if not parts:
+        return None
+    out = parts[0].new_empty((sum(len(t) for t in parts), *parts[0].shape[1:]))
+    at = 0
+    parts.reverse()
+    while parts:
+        t = parts.pop()
+        out[at: at + len(t)] = t
+        at += len(t)
+    return out
+
+
 def _metrics(prefix: str) -> MetricCollection:
     return MetricCollection(
         {
@@ -281,19 +296,18 @@ class PeepholeLSTMRegressor(L.LightningModule):
         one per series of a panel); they then stay fixed (see ``ar_window``)."""
         p = self.net.ar_window
         nf = self.net.future_size  # the known-ahead channels are the last nf
-        lags, target, series, future = [], [], [], []
+        parts: dict[str, list[Tensor]] = {"lags": [], "target": [], "series": [], "future": []}
         for batch in batches:
-            lags.append(batch["x"][:, -p:, [0, *range(-nf, 0)]] if nf else batch["x"][:, -p:, 0])  # (B, p[, 1 + nf])
-            target.append(batch["y"])  # (B, horizon)
-            if "series" in batch:
-                series.append(batch["series"])
-            if "future" in batch:
-                future.append(batch["future"])  # (B, horizon, nf)
-        if not lags:
+            item = {"lags": batch["x"][:, -p:, [0, *range(-nf, 0)]] if nf else batch["x"][:, -p:, 0],  # (B, p[, 1 + nf])
+                    "target": batch["y"], "series": batch.get("series"), "future": batch.get("future")}
+            for key, v in item.items():
+                if v is not None:
+                    parts[key].append(v.cpu().contiguous())  # a copy of a slice: the batch can go
+        if not parts["lags"]:
             raise ValueError("the autoregressive term needs training windows; the training data has none")
-        sid = torch.cat(series).cpu() if self.net.ar_series > 1 else None
-        known = torch.cat(future).cpu() if future else None
-        self.ar_penalty = self.net.fit_ar(torch.cat(lags).cpu(), torch.cat(target).cpu(), sid, self._ar_lags, known)
+        lags, target, series, future = (_cat_freeing(parts[k]) for k in ("lags", "target", "series", "future"))
+        sid = series if self.net.ar_series > 1 else None
+        self.ar_penalty = self.net.fit_ar(lags, target, sid, self._ar_lags, future)
         for net in self.nets[1:]:  # the same fit for every member
             net.ar.load_state_dict(self.net.ar.state_dict())
         for net in self.nets:  # fixed from now on (before DDP wraps the model: it then takes no gradient)
