@@ -1,6 +1,8 @@
 """The fused op's kernels directly: float32 accuracy over the whole activation range, the
 inference (save=False) path, input checks of the public C++ op, the env variable."""
 
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -157,9 +159,7 @@ def test_small_steps_measure_one_region_against_the_per_step_loop():
     beats the per-step loop on the GEMM path measured per call is itself measured, per shape,
     forward and backward. The decision is reported, the layer calls follow it, and either way
     the article cell's outputs and gradients match the float64 reference loop."""
-    res = _run(_REGION_CHOICE_CHECK, PEEPHOLE_LSTM_THREADS="parallel", OMP_NUM_THREADS="2")
-    assert res.returncode == 0, res.stderr[-3000:]
-    fwd, bwd, n_fwd, n_bwd = res.stdout.split()
+    fwd, bwd, n_fwd, n_bwd = _in_process(_REGION_CHOICE_CHECK, omp_threads=2, threads="parallel").split()
     assert n_fwd == ("1" if fwd == "region" else "0")
     assert n_bwd == ("1" if bwd == "region" else "0")
 
@@ -181,6 +181,30 @@ def _cpp_ops():
     if not peephole_lstm.build_extension():
         pytest.skip("no C++ kernel here")
     return torch.ops.peephole_lstm_cpp
+
+
+def _in_process(code: str, omp_threads: int | None = None, **knob_values) -> str:
+    """Run a check script in this process with tuning knobs set and every per-shape
+    measurement of the C++ kernel forgotten first (as in a new process), ``omp_threads``
+    OpenMP threads if given; returns what it printed. The backend, the thread count, the knobs and
+    the projection rule are restored after."""
+    ops = _cpp_ops()
+    old_backend, old_threads, old_rule = peephole_lstm.get_backend(), torch.get_num_threads(), _projection.projects_in_kernel
+    out = io.StringIO()
+    try:
+        with tuning.override(**knob_values), contextlib.redirect_stdout(out):
+            ops.reset_measurements()
+            ops.reset_stall_policy()
+            if omp_threads is not None:
+                torch.set_num_threads(omp_threads)
+            exec(compile(code, "<check>", "exec"), {})
+    finally:
+        torch.set_num_threads(old_threads)
+        peephole_lstm.set_backend(old_backend)
+        _projection.projects_in_kernel = old_rule
+        ops.reset_measurements()
+        ops.reset_stall_policy()
+    return out.getvalue()
 
 
 def test_measuring_a_new_shape_is_left_out_of_the_loop_time():
@@ -234,11 +258,10 @@ def test_a_one_thread_window_measures_its_gemm_paths_apart():
     keep that choice apart from the parallel calls': a choice measured on one thread must not
     stand for the parallel calls of the same shape after the window, nor the reverse."""
     code = _FIRST_CALLS + "print(info)"
-    serial = _run(code, OMP_NUM_THREADS="2", PEEPHOLE_LSTM_THREADS="serial")
-    parallel = _run(code, OMP_NUM_THREADS="2", PEEPHOLE_LSTM_THREADS="parallel")
-    assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr[-3000:] + parallel.stderr[-3000:]
-    assert " 12x64x16(1 thread)=" in serial.stdout, serial.stdout  # h W_hh^T, B x 4H x H
-    assert "(1 thread)" not in parallel.stdout and " 12x64x16=" in parallel.stdout, parallel.stdout
+    serial = _in_process(code, omp_threads=2, threads="serial")
+    parallel = _in_process(code, omp_threads=2, threads="parallel")
+    assert " 12x64x16(1 thread)=" in serial, serial  # h W_hh^T, B x 4H x H
+    assert "(1 thread)" not in parallel and " 12x64x16=" in parallel, parallel
 
 
 _GEMM_CHECK = """
@@ -277,13 +300,12 @@ def test_every_gemm_path_is_exact(path):
         pytest.skip("no MKL in this torch")
     if path == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this torch")
-    res = _run(_GEMM_CHECK, PEEPHOLE_LSTM_GEMM=path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    out = _in_process(_GEMM_CHECK, gemm=path)
     name = {"packed": "mkl-packed"}.get(path, path)
-    assert f"forced: {name}" in res.stdout
+    assert f"forced: {name}" in out
     # our own GEMM runs h W_hh^T and the full peepholes on c_{t-1} as one pass; the others two
-    merged = int(res.stdout.split("in one GEMM: ")[1].split(";")[0])
-    assert (merged > 0) == (path == "vec"), res.stdout
+    merged = int(out.split("in one GEMM: ")[1].split(";")[0])
+    assert (merged > 0) == (path == "vec"), out
 
 
 _WEIGHT_GRAD_CHECK = """
@@ -340,10 +362,9 @@ def test_weight_gradient_gemm_is_exact(path):
     """The weight gradients over all steps (dW_hh, dW_hr, full peepholes) at sizes that take
     the kernel's own A^T B GEMM (forced, and as measured per shape): float32 within rounding of
     float64, unpacked and packed, with column and row tails."""
-    res = _run(_WEIGHT_GRAD_CHECK, PEEPHOLE_LSTM_GEMM=path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "weight grads A^T B" in res.stdout
-    line = res.stdout.split("weight grads A^T B")[1]
+    out = _in_process(_WEIGHT_GRAD_CHECK, gemm=path)
+    assert "weight grads A^T B" in out
+    line = out.split("weight grads A^T B")[1]
     assert "96x13x2^" in line and "24x24x2^" in line  # dW_hh (4H x P), a full peephole (H x H)
     if path == "auto":
         assert "measuring" not in line  # both candidates timed after three calls
@@ -443,10 +464,8 @@ def test_kernel_input_projection_is_exact(serial_flops):
     large, so the per-step projection runs; unset: these small steps project all rows first):
     outputs and final states, float32 and float64, against the float64 reference loop,
     padded and packed, both directions, two layers, a projection, full peepholes, a clip."""
-    res = _run(_FORWARD_X_CHECK, PEEPHOLE_LSTM_THREADS="parallel",
-               **({"PEEPHOLE_LSTM_SERIAL_FLOPS": serial_flops} if serial_flops else {}))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.startswith("ok")
+    out = _in_process(_FORWARD_X_CHECK, threads="parallel", **({"serial_flops": serial_flops} if serial_flops else {}))
+    assert out.startswith("ok")
 
 
 def test_kernel_input_projection_is_chosen_for_large_inference_only():
@@ -478,11 +497,9 @@ def test_one_region_step_loop_is_exact(fused_loop, split, kc):
     partial sums carried through C between blocks, h's rows and c's, are checked too."""
     # THREADS=parallel: a loaded test machine must not switch the kernel to one thread (which
     # takes the ordinary loop); OMP_NUM_THREADS=2: two row blocks on any machine
-    res = _run(_ONE_REGION_CHECK, PEEPHOLE_LSTM_GEMM="vec", PEEPHOLE_LSTM_FUSED_LOOP=fused_loop,
-               PEEPHOLE_LSTM_THREADS="parallel", PEEPHOLE_LSTM_SPLIT=split, OMP_NUM_THREADS="2",
-               **({"PEEPHOLE_LSTM_VEC_KC": kc} if kc else {}))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip() == "ok"
+    out = _in_process(_ONE_REGION_CHECK, omp_threads=2, gemm="vec", fused_loop=fused_loop, threads="parallel",
+                      split=split, **({"vec_kc": kc} if kc else {}))
+    assert out.strip() == "ok"
 
 
 def _run(code, **env):

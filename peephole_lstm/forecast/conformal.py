@@ -77,17 +77,19 @@ class RollingCalibration:
     of one series in time order).
 
     Per series and horizon step the residuals scored so far are kept in the order they came,
-    so the ones a window may see (targets before its first) are a prefix of that sequence.
-    For a batch, the sequences of the batch's series are ranked and put in a wavelet matrix,
-    which gives the ``i``-th smallest residual of any prefix in ``log2(windows of the
-    series)`` steps; a binary search merges it with the sorted validation pool. A batch costs
-    its series' residuals times that logarithm (built in chunks of at most ``CHUNK``
-    residuals), whatever the number of series; with batches of at least the windows of a
-    series each series is ranked about twice, so a pass costs its residuals times a log.
+    after the series' own validation residuals where it has a pool of its own, so what a
+    window may see (targets before its first) is a prefix of that sequence. For a batch, the
+    sequences of the batch's series are ranked and put in a wavelet matrix, which gives the
+    ``r``-th smallest of any prefix in ``log2(length)`` steps. A series without a pool of its
+    own merges its prefix with every validation residual (sorted once) by a binary search
+    over the split, ``log2(length)`` such steps more. A batch costs its series' residuals
+    times that logarithm (ranked in chunks of at most ``CHUNK`` residuals), whatever the
+    number of series; with batches of at least the windows of a series, each series is
+    ranked about twice in a pass.
 
-    Memory: per horizon step the validation residuals sorted once (all of them, and each
-    series' own, padded to the longest); the residuals scored so far with their first target
-    rows, in one buffer where each series has room for a power of two of windows.
+    Memory: the validation residuals twice (sorted per step, and the own pools series after
+    series); the residuals scored so far with their first target rows, in one buffer where
+    each series has room for a power of two of windows.
     """
 
     CHUNK = 1 << 20  # residuals ranked together at most (plus one series)
@@ -101,8 +103,9 @@ class RollingCalibration:
         # a series' own validation residuals where they are enough for every level
         need = max(math.ceil(1.0 / (1.0 - lv) - 1e-9) - 1 for lv in levels)
         self.own_of = torch.zeros(0, dtype=torch.long)  # series -> its row of own, -1: none
-        self.own = torch.zeros(0, self.horizon, 0, dtype=torch.float64)  # (S_own, horizon, n_max), inf padded
+        self.own = torch.zeros(0, self.horizon, dtype=torch.float64)  # (n_own, horizon), series after series
         self.own_n = torch.zeros(0, dtype=torch.long)  # (S_own,)
+        self.own_start = torch.zeros(0, dtype=torch.long)  # (S_own,)
         if series is not None and len(cal):
             sid = series.detach().cpu().long()
             counts = torch.bincount(sid)
@@ -113,12 +116,9 @@ class RollingCalibration:
                 rows = self.own_of[sid] >= 0
                 sid, cal_own = self.own_of[sid[rows]], cal[rows]
                 order = torch.argsort(sid, stable=True)
-                sid, cal_own = sid[order], cal_own[order]
+                self.own = cal_own[order]
                 self.own_n = torch.bincount(sid, minlength=len(mine))
-                pos = torch.arange(len(sid)) - _starts(self.own_n).repeat_interleave(self.own_n)
-                own = torch.full((len(mine), int(self.own_n.max()), self.horizon), math.inf, dtype=torch.float64)
-                own[sid, pos] = cal_own
-                self.own = own.sort(dim=1).values.transpose(1, 2).contiguous()  # (S_own, horizon, n_max)
+                self.own_start = _starts(self.own_n)
         # the windows scored so far: series s's are at offset[s] + (0 .. count[s]), in the order they came
         self.offset = torch.zeros(0, dtype=torch.long)  # (S,)
         self.room = torch.zeros(0, dtype=torch.long)  # (S,)
@@ -214,7 +214,7 @@ class RollingCalibration:
         within = torch.arange(N) - head.repeat_interleave(size)
         mine = within < n_own[g2]
         values = torch.empty(N, h, dtype=torch.float64)
-        values[mine] = self.own[own[g2[mine]], :, within[mine]]
+        values[mine] = self.own[self.own_start[own[g2[mine]]] + within[mine]]
         values[~mine] = self.res[idx]
         # one sequence per (step, series): step t of series row r at t * N + head[r]
         flat = values.T.reshape(-1)  # (h * N,)
@@ -248,7 +248,7 @@ class RollingCalibration:
         out = from_known(r)
         if not bool(has.all()):
             g = (~has).nonzero().flatten()
-            out[g] = self._merged(r[g], known[g], lo3[g], hi3[g], lambda i, lo, hi: from_known(i, lo, hi))
+            out[g] = self._merged(r[g], known[g], lo3[g], hi3[g], from_known)
         return torch.where(r > 0, out, math.nan).transpose(1, 2)  # (B, L, h)
 
     def _merged(self, r: Tensor, m: Tensor, lo: Tensor, hi: Tensor, from_known) -> Tensor:

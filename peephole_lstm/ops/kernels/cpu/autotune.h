@@ -271,6 +271,26 @@ bool region_wins(const T* Bm, bool bt, int64_t n, int64_t k, int64_t B, int64_t 
 std::mutex g_tn_mutex;
 std::map<std::tuple<int, int64_t, int64_t, int>, std::pair<double, double>> g_tn_time;  // (mm, own) s per k
 
+// Forget every per-shape measurement above and the blas_info counts: the next call of each shape
+// measures again, as in a new process (tests that force knobs run in-process).
+void reset_measurements() {
+  {
+    std::lock_guard<std::mutex> lock(g_choice_mutex);
+    g_choice.clear();
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_region_mutex);
+    g_region_choice.clear();
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_tn_mutex);
+    g_tn_time.clear();
+  }
+  g_merged_calls = 0;
+  g_region_calls[0] = 0;
+  g_region_calls[1] = 0;
+}
+
 Tensor mm_tn(const Tensor& a, const Tensor& b) {
   TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0) && a.stride(1) == 1 &&
                         b.is_contiguous());

@@ -138,6 +138,8 @@ TORCH_LIBRARY(peephole_lstm_cpp, m) {
     return record_loop(seconds, steps);
   });
   m.def("reset_stall_policy() -> ()", [] { reset_stall_policy(); });
+  // every per-shape measurement forgotten (autotune.h), for tests: as in a new process
+  m.def("reset_measurements() -> ()", [] { reset_measurements(); });
   m.def("last_loop_timing() -> float[]", [] {
     return std::vector<double>{t_last_loop.elapsed, t_last_loop.measuring, double(t_last_loop.steps)};
   });
