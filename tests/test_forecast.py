@@ -585,44 +585,21 @@ def test_a_checkpoint_forecasts_its_series_extended_in_its_training_units(tmp_pa
         SeriesDataModule(str(tmp_path / "features.csv"), features=["temp"], **kw).load_state_dict(old.state_dict())
 
 
-def test_checkpoints_of_earlier_versions_still_forecast(tmp_path):
-    """A checkpoint without the validation residuals (before the rolling pool) forecasts with
-    its stored validation quantiles; one without those (before intervals) without intervals."""
+def test_a_model_that_never_validated_forecasts_without_intervals(tmp_path):
+    """No validation residuals in the checkpoint (no validation ran): forecasts, and NaN
+    interval bounds instead of intervals calibrated on nothing."""
     dm = SeriesDataModule(dataset="synthetic", window=10, horizon=2, batch_size=32)
     L.seed_everything(0)
     model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=3)
     trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(tmp_path), val_check_interval=2, check_val_every_n_epoch=None)
+                        default_root_dir=str(tmp_path), limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "new.ckpt")
-    ckpt = torch.load(tmp_path / "new.ckpt", weights_only=False)
-    assert "calibration_residuals" in ckpt
-    del ckpt["calibration_residuals"]
-    torch.save(ckpt, tmp_path / "old.ckpt")
-    old = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "old.ckpt")
-    preds = L.Trainer(logger=False, enable_progress_bar=False).predict(old, datamodule=dm)
-    cat = {k: torch.cat([p[k] for p in preds]) for k in preds[0]}
-    scale = dm.series_diff_scale[0]
-    torch.testing.assert_close(cat["hi_80"] - cat["forecast"], (old.interval_q[0] * scale).expand_as(cat["forecast"]))
-    del ckpt["state_dict"]["interval_q"]
-    torch.save(ckpt, tmp_path / "older.ckpt")
-    older = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "older.ckpt")
-    preds = L.Trainer(logger=False, enable_progress_bar=False).predict(older, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    assert "calibration_residuals" not in torch.load(tmp_path / "m.ckpt", weights_only=False)
+    loaded = PeepholeLSTMRegressor.load_from_checkpoint(tmp_path / "m.ckpt")
+    preds = L.Trainer(logger=False, enable_progress_bar=False).predict(loaded, datamodule=dm)
     assert torch.isnan(torch.cat([p["lo_80"] for p in preds])).all()
     assert torch.isfinite(torch.cat([p["forecast"] for p in preds])).all()
-
-
-def test_panel_checkpoints_from_before_the_series_embedding_keep_their_series(tmp_path):
-    """Checkpoints with per-series AR terms stored their series under "ar_series_names" before
-    the series embedding existed: loaded, the model knows its series (and still refuses
-    others)."""
-    model = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=3)
-    model.net.set_ar_window(3, series=2)
-    ckpt = {"state_dict": model.state_dict(), "ar_series_names": ["north", "south"]}
-    fresh = PeepholeLSTMRegressor(hidden_size=4, num_layers=1, horizon=2, ar_window=3)
-    fresh.on_load_checkpoint(ckpt)
-    fresh.load_state_dict(ckpt["state_dict"])
-    assert fresh._series_names == ["north", "south"] and fresh.net.ar_series == 2
 
 
 def test_interval_levels_check():

@@ -118,20 +118,23 @@ class ForecastWriter(BasePredictionWriter):
         time = labels[np.minimum(rows, len(labels) - 1)]  # (W, h)
         if future.any():
             time[future] = np.array([dm.future_labels(int(s)) for s in sid[future]], dtype=object).reshape(-1, h)
-        names = np.asarray([str(n) for n in dm.series_names], dtype=object)
+        names = [str(n) for n in dm.series_names]
+        # series and kind as categoricals: codes, not a string per row (a dictionary column in Parquet)
         out = {
-            "series": np.repeat(names[sid], h),
-            "kind": np.repeat(np.where(future, "future", "backtest"), h),
-            "time": time.ravel(),
-            "origin": np.repeat(labels[end - 1], h),
-            "step": np.tile(np.arange(1, h + 1), W),
+            "series": (pd.Categorical.from_codes(np.repeat(sid, h)[keep], categories=names)
+                       if len(set(names)) == len(names) else np.asarray(names, dtype=object)[np.repeat(sid, h)[keep]]),
+            "kind": pd.Categorical.from_codes(np.repeat(future.astype(np.int8), h)[keep],
+                                              categories=["backtest", "future"]),
+            "time": time.ravel()[keep],
+            "origin": np.repeat(labels[end - 1], h)[keep],
+            "step": np.tile(np.arange(1, h + 1), W)[keep],
         }
         places = decimals(dm.series)
         for key in ["forecast", *(f"{side}_{pct}" for pct in level_names for side in ("lo", "hi")), "actual", "naive",
                     "snaive"]:
-            v = cat[key].double().numpy().ravel()
+            v = cat[key].double().numpy().ravel()[keep]
             out[key] = np.round(v, places + 1) if places is not None else _sig7(v)
-        return pd.DataFrame(out)[keep].reset_index(drop=True)
+        return pd.DataFrame(out)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         if not trainer.is_global_zero or not predictions:

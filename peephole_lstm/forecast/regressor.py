@@ -334,7 +334,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._prepared = True  # a trained model keeps its data-dependent parts
         self._data_state = checkpoint.get("SeriesDataModule")  # (Lightning's key: the class name)
-        self._calibration = checkpoint.get("calibration_residuals")  # absent before rolling intervals
+        self._calibration = checkpoint.get("calibration_residuals")  # absent if it never validated: no intervals
         self._calibration_series = checkpoint.get("calibration_series")  # absent: one pool for all
         state = checkpoint["state_dict"]
         for k, net in enumerate(self.nets):
@@ -349,13 +349,10 @@ class PeepholeLSTMRegressor(L.LightningModule):
                 lags = (w.size(1) - self.hparams.horizon * nf) // (1 + nf)
                 if (lags, series) != (net.ar_window, net.ar_series):
                     net.set_ar_window(lags, series=series)
-        self._ar_lags = checkpoint.get("ar_lags")  # absent before the AR term could read past the window
+        self._ar_lags = checkpoint.get("ar_lags")  # absent without an AR term
         for net in self.nets:
             net.lstm_window = int(checkpoint.get("lstm_window", 0))
-        # "ar_series_names": checkpoints from before the series embedding (per-series AR terms only)
-        self._series_names = checkpoint.get("series_names", checkpoint.get("ar_series_names", []))
-        # checkpoints written before the intervals existed: no intervals, not an error
-        checkpoint["state_dict"].setdefault("interval_q", self.interval_q.clone())
+        self._series_names = checkpoint.get("series_names", [])  # absent without per-series parts
         if checkpoint["state_dict"]["interval_q"].shape != self.interval_q.shape:
             # other interval_levels than at fit: this model's levels, from the residuals kept
             q = (conformal_quantiles(self._calibration, self.levels) if self._calibration is not None
@@ -395,13 +392,8 @@ class PeepholeLSTMRegressor(L.LightningModule):
     def _half_widths(self, batch: dict[str, Tensor], residual: Tensor) -> Optional[Tensor]:
         """``(B, levels, horizon)`` conformal half-widths in scaled units for a test or predict
         batch, in order (see ``RollingCalibration``); ``residual`` ``(B, horizon)`` then joins
-        the pool (NaN: target unknown). Checkpoints from before the rolling pool: the
-        validation quantiles; before intervals: None."""
-        if self._rolling is not None:
-            return self._rolling(batch["series"], batch["end"], residual)
-        if torch.isnan(self.interval_q).any():
-            return None
-        return self.interval_q.expand(len(residual), -1, -1)
+        the pool (NaN: target unknown). None for a model that never validated."""
+        return self._rolling(batch["series"], batch["end"], residual) if self._rolling is not None else None
 
     def _log_intervals(self, stage: str, residual: Tensor, q: Optional[Tensor],
                        batch: dict[str, Tensor]) -> Optional[tuple[list[Tensor], list[Tensor]]]:
@@ -558,7 +550,7 @@ class PeepholeLSTMRegressor(L.LightningModule):
             "mse": mean("se"), "mae": mean("ae"), "naive_mse": mean("naive_se"), "snaive_mse": mean("snaive_se"),
             "mase": mean("scaled_ae"), "smape": mean("sape"),
         }
-        if self._rolling is not None or not torch.isnan(self.interval_q).any():
+        if self._rolling is not None:
             cols.update({f"coverage_{pct}": mean(f"in_{pct}") for pct in self.level_names})
             cols.update({f"msis_{pct}": mean(f"is_{pct}") for pct in self.level_names})
         frame = pd.DataFrame(cols)
