@@ -12,7 +12,7 @@ all-reduce see an ordinary tensor.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ class PanelAdam(torch.optim.Adam):
             parameters).
     """
 
-    def __init__(self, params: Iterable, lazy: Iterable[Tensor] = (), **kwargs) -> None:
+    def __init__(self, params: Iterable, lazy: Iterable[Tensor] = (), **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._lazy_ids = {id(p) for p in lazy}
         for group in self.param_groups:
