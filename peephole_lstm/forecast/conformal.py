@@ -245,9 +245,12 @@ class RollingCalibration:
 
         has = (own >= 0)[row]  # (B,): the pool is the prefix, else everyone's validation residuals too
         r = _ranks(known + torch.where(has, 0, self.base.shape[1])[:, None], self.levels)  # (B, h, L)
-        out = from_known(r)
-        if not bool(has.all()):
-            g = (~has).nonzero().flatten()
+        out = torch.empty(r.shape, dtype=torch.float64)
+        g = has.nonzero().flatten()  # the r-th smallest of the prefix
+        if len(g):
+            out[g] = from_known(r[g], lo3[g], hi3[g])
+        g = (~has).nonzero().flatten()  # merged with every validation residual
+        if len(g):
             out[g] = self._merged(r[g], known[g], lo3[g], hi3[g], from_known)
         return torch.where(r > 0, out, math.nan).transpose(1, 2)  # (B, L, h)
 
