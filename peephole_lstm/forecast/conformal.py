@@ -238,8 +238,8 @@ class RollingCalibration:
         lo3 = lo[..., None].expand(-1, -1, len(self.levels))  # (B, h, L)
         hi3 = hi[..., None].expand_as(lo3)
 
-        def from_known(i: Tensor, lo: Tensor = lo3, hi: Tensor = hi3) -> Tensor:
-            """The i-th smallest residual window b may see (1-based; 0: -inf)."""
+        def from_known(i: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+            """The i-th smallest (1-based; 0: -inf) of the sequence places [lo, hi): what a window may see."""
             place = lo + wm.select(lo, hi, (i - 1).clamp(min=0))
             return torch.where(i > 0, vals[place.clamp(max=len(vals) - 1)], -math.inf)
 
